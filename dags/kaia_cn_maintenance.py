@@ -1,0 +1,161 @@
+"""
+# Kaia CN maintenance: keep every core cell ready for a failover
+
+A failover is only as fast and as safe as what was prepared before the incident. For every core cell
+in the inventory this DAG keeps:
+
+1. **Nodekey backup** - the active CN's `nodekey` and `bls-nodekey`, read from the path the running
+   node actually uses, checked against `admin.nodeInfo.id`, kept in Secrets Manager. Written only when
+   missing or changed; a change raises an SNS alert (a changed key on a running validator is an
+   incident of its own).
+2. **CN image** (cloud cells) - a new AMI when `kcnd.conf` or the kcn version changed, or the newest
+   image is too old. The DATA_DIR volume is left out (`NoDevice`); the CN is not rebooted.
+3. **PN pre-snapshot** (cloud cells) - one PN at a time: `kpnd` is stopped, its clean stop proven, the
+   DATA_DIR volume snapshotted, and `kpnd` started again as soon as the snapshot is pending (a
+   teardown: it runs whatever failed before it). The snapshot completes in the background.
+4. **Retention** - the newest images and snapshots are kept as the inventory says; the newest usable
+   one and anything a failover run uses (`kaia:in-use-by`) are never deleted.
+5. **Report** - `$AIRFLOW_HOME/reports/kaia_cn_maintenance/<run>.md`, also in the `report` task log.
+
+## When it fails
+- Read the `report` task log: it names every failed task and why.
+- **A PN must never stay stopped**: if `start_kpnd` failed, start it by hand now
+  (`sudo systemctl start kpnd` on that PN) and check it syncs.
+- Fix the cause, then *Clear* the failed task: every task finds what an earlier try made
+  (images by name, snapshots by run tags, secrets by value) and does not make it twice.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
+
+from kaia_ha import maintenance, settings
+from kaia_ha.inventory import load_inventory
+from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
+from kaia_ha_airflow.operators.ec2 import (
+    EBSCreateSnapshotOperator,
+    EBSDeleteSnapshotOperator,
+    EBSSnapshotCompletedSensor,
+    EC2CreateImageOperator,
+    EC2DeregisterImageOperator,
+)
+
+PN_DOWNTIME_POOL = "kaia_pn_downtime"  # one PN of any cell down at a time, across DAGs
+
+inventory = load_inventory()
+
+
+def _run() -> tuple[str, pendulum.DateTime]:
+    context = get_current_context()
+    return context["run_id"], context["dag_run"].run_after
+
+
+@task
+def backup_nodekey(cell_name: str) -> dict:
+    return maintenance.backup_nodekey(cell_name, _run()[0])
+
+
+@task(multiple_outputs=True)
+def image_plan(cell_name: str) -> dict:
+    return maintenance.image_plan(cell_name, *_run())
+
+
+@task.short_circuit(ignore_downstream_trigger_rules=False)
+def image_needed(create: bool) -> bool:
+    return create
+
+
+@task(task_id="plan", multiple_outputs=True)
+def pn_snapshot_plan(cell_name: str) -> dict:
+    return maintenance.pn_snapshot_plan(cell_name, _run()[0])
+
+
+@task(task_id="stop_kpnd", pool=PN_DOWNTIME_POOL)
+def stop_kpnd(cell_name: str, plan: dict) -> dict:
+    return maintenance.stop_pn(cell_name, plan["pn"])
+
+
+@task(task_id="start_kpnd", retries=5)
+def start_kpnd(cell_name: str, plan: dict) -> dict:
+    return maintenance.start_pn(cell_name, plan["pn"])
+
+
+@task.sensor(task_id="kpnd_back", poke_interval=5, timeout=900, mode="reschedule")
+def kpnd_back(cell_name: str, plan: dict) -> PokeReturnValue:
+    back = maintenance.pn_is_back(cell_name, plan["pn"])
+    return PokeReturnValue(is_done=back is not None, xcom_value=back)
+
+
+@task(task_id="snapshot_done")
+def snapshot_done(snapshot_id: str) -> dict:
+    return {"snapshot_id": snapshot_id, "completed_at": pendulum.now().timestamp()}
+
+
+@task(trigger_rule="all_done")
+def images_to_delete(cell_name: str) -> list[str]:
+    return maintenance.images_to_delete(cell_name, _run()[1])
+
+
+@task(trigger_rule="all_done")
+def snapshots_to_delete(cell_name: str) -> list[str]:
+    return maintenance.snapshots_to_delete(cell_name, _run()[1])
+
+
+@task(trigger_rule="all_done", retries=0)
+def report() -> dict:
+    context = get_current_context()
+    return maintenance.report(context["ti"], context["dag"].dag_id, context["run_id"])
+
+
+@dag(
+    dag_id=maintenance.DAG_ID,
+    schedule=inventory.cells[0].maintenance.schedule,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["kaia", "core-cell", "maintenance"],
+    default_args=settings.default_args(),
+    on_failure_callback=CoreCellFailureNotifier(),
+    params={"note": Param("", type="string", title="Note", description="Why this run was started by hand (shown in the report)")},
+)
+def kaia_cn_maintenance():
+    final = report()
+    for cell in inventory.cells:
+        aws = {"aws_conn_id": cell.aws_conn_id, "region_name": cell.region}
+        with TaskGroup(cell.name, tooltip=f"core cell {cell.name} ({cell.scheme})"):
+            with TaskGroup("nodekey_backup"):
+                backup_nodekey(cell.name) >> final
+            if cell.scheme != "cloud":
+                continue
+            with TaskGroup("cn_image"):
+                plan = image_plan(cell.name)
+                image = EC2CreateImageOperator(
+                    task_id="create_image", instance_id=plan["instance_id"], image_name=plan["name"],
+                    exclude_devices=plan["exclude_devices"], image_tags=plan["tags"],
+                    # NoReboot: this is the running validator; a reboot costs proposals. The root volume holds
+                    # only config and binaries (DATA_DIR is excluded), so a crash-consistent copy is enough.
+                    no_reboot=True, waiter_delay=5, **aws,
+                )
+                image_needed(plan["create"]) >> image
+            with TaskGroup("pn_snapshot"):
+                snap_plan = pn_snapshot_plan(cell.name)
+                stop = stop_kpnd(cell.name, snap_plan)
+                snapshot = EBSCreateSnapshotOperator(
+                    task_id="create_snapshot", volume_id=snap_plan["volume_id"], snapshot_tags=snap_plan["tags"],
+                    description=f"Kaia PN chain data ({cell.name})", **aws,
+                )
+                start = start_kpnd(cell.name, snap_plan).as_teardown(setups=snap_plan, on_failure_fail_dagrun=True)
+                stop >> snapshot >> start >> kpnd_back(cell.name, snap_plan)
+                wait = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **aws)
+                done = snapshot_done(wait.output)
+            with TaskGroup("retention"):
+                old_images, old_snapshots = images_to_delete(cell.name), snapshots_to_delete(cell.name)
+                image >> old_images
+                done >> old_snapshots
+                EC2DeregisterImageOperator.partial(task_id="deregister_images", **aws).expand(image_id=old_images) >> final
+                EBSDeleteSnapshotOperator.partial(task_id="delete_snapshots", **aws).expand(snapshot_id=old_snapshots) >> final
+
+
+kaia_cn_maintenance()

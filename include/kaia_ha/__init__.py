@@ -1,0 +1,1 @@
+"""Plain helpers of the Kaia CN high-availability DAGs: no Airflow operators here."""

@@ -1,0 +1,341 @@
+"""The steps of the maintenance DAG: keep every core cell ready for a failover.
+
+Each function is one task's work; it takes names and the run id (never keys), returns a small
+JSON-safe dict for XCom and the report, and is safe to run again after a retry or a clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shlex
+import time
+from datetime import datetime, timedelta
+
+from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
+from airflow.providers.amazon.aws.hooks.sns import SnsHook
+from airflow.sdk.log import mask_secret
+
+from kaia_ha import retention
+from kaia_ha import tags as T
+from kaia_ha.health import Probe
+from kaia_ha.inventory import Cell, load_inventory
+from kaia_ha.keys import KeyBackup
+from kaia_ha.report import STEP_KEY, step, table, write
+from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
+from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
+
+log = logging.getLogger(__name__)
+DAG_ID = "kaia_cn_maintenance"
+
+
+class MaintenanceError(RuntimeError):
+    pass
+
+
+def _cell(name: str) -> Cell:
+    return load_inventory().cell(name)
+
+
+def notify(cell: Cell, subject: str, message: str) -> None:
+    """SNS to the cell's topic (IAM: sns:Publish); logged when the cell has none."""
+    log.warning("%s: %s", subject, message)
+    if cell.sns_topic_arn:
+        SnsHook(aws_conn_id=cell.aws_conn_id, region_name=cell.region).publish_to_target(
+            target_arn=cell.sns_topic_arn, message=message, subject=subject[:100]
+        )
+
+
+# ----- 1. nodekey backup -------------------------------------------------------------------------------------
+def read_live_identity(cell: Cell) -> tuple[KeyBackup, Probe, str]:
+    """The active CN's keys as the running node uses them, checked against the node itself."""
+    cn = cell.active_cn
+    node = KaiaNodeHook(cn)
+    nodekey, path = node.read_key("nodekey")
+    if nodekey is None:
+        raise MaintenanceError(f"{cn.name}: no nodekey in {cn.data_dir} or {cn.data_dir}/klay")
+    mask_secret(nodekey.reveal())
+    bls, _ = node.read_key("bls-nodekey")
+    if bls is not None:
+        mask_secret(bls.reveal())
+    probe = node.probe()
+    if probe.node_id != nodekey.node_id:
+        raise MaintenanceError(
+            f"{cn.name}: the nodekey at {path} (node ID {nodekey.node_id[:16]}…) is not the key the running node "
+            f"uses ({probe.node_id[:16]}…): the file changed after kcnd started; not backing it up"
+        )
+    return KeyBackup(nodekey, bls, probe.bls_public_key, source=cn.name), probe, path
+
+
+@step
+def backup_nodekey(cell_name: str, run_id: str) -> dict:
+    """Keep the active CN's nodekey and bls-nodekey in Secrets Manager; alert when they changed.
+
+    IAM: secretsmanager:GetSecretValue, secretsmanager:CreateSecret, secretsmanager:PutSecretValue,
+    secretsmanager:TagResource, sns:Publish.
+    """
+    cell = _cell(cell_name)
+    cn = cell.active_cn
+    backup, probe, path = read_live_identity(cell)
+    if cn.node_id and backup.node_id != cn.node_id:
+        notify(cell, f"[kaia-ha] {cn.name} runs with an unexpected node ID",
+               f"{cn.name} in {cell.name} runs as node {backup.node_id} but the inventory expects {cn.node_id}. "
+               "The validator's identity changed (a regenerated or replaced nodekey). The backup was NOT overwritten.")
+        raise MaintenanceError(f"{cn.name}: running node ID {backup.node_id[:16]}… is not the inventory's node_id {cn.node_id[:16]}…")
+    client = SecretsManagerHook(aws_conn_id=cell.aws_conn_id, region_name=cell.region).conn
+    token = T.client_token(run_id, cell.name, cn.name, "nodekey-backup")
+    try:
+        current = KeyBackup.from_secret_string(client.get_secret_value(SecretId=cn.nodekey_secret_id)["SecretString"], cn.nodekey_secret_id)
+    except client.exceptions.ResourceNotFoundException:
+        current = None
+    if current is None:
+        client.create_secret(
+            Name=cn.nodekey_secret_id, SecretString=backup.to_secret_string(), ClientRequestToken=token,
+            Description=f"nodekey and bls-nodekey of Kaia CN {cn.name} ({cell.name})",
+            Tags=[{"Key": T.CELL, "Value": cell.name}, {"Key": T.NODE, "Value": cn.name}, {"Key": "managed-by", "Value": T.MANAGED_BY}],
+        )
+        action = "created"
+    elif current.same_keys(backup):
+        action = "unchanged"
+    else:
+        client.put_secret_value(SecretId=cn.nodekey_secret_id, SecretString=backup.to_secret_string(), ClientRequestToken=token)
+        action = "updated"
+        notify(cell, f"[kaia-ha] nodekey of {cn.name} changed",
+               f"The keys of running validator {cn.name} ({cell.name}) differ from the backup in {cn.nodekey_secret_id} "
+               f"(node ID {current.node_id[:16]}… -> {backup.node_id[:16]}…). The backup now holds the running keys; "
+               "the previous version stays as AWSPREVIOUS. Investigate: a changed nodekey on a running validator is an incident.")
+    result = {"cn": cn.name, "node_id": backup.node_id, "secret_id": cn.nodekey_secret_id, "action": action,
+              "bls_nodekey": backup.bls is not None, "key_path": path}
+    if path != f"{cn.data_dir}/klay/nodekey":
+        result["warning"] = f"the nodekey in use is {path}, which shadows {cn.data_dir}/klay/nodekey"
+    log.info("Nodekey backup of %s: %s (node %s…)", cn.name, action, backup.node_id[:16])
+    return result
+
+
+# ----- 2. CN image -------------------------------------------------------------------------------------------
+def cn_fingerprint(cell: Cell) -> dict:
+    """What the image must carry: kcnd.conf and the kcn version (the "configuration or software")."""
+    cn = cell.active_cn
+    node = KaiaNodeHook(cn)
+    conf = node.run(f"sudo cat {shlex.quote(cn.conf_path)}").stdout
+    version = node.version()
+    if node.run(f"mountpoint -q {shlex.quote(cn.data_dir)}", check=False).rc != 0:
+        raise MaintenanceError(
+            f"{cn.name}: DATA_DIR {cn.data_dir} is not a mount point, so it lives on the root volume and an image "
+            "would carry the chain data and the nodekey. Put DATA_DIR on its own volume (inventory data_device)."
+        )
+    digest = hashlib.sha256(f"{version}\n{conf}".encode()).hexdigest()[:16]
+    return {"fingerprint": digest, "kcn_version": version}
+
+
+@step
+def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
+    """Decide whether this run makes a new CN image. IAM: ec2:DescribeImages."""
+    cell = _cell(cell_name)
+    cn = cell.active_cn
+    fp = cn_fingerprint(cell)
+    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    images = [i for i in ec2.find_images({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_CN_IMAGE})
+              if i["State"] in ("available", "pending")]
+    name = T.safe_name("kaia-cn", cell.name, cn.name, run_id)
+    newest = images[0] if images else None
+    if newest is None:
+        create, reason = True, "no CN image yet"
+    elif newest["Name"] == name:
+        create, reason = True, f"this run's image {newest['ImageId']} exists already (a retry): wait for it"
+    elif T.tag_dict(newest).get(T.FINGERPRINT) != fp["fingerprint"]:
+        create, reason = True, f"kcnd.conf or kcn version changed since {newest['ImageId']}"
+    else:
+        age = run_after - datetime.fromisoformat(newest["CreationDate"].replace("Z", "+00:00"))
+        create = age > timedelta(hours=cell.maintenance.image_max_age_hours)
+        reason = f"newest image {newest['ImageId']} is {age} old" + (" (too old)" if create else ", current")
+    image_tags = T.base_tags(cell.name, T.KIND_CN_IMAGE, run_id, DAG_ID, cn.name) | {
+        T.FINGERPRINT: fp["fingerprint"], "kaia:kcn-version": fp["kcn_version"], "Name": name,
+    }
+    log.info("CN image of %s: %s (%s)", cn.name, "create" if create else "skip", reason)
+    return {"create": create, "reason": reason, "name": name, "instance_id": cn.instance_id, "exclude_devices": [cn.data_device],
+            "tags": image_tags, "newest": newest["ImageId"] if newest else None, **fp}
+
+
+# ----- 3. PN pre-snapshot ---------------------------------------------------------------------------------
+def _pn_healthy(pn) -> tuple[bool, str]:
+    node = KaiaNodeHook(pn)
+    try:
+        if node.service_state() != "active":
+            return False, f"{pn.service} is not active"
+        probe = node.probe()
+    except NodeCommandError as exc:
+        return False, str(exc)
+    if probe.peer_total == 0:
+        return False, "no peers"
+    return True, f"block {probe.block}, {probe.peer_total} peers"
+
+
+@step
+def pn_snapshot_plan(cell_name: str, run_id: str) -> dict:
+    """Pick the PN to snapshot (the inventory's choice, else the one with the oldest snapshot) and
+    make sure every PN of the cell is healthy first: never two PNs of a cell down at once.
+
+    IAM: ec2:DescribeSnapshots.
+    """
+    cell = _cell(cell_name)
+    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    newest = {}
+    for pn in cell.pns:
+        snaps = [s for s in ec2.find_snapshots({T.CELL: cell.name, T.NODE: pn.name, T.KIND: T.KIND_PN_CHAINDATA}) if s["State"] != "error"]
+        newest[pn.name] = snaps[0]["StartTime"].isoformat() if snaps else ""
+    # A retry of this run keeps the PN its first try chose (the snapshot tagged with this run).
+    this_run = [pn for pn in cell.pns if ec2.find_snapshots({T.RUN_ID: run_id, T.NODE: pn.name, T.KIND: T.KIND_PN_CHAINDATA})]
+    if this_run:
+        pn, why = this_run[0], "chosen by an earlier try of this run"
+    elif cell.maintenance.snapshot_pn:
+        pn, why = next(p for p in cell.pns if p.name == cell.maintenance.snapshot_pn), "the inventory's choice"
+    else:
+        pn = min(cell.pns, key=lambda p: newest[p.name])
+        why = f"oldest snapshot ({newest[pn.name] or 'none yet'})"
+    for other in cell.pns:
+        ok, detail = _pn_healthy(other)
+        if not ok and not this_run:
+            raise MaintenanceError(f"{other.name} is not healthy ({detail}); not taking {pn.name} of {cell.name} down now")
+    tags = T.base_tags(cell.name, T.KIND_PN_CHAINDATA, run_id, DAG_ID, pn.name) | {T.CLEAN_STOP: "true", "Name": f"{pn.name}-chaindata"}
+    log.info("PN snapshot of %s: %s (%s)", cell.name, pn.name, why)
+    return {"pn": pn.name, "volume_id": pn.data_volume_id, "why": why, "tags": tags}
+
+
+def _pn(cell: Cell, name: str):
+    return next(p for p in cell.pns if p.name == name)
+
+
+@step
+def stop_pn(cell_name: str, pn_name: str) -> dict:
+    """Stop kpnd and prove it stopped cleanly (process gone, clean-stop log lines): an unclean stop
+    leaves chain data a CN cannot open, so then there is no snapshot."""
+    cell = _cell(cell_name)
+    began = time.time()
+    stopped = KaiaNodeHook(_pn(cell, pn_name)).stop_service()
+    if not stopped["clean"]:
+        raise MaintenanceError(
+            f"{pn_name}: kpnd did not stop cleanly (no 'Blockchain manager stopped' then 'Database closed'; killed after "
+            f"STOP_TIMEOUT?). Its chain data is not usable as is; no snapshot taken. Last log lines:\n{stopped['log_tail']}"
+        )
+    log.info("kpnd on %s stopped cleanly in %.1fs", pn_name, stopped["stop_seconds"])
+    return {"pn": pn_name, "stop_began": began, "stopped_at": time.time(), "stop_seconds": stopped["stop_seconds"]}
+
+
+@step
+def start_pn(cell_name: str, pn_name: str) -> dict:
+    """Start kpnd again (the teardown: it runs whatever failed before it)."""
+    cell = _cell(cell_name)
+    node = KaiaNodeHook(_pn(cell, pn_name))
+    node.start_service()
+    state = node.service_state()
+    if state != "active":
+        raise MaintenanceError(f"{pn_name}: kpnd is {state} after `systemctl start`; the PN is DOWN, look at its log now")
+    log.info("kpnd on %s started", pn_name)
+    return {"pn": pn_name, "started_at": time.time()}
+
+
+def pn_is_back(cell_name: str, pn_name: str) -> dict | None:
+    """kpnd answers, has peers and its head rises: the PN serves its CN again."""
+    node = KaiaNodeHook(_pn(_cell(cell_name), pn_name))
+    first = node.probe()
+    time.sleep(2)
+    last = node.probe()
+    if last.peer_total > 0 and last.block > first.block:
+        return {"pn": pn_name, "block": last.block, "peers": last.peers}
+    log.info("%s not back yet: block %s -> %s, peers %s", pn_name, first.block, last.block, last.peers)
+    return None
+
+
+# ----- 4. retention -------------------------------------------------------------------------------------------
+def _retention(cell_name: str, run_after: datetime, kind: str) -> list[str]:
+    cell = _cell(cell_name)
+    keep = cell.maintenance
+    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    if kind == T.KIND_CN_IMAGE:
+        found, count, state, key = ec2.find_images({T.CELL: cell.name, T.KIND: kind}), keep.keep_images, "available", "ImageId"
+    else:
+        found, count, state, key = ec2.find_snapshots({T.CELL: cell.name, T.KIND: kind}), keep.keep_snapshots, "completed", "SnapshotId"
+    delete, kept = retention.plan(found, keep=count, usable_state=state, id_key=key, now=run_after)
+    for item in kept:
+        log.info("keep %s: %s", item["id"], item["why"])
+    log.info("delete %s", delete or "nothing")
+    return delete
+
+
+@step
+def images_to_delete(cell_name: str, run_after: datetime) -> list[str]:
+    """CN images past the inventory's retention. IAM: ec2:DescribeImages."""
+    return _retention(cell_name, run_after, T.KIND_CN_IMAGE)
+
+
+@step
+def snapshots_to_delete(cell_name: str, run_after: datetime) -> list[str]:
+    """PN snapshots past the inventory's retention. IAM: ec2:DescribeSnapshots."""
+    return _retention(cell_name, run_after, T.KIND_PN_CHAINDATA)
+
+
+# ----- 5. report ------------------------------------------------------------------------------------------------
+def build_report(ti, dag_id: str, run_id: str) -> dict:
+    """One report for the run: per cell what was created, skipped, deleted, and kpnd's down time."""
+    states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id]).get(run_id, {})
+
+    def pull(task_id: str, key: str = "return_value"):
+        return ti.xcom_pull(task_ids=task_id, key=key, default=None)
+
+    cells, steps = [], []
+    for cell in load_inventory().cells:
+        prefix = f"{cell.name}."
+        entry = {"cell": cell.name, "scheme": cell.scheme, "nodekey": pull(prefix + "nodekey_backup.backup_nodekey")}
+        if cell.scheme == "cloud":
+            plan = pull(prefix + "cn_image.image_plan") or {}
+            entry["image"] = {"decision": "create" if plan.get("create") else "skip", "reason": plan.get("reason"),
+                              "image_id": pull(prefix + "cn_image.create_image"), "fingerprint": plan.get("fingerprint")}
+            stop, start = pull(prefix + "pn_snapshot.stop_kpnd"), pull(prefix + "pn_snapshot.start_kpnd")
+            done = pull(prefix + "pn_snapshot.snapshot_done")
+            entry["pn_snapshot"] = {
+                "pn": (pull(prefix + "pn_snapshot.plan") or {}).get("pn"),
+                "snapshot_id": pull(prefix + "pn_snapshot.create_snapshot"),
+                "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2) if stop and start else None,
+                "snapshot_complete_seconds": round(done["completed_at"] - stop["stopped_at"], 2) if stop and done else None,
+            }
+            entry["retention"] = {"images": pull(prefix + "retention.images_to_delete"),
+                                  "snapshots": pull(prefix + "retention.snapshots_to_delete")}
+        entry["tasks"] = {t[len(prefix):]: s for t, s in sorted(states.items()) if t.startswith(prefix)}
+        cells.append(entry)
+    for task_id in sorted(states):
+        record = pull(task_id, STEP_KEY)
+        if record:
+            steps.append(record | {"state": states[task_id]})
+    failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
+    return {"dag_id": dag_id, "run_id": run_id, "ok": not failed, "failed_tasks": failed, "cells": cells, "steps": steps}
+
+
+def render_report(report: dict) -> str:
+    lines = [f"# Kaia CN maintenance: {report['run_id']}", "", f"Result: {'OK' if report['ok'] else 'FAILED: ' + ', '.join(report['failed_tasks'])}", ""]
+    for cell in report["cells"]:
+        lines += [f"## {cell['cell']} ({cell['scheme']})", ""]
+        key = cell.get("nodekey") or {}
+        lines.append(f"- nodekey backup: {key.get('action', 'not done')} (node {str(key.get('node_id', ''))[:16]}…, secret {key.get('secret_id', '-')})")
+        if key.get("warning"):
+            lines.append(f"- WARNING: {key['warning']}")
+        if cell["scheme"] == "cloud":
+            image, snap = cell["image"], cell["pn_snapshot"]
+            lines.append(f"- CN image: {image['decision']} ({image['reason']}) -> {image['image_id'] or '-'}")
+            lines.append(f"- PN snapshot: {snap['pn']} -> {snap['snapshot_id'] or '-'}; kpnd down {snap['kpnd_down_seconds']} s; "
+                         f"snapshot complete {snap['snapshot_complete_seconds']} s after the stop")
+            ret = cell.get("retention") or {}
+            lines.append(f"- retention: delete images {ret.get('images', [])}, snapshots {ret.get('snapshots', [])}")
+        lines.append("")
+    lines += ["## Steps", "", table(report["steps"], ["task", "try", "seconds", "state", "outcome"])]
+    return "\n".join(lines)
+
+
+def report(ti, dag_id: str, run_id: str) -> dict:
+    data = build_report(ti, dag_id, run_id)
+    text = render_report(data)
+    paths = write(dag_id, run_id, data, text)
+    log.info("Maintenance report (%s):\n%s", paths["markdown"], text)
+    if not data["ok"]:
+        raise MaintenanceError(f"maintenance run {run_id} failed: {', '.join(data['failed_tasks'])} (report {paths['markdown']})")
+    return {"ok": data["ok"], "report": paths["markdown"]}

@@ -1,0 +1,17 @@
+"""Knobs read from the environment at parse time (cheap, no I/O beyond os.environ)."""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+
+
+def retry_delay() -> pendulum.Duration:
+    """Delay before a task's retry: 10 s by default; drills and tests shorten it (KAIA_HA_RETRY_DELAY_SECONDS)."""
+    return pendulum.duration(seconds=float(os.environ.get("KAIA_HA_RETRY_DELAY_SECONDS", "10")))
+
+
+def default_args(retries: int = 3) -> dict:
+    return {"owner": "kaia-cco", "retries": retries, "retry_delay": retry_delay(), "retry_exponential_backoff": True,
+            "max_retry_delay": pendulum.duration(minutes=5)}

@@ -1,0 +1,163 @@
+"""EC2 and EBS calls of the core-cell DAGs that the Amazon provider's EC2Hook does not wrap.
+
+Every method names the IAM actions it needs (``IAM_ACTIONS`` gathers them for the README's policy).
+Creation calls that have no ClientToken (CreateImage, CreateSnapshot) go through ``create_once``:
+botocore's own retry would repeat them blindly after a dropped connection and make a duplicate, so
+they are sent once per attempt and each attempt first looks for what an earlier one made (by tags).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from functools import cached_property
+
+import botocore.config
+import botocore.exceptions
+from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
+
+from kaia_ha import tags as T
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_CODES = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "Unavailable",
+                   "ServiceUnavailable", "InternalFailure"}
+NOT_FOUND_CODES = {"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidSnapshot.NotFound", "InvalidVolume.NotFound",
+                   "InvalidInstanceID.NotFound"}
+
+IAM_ACTIONS: dict[str, tuple[str, ...]] = {
+    "find_images": ("ec2:DescribeImages",),
+    "find_snapshots": ("ec2:DescribeSnapshots",),
+    "create_image": ("ec2:CreateImage", "ec2:CreateTags", "ec2:DescribeImages", "ec2:DescribeInstances"),
+    "create_snapshot": ("ec2:CreateSnapshot", "ec2:CreateTags", "ec2:DescribeSnapshots"),
+    "deregister_image": ("ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:DescribeImages"),
+    "delete_snapshot": ("ec2:DeleteSnapshot",),
+}
+
+
+def error_code(exc: Exception) -> str | None:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("Error", {}).get("Code")
+    return None
+
+
+def is_transient(exc: Exception) -> bool:
+    """Throttling, a 5xx, or a connection that dropped before we saw the answer."""
+    if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
+        return True
+    return error_code(exc) in RETRYABLE_CODES
+
+
+def create_once(find: Callable[[], dict | None], create: Callable[[], dict], what: str, attempts: int = 6,
+                base_delay: float = 1.0) -> tuple[dict, bool]:
+    """Create a resource that has no ClientToken at most once: ``(resource, created_now)``."""
+    for attempt in range(attempts):
+        existing = find()
+        if existing:
+            return existing, False
+        try:
+            return create(), True
+        except Exception as exc:
+            if not is_transient(exc) or attempt == attempts - 1:
+                raise
+            delay = base_delay * 2**attempt
+            log.warning("%s: %s on attempt %d; looking for it again in %.0fs", what, error_code(exc) or type(exc).__name__, attempt + 1, delay)
+            time.sleep(delay)
+    raise RuntimeError(f"{what}: no result after {attempts} attempts")
+
+
+class CoreCellEC2Hook(EC2Hook):
+    """``EC2Hook`` (client API) with the image and snapshot calls a core cell needs."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["api_type"] = "client_type"
+        super().__init__(*args, **kwargs)
+
+    @cached_property
+    def once(self):
+        """A client that never retries by itself: for calls without a ClientToken (see ``create_once``)."""
+        return self.get_client_type(config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+
+    # ----- find ------------------------------------------------------------------------------------------
+    def find_images(self, tags: dict[str, str]) -> list[dict]:
+        """Images owned by this account with all ``tags``, newest first. IAM: ec2:DescribeImages."""
+        images = self.conn.describe_images(Owners=["self"], Filters=T.filters(tags))["Images"]
+        return sorted(images, key=lambda i: i.get("CreationDate", ""), reverse=True)
+
+    def find_snapshots(self, tags: dict[str, str]) -> list[dict]:
+        """Snapshots owned by this account with all ``tags``, newest first. IAM: ec2:DescribeSnapshots."""
+        pages = self.conn.get_paginator("describe_snapshots").paginate(OwnerIds=["self"], Filters=T.filters(tags))
+        snapshots = [s for page in pages for s in page["Snapshots"]]
+        return sorted(snapshots, key=lambda s: s["StartTime"], reverse=True)
+
+    # ----- create ----------------------------------------------------------------------------------------
+    def create_image(self, *, instance_id: str, name: str, exclude_devices: list[str], tags: dict[str, str],
+                     no_reboot: bool, description: str = "") -> tuple[str, bool]:
+        """CreateImage without the listed devices (mapped NoDevice); found again by its unique name.
+
+        IAM: ec2:CreateImage, ec2:CreateTags, ec2:DescribeImages, ec2:DescribeInstances.
+        """
+
+        def find():
+            found = self.conn.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+            return found[0] if found else None
+
+        def create():
+            try:
+                return self.once.create_image(
+                    InstanceId=instance_id, Name=name, Description=description, NoReboot=no_reboot,
+                    BlockDeviceMappings=[{"DeviceName": d, "NoDevice": ""} for d in exclude_devices],
+                    TagSpecifications=[{"ResourceType": "image", "Tags": T.tag_list(tags)},
+                                       {"ResourceType": "snapshot", "Tags": T.tag_list(tags)}],
+                )
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) == "InvalidAMIName.Duplicate":  # an earlier attempt made it after all
+                    return find()
+                raise
+
+        image, created = create_once(find, create, f"CreateImage {name}")
+        return image["ImageId"], created
+
+    def create_snapshot(self, *, volume_id: str, tags: dict[str, str], description: str) -> tuple[dict, bool]:
+        """CreateSnapshot of a volume, once per run (found again by its run tags).
+
+        IAM: ec2:CreateSnapshot, ec2:CreateTags, ec2:DescribeSnapshots.
+        """
+        match = {**tags, T.SOURCE_VOLUME: volume_id}
+
+        def find():
+            found = self.find_snapshots(match)
+            return found[0] if found else None
+
+        def create():
+            return self.once.create_snapshot(
+                VolumeId=volume_id, Description=description,
+                TagSpecifications=[{"ResourceType": "snapshot", "Tags": T.tag_list(match)}],
+            )
+
+        return create_once(find, create, f"CreateSnapshot {volume_id}")
+
+    # ----- delete ----------------------------------------------------------------------------------------
+    def deregister_image(self, image_id: str) -> bool:
+        """Deregister an image and delete its snapshots; NotFound counts as done.
+
+        IAM: ec2:DeregisterImage, ec2:DeleteSnapshot, ec2:DescribeImages.
+        """
+        try:
+            self.conn.deregister_image(ImageId=image_id, DeleteAssociatedSnapshots=True)
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) in NOT_FOUND_CODES:
+                return False
+            raise
+
+    def delete_snapshot(self, snapshot_id: str) -> bool:
+        """Delete a snapshot; NotFound counts as done. IAM: ec2:DeleteSnapshot."""
+        try:
+            self.conn.delete_snapshot(SnapshotId=snapshot_id)
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) in NOT_FOUND_CODES:
+                return False
+            raise

@@ -1,0 +1,190 @@
+"""SSH access to one Kaia node's host: commands, the node's IPC console, and its key files.
+
+Built on the SSH provider's ``SSHHook`` with host keys checked as the connection says (provider 7
+refuses unknown hosts). Keys travel only over the SSH channel's stdin/stdout, never on a command line
+and never in a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from functools import cached_property
+
+import paramiko
+from airflow.providers.ssh.hooks.ssh import SSHHook
+
+from kaia_ha.health import PROBE_EXPR, Probe
+from kaia_ha.inventory import Node
+from kaia_ha.keys import BlsKey, InvalidKeyError, NodeKey
+
+log = logging.getLogger(__name__)
+
+CLEAN_STOP_LINES = ("Blockchain manager stopped", "Database closed")
+_LIFECYCLE = ("Inserted a new block", "Starting", "IPC endpoint opened", *CLEAN_STOP_LINES)
+
+
+class NodeCommandError(RuntimeError):
+    """A command on a node's host failed; the message says which and why (never a key)."""
+
+
+class HostUnreachable(NodeCommandError):
+    pass
+
+
+@dataclass(frozen=True)
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+def shutdown_was_clean(log_text: str) -> bool:
+    """True when the node's last lifecycle lines are a clean stop: manager stopped, then DB closed."""
+    events = [e for line in log_text.splitlines() for e in _LIFECYCLE if e in line]
+    return events[-2:] == list(CLEAN_STOP_LINES)
+
+
+class KaiaNodeHook:
+    """One node's host.
+
+    :param node: the inventory entry (paths, service, ssh_conn_id).
+    :param remote_host: override the connection's host (a freshly launched instance).
+    :param host_key: ``"ssh-ed25519 AAAA..."`` learned for ``remote_host`` (checked, never skipped).
+    """
+
+    def __init__(self, node: Node, *, ssh_conn_id: str | None = None, remote_host: str | None = None,
+                 host_key: str | None = None, connect_timeout: int = 15):
+        self.node = node
+        self.ssh_conn_id = ssh_conn_id or node.ssh_conn_id
+        self.remote_host = remote_host
+        self.host_key = host_key
+        self.connect_timeout = connect_timeout
+        self._client: paramiko.SSHClient | None = None
+
+    @cached_property
+    def ssh_hook(self) -> SSHHook:
+        hook = SSHHook(ssh_conn_id=self.ssh_conn_id, remote_host=self.remote_host or "", conn_timeout=self.connect_timeout)
+        if self.host_key:
+            key_type, data = self.host_key.split()[:2]
+            hook.host_key = paramiko.PKey.from_type_string(key_type, base64.b64decode(data))
+            hook.no_host_key_check = False
+        return hook
+
+    def client(self) -> paramiko.SSHClient:
+        if self._client is None or not (self._client.get_transport() and self._client.get_transport().is_active()):
+            try:
+                self._client = self.ssh_hook.get_conn()
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise HostUnreachable(f"{self.node.name}: cannot open SSH ({self.ssh_conn_id}): {type(exc).__name__}: {exc}") from None
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ----- commands --------------------------------------------------------------------------------------
+    def run(self, command: str, *, timeout: float = 60, check: bool = True, stdin: str | None = None,
+            secret_output: bool = False) -> Result:
+        """Run one command. ``stdin`` carries secrets in; ``secret_output`` keeps stdout out of errors."""
+        client = self.client()
+        try:
+            chan_in, chan_out, chan_err = client.exec_command(command, timeout=timeout)
+            if stdin is not None:
+                chan_in.write(stdin)
+            chan_in.channel.shutdown_write()
+            out = chan_out.read().decode(errors="replace")
+            err = chan_err.read().decode(errors="replace")
+            rc = chan_out.channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError, socket.timeout) as exc:
+            self.close()
+            raise HostUnreachable(f"{self.node.name}: SSH dropped during {command.split()[0:3]}: {type(exc).__name__}") from None
+        if rc == -1 or (rc == 255 and not out and not err):
+            self.close()
+            raise HostUnreachable(f"{self.node.name}: SSH session ended without an exit status")
+        if check and rc != 0:
+            shown = "" if secret_output else out[-500:]
+            raise NodeCommandError(f"{self.node.name}: `{command}` exited {rc}: {err.strip()[-500:]} {shown}".rstrip())
+        return Result(rc, out, err)
+
+    # ----- the node ------------------------------------------------------------------------------------------
+    def attach(self, expr: str, timeout: float = 30) -> str:
+        cmd = self.node.attach_cmd.format(binary=self.node.binary, data_dir=shlex.quote(self.node.data_dir), expr=shlex.quote(expr))
+        return self.run(cmd, timeout=timeout).stdout
+
+    def probe(self) -> Probe:
+        return Probe.from_console(self.attach(PROBE_EXPR))
+
+    def conf(self) -> dict[str, str]:
+        """DATA_DIR, LOG_DIR, ADDITIONAL, STOP_TIMEOUT as the init script sees them (it sources the file)."""
+        keys = ("DATA_DIR", "LOG_DIR", "ADDITIONAL", "STOP_TIMEOUT", "AUTO_RESTART_NODE")
+        script = f". {shlex.quote(self.node.conf_path)}; " + "; ".join(f'printf "{k}=%s\\n" "${k}"' for k in keys)
+        out = self.run(f"sudo bash -c {shlex.quote(script)}").stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def log_path(self, conf: dict[str, str] | None = None) -> str:
+        conf = conf or self.conf()
+        log_dir = conf.get("LOG_DIR") or f"/var/log/{self.node.service}"
+        return f"{log_dir}/{self.node.service}.out"
+
+    def service_state(self) -> str:
+        return self.run(f"systemctl is-active {self.node.service}", check=False).stdout.strip() or "unknown"
+
+    def start_service(self, timeout: float = 120) -> None:
+        self.run(f"sudo systemctl start {self.node.service}", timeout=timeout)
+
+    def stop_service(self) -> dict:
+        """Stop the daemon and prove it stopped cleanly: process gone and the clean-stop log lines."""
+        conf = self.conf()
+        stop_timeout = float(conf.get("STOP_TIMEOUT") or 10)
+        started = time.time()
+        # systemd waits STOP_TIMEOUT before SIGKILL: give the command more than that.
+        self.run(f"sudo systemctl stop {self.node.service}", timeout=stop_timeout + 60)
+        state = self.service_state()
+        if state == "active":
+            raise NodeCommandError(f"{self.node.name}: {self.node.service} is still active after `systemctl stop`")
+        tail = self.run(f"sudo tail -n 300 {shlex.quote(self.log_path(conf))}", check=False).stdout
+        return {"state": state, "clean": shutdown_was_clean(tail), "stop_seconds": round(time.time() - started, 2),
+                "log_tail": "\n".join(tail.splitlines()[-5:])}
+
+    def set_autostart(self, enabled: bool) -> None:
+        self.run(f"sudo systemctl {'enable' if enabled else 'disable'} {self.node.service}")
+
+    def version(self) -> str:
+        out = self.run(f"{self.node.binary} version").stdout
+        for line in out.splitlines():
+            if line.startswith("Version:"):
+                return line.split(":", 1)[1].strip()
+        raise NodeCommandError(f"{self.node.name}: `{self.node.binary} version` printed no Version line")
+
+    # ----- key files -------------------------------------------------------------------------------------------
+    def key_paths(self, name: str) -> list[str]:
+        """Where the node looks for ``name``, in its order: DATA_DIR first, then DATA_DIR/klay."""
+        return [f"{self.node.data_dir}/{name}", f"{self.node.data_dir}/klay/{name}"]
+
+    def existing(self, paths: list[str]) -> list[str]:
+        script = "; ".join(f"test -e {shlex.quote(p)} && echo {shlex.quote(p)}" for p in paths) + "; true"
+        return self.run(f"sudo sh -c {shlex.quote(script)}").stdout.split()
+
+    def read_key(self, name: str) -> tuple[NodeKey | BlsKey | None, str | None]:
+        """The key the node would actually use (path precedence), and where it is; (None, None) if absent."""
+        found = self.existing(self.key_paths(name))
+        if not found:
+            return None, None
+        path = found[0]
+        raw = self.run(f"sudo cat {shlex.quote(path)}", secret_output=True).stdout
+        try:
+            return (NodeKey(raw) if name == "nodekey" else BlsKey(raw)), path
+        except InvalidKeyError as exc:
+            raise InvalidKeyError(f"{self.node.name}:{path}: {exc}") from None
+
+    def write_key(self, path: str, key: NodeKey | BlsKey) -> None:
+        """Atomically write a key file, mode 0600, the value on stdin only."""
+        tmp = f"{path}.kaia-ha.tmp"
+        script = f"umask 077 && cat > {shlex.quote(tmp)} && chmod 600 {shlex.quote(tmp)} && sync {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
+        self.run(f"sudo sh -c {shlex.quote(script)}", stdin=key.reveal() + "\n", secret_output=True)

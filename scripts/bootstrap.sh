@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Everything `make demo` and `make test` need on a fresh Debian machine with Python 3.11:
+# Debian packages for the simulated hosts, the virtual environment with pinned packages, an Airflow home.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade "pip==26.3"
+.venv/bin/python -m pip install -q -r requirements.txt -c constraints.txt
+
+# The project's own Airflow home (its metadata DB is what dag.test() and the scheduler use).
+. scripts/airflow-env.sh
+mkdir -p "$AIRFLOW_HOME"
+.venv/bin/airflow db migrate >/dev/null
+.venv/bin/airflow pools set kaia_pn_downtime 1 "Kaia: at most one PN stopped at a time" >/dev/null
+echo "bootstrap: ready (.venv, $AIRFLOW_HOME)"

@@ -1,0 +1,146 @@
+"""The cell's HTTP API on loopback: node heartbeats, host tools, and the operator's controls.
+
+Routes: ``POST /node/heartbeat``, ``GET /ssh/fault``, ``POST /host/ip``, ``POST /host/mount`` (from the
+hosts); ``GET /status``, ``POST /control/break``, ``POST /control/fault``, ``POST /control/shutdown``
+(from ``python -m simcell``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+log = logging.getLogger(__name__)
+
+BREAK_HOW = ("kill", "stop-instance", "cut-ssh")
+FAULT_KINDS = ("throttle", "server-error", "drop")
+
+
+class ControlError(Exception):
+    pass
+
+
+class Coordinator:
+    def __init__(self, world, front, stop_instance, on_shutdown):
+        self.world = world
+        self.front = front
+        self.stop_instance = stop_instance  # EC2 StopInstances through the front layer
+        self.on_shutdown = on_shutdown
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> None:
+        threading.Thread(target=self.server.serve_forever, name="coordinator", daemon=True).start()
+
+    # ----- controls ------------------------------------------------------------------------------------
+    def find_host(self, node: str):
+        for host in self.world.hosts.values():
+            if node in (host.name, host.label, host.instance_id):
+                return host
+        raise ControlError(f"no node named {node!r}; known: {sorted(h.label or h.name for h in self.world.hosts.values())}")
+
+    def do_break(self, node: str, how: str) -> dict:
+        if how not in BREAK_HOW:
+            raise ControlError(f"--how must be one of {', '.join(BREAK_HOW)}, got {how!r}")
+        host = self.find_host(node)
+        if how == "kill":
+            service = "kpnd" if host.role == "pn" else "kcnd"
+            if not self.world.kill_node(host.name, service):
+                raise ControlError(f"{node}: {service} is not running")
+        elif how == "stop-instance":
+            if host.instance_id:
+                self.stop_instance(host.instance_id)
+            else:  # bare metal: the power goes
+                self.world.shutdown(host.name, graceful=False)
+        else:
+            self.world.cut_ssh(host.name)
+        return {"broken": host.label or host.name, "how": how}
+
+    def do_fault(self, req: dict) -> dict:
+        if req.get("clear"):
+            self.front.clear_faults()
+            self.world.ssh_faults.clear()
+            self.world.stop_seconds.clear()
+            return {"cleared": True}
+        action, kind, times = req["action"], req["kind"], int(req.get("times", 1))
+        if action.startswith("ssh:"):
+            # ssh:<node>: the next N SSH sessions to that host drop before their command runs.
+            if kind != "drop":
+                raise ControlError("SSH faults take --kind drop")
+            host = self.find_host(action[4:])
+            self.world.ssh_faults.setdefault(host.name, []).extend(["drop"] * times)
+        elif action.startswith("slow-stop:"):
+            # slow-stop:<node>: the node needs `times` seconds to stop (past STOP_TIMEOUT it is killed).
+            host = self.find_host(action[10:])
+            self.world.stop_seconds[host.name] = float(times)
+        else:
+            if kind not in FAULT_KINDS:
+                raise ControlError(f"--kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
+            self.front.add_fault(action, kind, times)
+        return {"fault": action, "kind": kind, "times": times}
+
+    def status(self) -> dict:
+        status = self.world.status()
+        status["pending_faults"] = {
+            "aws": self.front.pending_faults(),
+            "ssh": {k: len(v) for k, v in self.world.ssh_faults.items() if v},
+            "slow_stop": dict(self.world.stop_seconds),
+        }
+        return status
+
+    # ----- HTTP ----------------------------------------------------------------------------------------
+    def _handler(self):
+        coordinator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, fmt, *args):  # keep the supervisor log for what matters
+                pass
+
+            def _reply(self, code: int, payload) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if url.path == "/status":
+                    return self._reply(200, coordinator.status())
+                if url.path == "/ssh/fault":
+                    return self._reply(200, {"kind": coordinator.world.take_ssh_fault(query.get("host", ""))})
+                return self._reply(404, {"error": f"no route {url.path}"})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                req = json.loads(self.rfile.read(length) or b"{}")
+                world = coordinator.world
+                routes = {
+                    "/node/heartbeat": world.heartbeat,
+                    "/host/ip": world.ip_op,
+                    "/host/mount": world.mount_op,
+                    "/control/break": lambda r: coordinator.do_break(r["node"], r["how"]),
+                    "/control/fault": coordinator.do_fault,
+                    "/control/shutdown": lambda r: coordinator.on_shutdown() or {"stopping": True},
+                }
+                route = routes.get(self.path)
+                if route is None:
+                    return self._reply(404, {"error": f"no route {self.path}"})
+                try:
+                    return self._reply(200, route(req))
+                except ControlError as exc:
+                    return self._reply(400, {"error": str(exc)})
+                except Exception as exc:
+                    log.exception("%s failed", self.path)
+                    return self._reply(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+        return Handler

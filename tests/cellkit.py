@@ -1,0 +1,110 @@
+"""Drive a simulated core cell from tests the way an operator does: its CLI, SSH, boto3."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Cell:
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self.base_env = dict(os.environ, SIMCELL_DIR=str(state_dir), PYTHONPATH=str(REPO))
+        self.env: dict[str, str] = {}
+
+    # ----- the CLI ---------------------------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", "simcell", *args], env=self.base_env, cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"simcell {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def up(self, *args: str) -> None:
+        self.cli("up", *args)
+        self.env = self.read_env()
+
+    def down(self) -> None:
+        self.cli("down", check=False)
+
+    def read_env(self) -> dict[str, str]:
+        env = {}
+        for line in (self.state_dir / "env").read_text().splitlines():
+            if line.startswith("export "):
+                key, _, value = line[len("export ") :].partition("=")
+                env[key] = shlex.split(value)[0] if value else ""
+        return env
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status").stdout)
+
+    def node(self, name: str, service: str | None = None) -> dict:
+        for node in self.status()["nodes"]:
+            if node["name"] == name and (service is None or node["service"] == service):
+                return node
+        raise KeyError(name)
+
+    def fault(self, *args: str) -> None:
+        self.cli("fault", *args)
+
+    def break_(self, node: str, how: str) -> None:
+        self.cli("break", node, "--how", how)
+
+    # ----- AWS and SSH -------------------------------------------------------------------------------
+    def client(self, service: str, **config):
+        from botocore.config import Config
+
+        return boto3.client(
+            service,
+            endpoint_url=self.env["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(**config) if config else None,
+        )
+
+    def conn(self, name: str) -> dict:
+        return json.loads(self.env["AIRFLOW_CONN_SSH_" + name.upper().replace("-", "_")])
+
+    def ssh(self, name: str, command: str, check: bool = True, stdin: str | None = None, host: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command on a node's host with the system ssh client, host key checked."""
+        conn = self.conn(name) if host is None else self.conn(name) | {"host": host}
+        known = self.state_dir / f"known_hosts_{name}"
+        known.write_text(f"[{conn['host']}]:{conn['port']} {conn['extra']['host_key']}\n")
+        result = subprocess.run(
+            ["ssh", "-i", conn["extra"]["key_file"], "-p", str(conn["port"]), "-o", f"UserKnownHostsFile={known}",
+             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"{conn['login']}@{conn['host']}", command],
+            capture_output=True, text=True, input=stdin, timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"ssh {name} {command!r} -> {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def attach(self, name: str, expr: str, data_dir: str = "/var/kcnd/data", binary: str = "kcn"):
+        out = self.ssh(name, f"sudo {binary} attach --datadir {data_dir} --exec {shlex.quote('JSON.stringify(' + expr + ')')}").stdout
+        return json.loads(json.loads(out))
+
+    def calls(self, action: str | None = None) -> list[dict]:
+        lines = (self.state_dir / "aws-calls.jsonl").read_text().splitlines()
+        calls = [json.loads(line) for line in lines]
+        return [c for c in calls if action is None or c["action"] == action]
+
+    def wait_for(self, predicate, timeout: float = 30, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            time.sleep(0.2)

@@ -1,0 +1,131 @@
+"""The maintenance DAG against the simulated core cell: what an operator checks after a run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from kaia_ha.keys import KeyBackup
+
+DAG_ID = "kaia_cn_maintenance"
+
+
+def ok(states: dict) -> bool:
+    return all(s in ("success", "skipped") for s, _ in states.values())
+
+
+def images(cell) -> list[dict]:
+    ec2 = cell.client("ec2")
+    return ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:kaia:kind", "Values": ["cn-image"]}])["Images"]
+
+
+def snapshots(cell, run_id: str | None = None) -> list[dict]:
+    filters = [{"Name": "tag:kaia:kind", "Values": ["pn-chaindata"]}]
+    if run_id:
+        filters.append({"Name": "tag:kaia:run-id", "Values": [run_id]})
+    return cell.client("ec2").describe_snapshots(OwnerIds=["self"], Filters=filters)["Snapshots"]
+
+
+@pytest.fixture(scope="module")
+def first_run(airflow, cell):
+    return airflow.run(DAG_ID)
+
+
+def test_a_run_backs_up_the_keys_images_the_cn_without_data_and_snapshots_a_pn(first_run, airflow, cell):
+    run_id, state, states = first_run
+    assert state == "success", states
+    # The backup holds the key the running CN uses.
+    secrets = cell.client("secretsmanager")
+    for name, secret_id in (("cn-aws-1", "kaia-ha/cc-cloud/cn-aws-1/nodekey"), ("cn-metal-a", "kaia-ha/cc-metal/cn-metal-a/nodekey")):
+        backup = KeyBackup.from_secret_string(secrets.get_secret_value(SecretId=secret_id)["SecretString"], secret_id)
+        assert backup.node_id == cell.node(name)["node_id"]
+        assert backup.bls is not None
+    # One image, made without the DATA_DIR device (the call log shows the NoDevice mapping).
+    made = images(cell)
+    assert len(made) == 1
+    create = cell.calls("CreateImage")[-1]["params"]
+    assert create["BlockDeviceMapping.1.DeviceName"] == "/dev/sdf" and "BlockDeviceMapping.1.NoDevice" in create
+    assert create["NoReboot"] == "true"
+    assert "/dev/sdf" not in {m["DeviceName"] for m in made[0]["BlockDeviceMappings"]}
+    # One completed snapshot, from a clean stop, and the PN is back.
+    snaps = snapshots(cell, run_id)
+    assert len(snaps) == 1 and snaps[0]["State"] == "completed"
+    tags = {t["Key"]: t["Value"] for t in snaps[0]["Tags"]}
+    assert tags["kaia:clean-stop"] == "true"
+    assert all(n["running"] and n["peer_count"]["total"] > 0 for n in cell.status()["nodes"] if n["service"] == "kpnd")
+    report = airflow.report(DAG_ID, run_id)
+    cloud = next(c for c in report["cells"] if c["cell"] == "cc-cloud")
+    assert cloud["pn_snapshot"]["snapshot_id"] == snaps[0]["SnapshotId"]
+    assert 0 < cloud["pn_snapshot"]["kpnd_down_seconds"] < 60
+
+
+def test_the_snapshot_was_taken_from_a_cleanly_stopped_pn(first_run, cell):
+    run_id, _, _ = first_run
+    snap = snapshots(cell, run_id)[0]
+    volume = cell.client("ec2").create_volume(AvailabilityZone="us-east-1a", SnapshotId=snap["SnapshotId"], Size=snap["VolumeSize"])["VolumeId"]
+    cell.client("ec2").get_waiter("volume_available").wait(VolumeIds=[volume], WaiterConfig={"Delay": 0.2})
+    cell.client("ec2").attach_volume(VolumeId=volume, InstanceId=cell.node("cn-aws-1")["instance_id"], Device="/dev/sdh")
+    cell.ssh("cn-aws-1", "sudo mkdir -p /var/kcnd/check && sudo mount /dev/sdh /var/kcnd/check")
+    try:
+        current = json.loads(cell.ssh("cn-aws-1", "cat /var/kcnd/check/klay/chaindata/misc/CURRENT.json").stdout)
+        assert current["clean"] is True
+    finally:
+        cell.ssh("cn-aws-1", "sudo umount /var/kcnd/check")
+        cell.client("ec2").detach_volume(VolumeId=volume)
+
+
+def test_a_second_run_with_nothing_changed_makes_no_image_and_a_conf_change_does(first_run, airflow, cell):
+    before = len(cell.calls("CreateImage"))
+    run_id, state, states = airflow.run(DAG_ID)
+    assert state == "success", states
+    assert states[("cc-cloud.cn_image.create_image", -1)][0] == "skipped"
+    assert len(cell.calls("CreateImage")) == before
+    assert len(images(cell)) == 1
+    cell.ssh("cn-aws-1", "echo '# tuned by the operator' | sudo tee -a /etc/kcnd/conf/kcnd.conf")
+    run_id, state, states = airflow.run(DAG_ID)
+    assert state == "success", states
+    assert len(images(cell)) == 2
+    assert airflow.report(DAG_ID, run_id)["cells"][0]["image"]["reason"].startswith("kcnd.conf or kcn version changed")
+
+
+def test_faults_end_in_success_with_nothing_made_twice_and_kpnd_running(first_run, airflow, cell):
+    cell.fault("CreateSnapshot", "--kind", "throttle", "--times", "2")
+    cell.fault("CreateSnapshot", "--kind", "drop", "--times", "1")  # made, but the answer is lost
+    cell.fault("CreateImage", "--kind", "server-error", "--times", "1")
+    cell.fault("CreateImage", "--kind", "drop", "--times", "1")
+    for pn in ("pn-aws-1", "pn-aws-2"):
+        cell.fault(f"ssh:{pn}", "--kind", "drop", "--times", "1")
+    cell.ssh("cn-aws-1", "echo '# another change' | sudo tee -a /etc/kcnd/conf/kcnd.conf")
+    run_id, state, states = airflow.run(DAG_ID)
+    assert state == "success", states
+    assert len(snapshots(cell, run_id)) == 1
+    made = [i for i in images(cell) if {"Key": "kaia:run-id", "Value": run_id} in i["Tags"]]
+    assert len(made) == 1
+    assert cell.status()["pending_faults"]["aws"] == {}
+    assert all(n["running"] for n in cell.status()["nodes"] if n["service"] == "kpnd")
+
+
+def test_retention_keeps_the_newest_and_whatever_a_failover_uses(first_run, airflow, cell):
+    ec2 = cell.client("ec2")
+    instance = cell.node("pn-aws-2", "kpnd")["instance_id"]
+    vol = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance]},
+                                        {"Name": "attachment.device", "Values": ["/dev/sdf"]}])["Volumes"][0]["VolumeId"]
+    made = []
+    for i in range(4):
+        tags = [{"Key": "kaia:cell", "Value": "cc-cloud"}, {"Key": "kaia:kind", "Value": "pn-chaindata"},
+                {"Key": "kaia:node", "Value": "pn-aws-2"}, {"Key": "kaia:run-id", "Value": f"old-{i}"}]
+        if i == 0:
+            tags.append({"Key": "kaia:in-use-by", "Value": "failover-run-x"})
+        made.append(ec2.create_snapshot(VolumeId=vol, TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags}])["SnapshotId"])
+        time.sleep(1.1)  # distinct start times, so "newest" is well defined
+    before = {s["SnapshotId"] for s in snapshots(cell)}
+    run_id, state, states = airflow.run(DAG_ID)
+    assert state == "success", states
+    after = {s["SnapshotId"] for s in snapshots(cell)}
+    newest = snapshots(cell, run_id)[0]["SnapshotId"]
+    assert newest in after
+    assert made[0] in after  # in use by a failover
+    assert len(after - {made[0]}) == 3  # keep_snapshots
+    assert before - after  # something old was deleted

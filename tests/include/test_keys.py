@@ -1,0 +1,51 @@
+"""Keys are validated, derive the right node ID, and never show their value."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from kaia_ha.keys import BlsKey, InvalidKeyError, KeyBackup, NodeKey
+
+# secp256k1 test vector: private key 1 -> the generator point G.
+ONE = "0" * 63 + "1"
+G = ("79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+     "483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8")
+KEY = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
+
+
+def test_node_id_is_the_uncompressed_public_key():
+    assert NodeKey(ONE).node_id == G
+
+
+def test_a_trailing_newline_is_harmless_like_on_the_node():
+    assert NodeKey(KEY + "\n") == NodeKey(KEY)
+
+
+@pytest.mark.parametrize("raw", ["", "0x" + KEY[:62], KEY[:63], KEY[:63] + "g", KEY + "junk", "0" * 64])
+def test_a_malformed_key_is_refused_without_quoting_it(raw):
+    with pytest.raises(InvalidKeyError) as exc:
+        NodeKey(raw)
+    if len(raw) >= 16:
+        assert raw[:16] not in str(exc.value)
+
+
+def test_repr_str_and_pickle_never_reveal_the_key():
+    key = NodeKey(KEY)
+    for text in (repr(key), str(key), f"{key}", repr(BlsKey(KEY)), repr(KeyBackup(key, BlsKey(KEY), None, "cn")) ):
+        assert KEY not in text
+    with pytest.raises(TypeError):
+        pickle.dumps(key)
+
+
+def test_backup_round_trip_and_tamper_detection():
+    backup = KeyBackup(NodeKey(KEY), BlsKey(ONE), "pub", "cn-1")
+    again = KeyBackup.from_secret_string(backup.to_secret_string(), "s")
+    assert again.same_keys(backup) and again.node_id == backup.node_id
+    tampered = backup.to_secret_string().replace(backup.node_id, "0" * 128)
+    with pytest.raises(InvalidKeyError, match="does not match"):
+        KeyBackup.from_secret_string(tampered, "s")
+    with pytest.raises(InvalidKeyError) as exc:
+        KeyBackup.from_secret_string('{"nodekey": "%s"}' % KEY[:60], "s")
+    assert KEY[:60] not in str(exc.value)
