@@ -121,7 +121,7 @@ def break_(args) -> int:
 def fault(args) -> int:
     if args.clear:
         payload = {"clear": True}
-    elif not args.action or not args.kind:
+    elif not args.action or not (args.kind or args.action.startswith("slow-stop:")):
         sys.exit("simcell fault: give ACTION and --kind (or --clear)")
     else:
         payload = {"action": args.action, "kind": args.kind, "times": args.times}

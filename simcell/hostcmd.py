@@ -38,6 +38,15 @@ def die(msg: str, code: int = 1) -> int:
     return code
 
 
+def ipc_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 # ----- systemctl -------------------------------------------------------------------------------------
 class Unit:
     def __init__(self, name: str):
@@ -91,7 +100,7 @@ class Unit:
                     f"Job for {self.name}.service failed because the control process exited with error code.\n"
                     f'See "systemctl status {self.name}.service" and the log in LOG_DIR for details.'
                 )
-            if ipc.exists():
+            if ipc_answers(ipc):  # a killed node leaves its socket file behind: connect, don't just look
                 return 0
             time.sleep(0.05)
         return 0

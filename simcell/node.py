@@ -231,12 +231,17 @@ class Node:
             except OSError:
                 return
             with conn:
-                expr = conn.makefile().readline().strip()
                 try:
-                    reply = {"ok": self.console(expr)}
-                except Exception as exc:  # the console prints the error, the node keeps running
-                    reply = {"error": str(exc)}
-                conn.sendall((json.dumps(reply) + "\n").encode())
+                    expr = conn.makefile().readline().strip()
+                    if not expr:  # a liveness probe (systemctl start) connects and leaves
+                        continue
+                    try:
+                        reply = {"ok": self.console(expr)}
+                    except Exception as exc:  # the console prints the error, the node keeps running
+                        reply = {"error": str(exc)}
+                    conn.sendall((json.dumps(reply) + "\n").encode())
+                except OSError:
+                    continue
 
     def namespaces(self) -> dict:
         peers = self.net["peers"]
