@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -76,9 +77,21 @@ class Cell:
     def conn(self, name: str) -> dict:
         return json.loads(self.env["AIRFLOW_CONN_SSH_" + name.upper().replace("-", "_")])
 
-    def ssh(self, name: str, command: str, check: bool = True, stdin: str | None = None, host: str | None = None) -> subprocess.CompletedProcess:
-        """Run a command on a node's host with the system ssh client, host key checked."""
-        conn = self.conn(name) if host is None else self.conn(name) | {"host": host}
+    def ssh(self, name: str, command: str, check: bool = True, stdin: str | None = None,
+            instance_id: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command on a node's host with the system ssh client, host key checked.
+
+        ``instance_id``: a launched instance instead, reached like the node (its login and key), its address
+        and host key from the EC2 API (console output), as an operator would.
+        """
+        conn = self.conn(name)
+        if instance_id:
+            ec2 = self.client("ec2")
+            address = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+            console = base64.b64decode(ec2.get_console_output(InstanceId=instance_id)["Output"]).decode()
+            key = next(line for line in console.splitlines() if line.startswith("ssh-ed25519 "))
+            conn = conn | {"host": address, "extra": conn["extra"] | {"host_key": " ".join(key.split()[:2])}}
+            name = instance_id
         known = self.state_dir / f"known_hosts_{name}"
         known.write_text(f"[{conn['host']}]:{conn['port']} {conn['extra']['host_key']}\n")
         result = subprocess.run(

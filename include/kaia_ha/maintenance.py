@@ -13,15 +13,15 @@ import time
 from datetime import datetime, timedelta
 
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
-from airflow.providers.amazon.aws.hooks.sns import SnsHook
 from airflow.sdk.log import mask_secret
 
-from kaia_ha import retention
+from kaia_ha import compat, retention
 from kaia_ha import tags as T
+from kaia_ha.alerts import notify
 from kaia_ha.health import Probe
 from kaia_ha.inventory import Cell, load_inventory
 from kaia_ha.keys import KeyBackup
-from kaia_ha.report import STEP_KEY, step, table, write
+from kaia_ha.report import step, table, timeline, write
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 
@@ -37,13 +37,6 @@ def _cell(name: str) -> Cell:
     return load_inventory().cell(name)
 
 
-def notify(cell: Cell, subject: str, message: str) -> None:
-    """SNS to the cell's topic (IAM: sns:Publish); logged when the cell has none."""
-    log.warning("%s: %s", subject, message)
-    if cell.sns_topic_arn:
-        SnsHook(aws_conn_id=cell.aws_conn_id, region_name=cell.region).publish_to_target(
-            target_arn=cell.sns_topic_arn, message=message, subject=subject[:100]
-        )
 
 
 # ----- 1. nodekey backup -------------------------------------------------------------------------------------
@@ -125,7 +118,7 @@ def cn_fingerprint(cell: Cell) -> dict:
             "would carry the chain data and the nodekey. Put DATA_DIR on its own volume (inventory data_device)."
         )
     digest = hashlib.sha256(f"{version}\n{conf}".encode()).hexdigest()[:16]
-    return {"fingerprint": digest, "kcn_version": version}
+    return {"fingerprint": digest, "kcn_version": version, "db_flags": compat.db_flags(node.conf().get("ADDITIONAL", ""))}
 
 
 @step
@@ -150,7 +143,7 @@ def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
         create = age > timedelta(hours=cell.maintenance.image_max_age_hours)
         reason = f"newest image {newest['ImageId']} is {age} old" + (" (too old)" if create else ", current")
     image_tags = T.base_tags(cell.name, T.KIND_CN_IMAGE, run_id, DAG_ID, cn.name) | {
-        T.FINGERPRINT: fp["fingerprint"], "kaia:kcn-version": fp["kcn_version"], "Name": name,
+        T.FINGERPRINT: fp["fingerprint"], T.KCN_VERSION: fp["kcn_version"], T.DB_FLAGS: fp["db_flags"], "Name": name,
     }
     log.info("CN image of %s: %s (%s)", cn.name, "create" if create else "skip", reason)
     return {"create": create, "reason": reason, "name": name, "instance_id": cn.instance_id, "exclude_devices": [cn.data_device],
@@ -278,12 +271,12 @@ def snapshots_to_delete(cell_name: str, run_after: datetime) -> list[str]:
 # ----- 5. report ------------------------------------------------------------------------------------------------
 def build_report(ti, dag_id: str, run_id: str) -> dict:
     """One report for the run: per cell what was created, skipped, deleted, and kpnd's down time."""
-    states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id]).get(run_id, {})
+    steps, states = timeline(ti, dag_id, run_id)
 
     def pull(task_id: str, key: str = "return_value"):
         return ti.xcom_pull(task_ids=task_id, key=key, default=None)
 
-    cells, steps = [], []
+    cells = []
     for cell in load_inventory().cells:
         prefix = f"{cell.name}."
         entry = {"cell": cell.name, "scheme": cell.scheme, "nodekey": pull(prefix + "nodekey_backup.backup_nodekey")}
@@ -303,10 +296,6 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
                                   "snapshots": pull(prefix + "retention.snapshots_to_delete")}
         entry["tasks"] = {t[len(prefix):]: s for t, s in sorted(states.items()) if t.startswith(prefix)}
         cells.append(entry)
-    for task_id in sorted(states):
-        record = pull(task_id, STEP_KEY)
-        if record:
-            steps.append(record | {"state": states[task_id]})
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     return {"dag_id": dag_id, "run_id": run_id, "ok": not failed, "failed_tasks": failed, "cells": cells, "steps": steps}
 

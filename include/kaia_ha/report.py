@@ -77,3 +77,14 @@ def write(dag_id: str, run_id: str, report: dict, markdown: str) -> dict[str, st
 def table(rows: list[dict], columns: list[str]) -> str:
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "".join("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |\n" for r in rows)
+
+
+def timeline(ti, dag_id: str, run_id: str) -> tuple[list[dict], dict[str, str]]:
+    """Every recorded step of the run, in start order, with its final state; and all task states."""
+    states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id]).get(run_id, {})
+    steps = []
+    for task_id in states:
+        record = ti.xcom_pull(task_ids=task_id, key=STEP_KEY, default=None)
+        if record:
+            steps.append(record | {"state": states[task_id]})
+    return sorted(steps, key=lambda r: r["start"]), states

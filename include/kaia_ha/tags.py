@@ -19,6 +19,8 @@ DAG_ID = "kaia:dag"
 FINGERPRINT = "kaia:fingerprint"
 SOURCE_VOLUME = "kaia:source-volume"
 CLEAN_STOP = "kaia:clean-stop"
+KCN_VERSION = "kaia:kcn-version"
+DB_FLAGS = "kaia:db-flags"  # e.g. dbtype=LevelDB,shards=4,live-pruning=off,single=off
 IN_USE_BY = "kaia:in-use-by"  # a failover run using this image or snapshot; retention spares it
 
 KIND_CN_IMAGE = "cn-image"

@@ -55,3 +55,24 @@ class AirflowRunner:
 def airflow(cell, tmp_path_factory):
     with AirflowRunner(cell, tmp_path_factory.mktemp("reports")) as runner:
         yield runner
+
+
+@pytest.fixture(scope="module")
+def own_cell_airflow(tmp_path_factory):
+    """A cell and runner of the module's own, with the maintenance DAG already run once (key backups,
+    a CN image, a PN snapshot): what a failover finds in a well-kept core cell. For tests that change
+    the cell beyond repair (a failover moves identities and IPs for good)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from cellkit import Cell
+
+    cell = Cell(tmp_path_factory.mktemp("simcell-own"))
+    cell.up()
+    try:
+        with AirflowRunner(cell, tmp_path_factory.mktemp("reports-own")) as runner:
+            _, state, states = runner.run("kaia_cn_maintenance")
+            assert state == "success", states
+            yield cell, runner
+    finally:
+        cell.down()

@@ -33,6 +33,13 @@ IAM_ACTIONS: dict[str, tuple[str, ...]] = {
     "create_snapshot": ("ec2:CreateSnapshot", "ec2:CreateTags", "ec2:DescribeSnapshots"),
     "deregister_image": ("ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:DescribeImages"),
     "delete_snapshot": ("ec2:DeleteSnapshot",),
+    "launch_instance": ("ec2:RunInstances", "ec2:CreateTags", "ec2:DescribeInstances"),
+    "create_volume": ("ec2:CreateVolume", "ec2:CreateTags", "ec2:DescribeVolumes"),
+    "attach_volume": ("ec2:AttachVolume", "ec2:DescribeVolumes"),
+    "move_address": ("ec2:AssociateAddress", "ec2:DescribeAddresses"),
+    "stop_instance": ("ec2:StopInstances", "ec2:DescribeInstances"),
+    "host_key_from_console": ("ec2:GetConsoleOutput",),
+    "tag": ("ec2:CreateTags",),
 }
 
 
@@ -161,3 +168,85 @@ class CoreCellEC2Hook(EC2Hook):
             if error_code(exc) in NOT_FOUND_CODES:
                 return False
             raise
+
+    # ----- failover -----------------------------------------------------------------------------------
+    def instance(self, instance_id: str) -> dict:
+        """IAM: ec2:DescribeInstances."""
+        return self.conn.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+    def launch_instance(self, *, image_id: str, launch, client_token: str, tags: dict[str, str]) -> str:
+        """RunInstances with a ClientToken: a retry gets the same instance back.
+
+        IAM: ec2:RunInstances, ec2:CreateTags, ec2:DescribeInstances.
+        """
+        config = {
+            "ImageId": image_id, "MinCount": 1, "MaxCount": 1, "InstanceType": launch.instance_type,
+            "SubnetId": launch.subnet_id, "SecurityGroupIds": list(launch.security_group_ids), "ClientToken": client_token,
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": T.tag_list(tags)}],
+        }
+        if launch.key_name:
+            config["KeyName"] = launch.key_name
+        return self.conn.run_instances(**config)["Instances"][0]["InstanceId"]
+
+    def create_volume(self, *, snapshot_id: str, zone: str, size: int, client_token: str, tags: dict[str, str],
+                      initialization_rate: int | None = None) -> str:
+        """CreateVolume from a snapshot with a ClientToken. IAM: ec2:CreateVolume, ec2:CreateTags."""
+        args = {"SnapshotId": snapshot_id, "AvailabilityZone": zone, "Size": size, "VolumeType": "gp3", "Iops": 9000,
+                "ClientToken": client_token, "TagSpecifications": [{"ResourceType": "volume", "Tags": T.tag_list(tags)}]}
+        if initialization_rate:
+            args["VolumeInitializationRate"] = initialization_rate
+        return self.conn.create_volume(**args)["VolumeId"]
+
+    def attach_volume(self, *, volume_id: str, instance_id: str, device: str) -> str:
+        """Attach unless it is already attached there (a retry). IAM: ec2:AttachVolume, ec2:DescribeVolumes."""
+        volume = self.conn.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+        for attachment in volume.get("Attachments", []):
+            if attachment["InstanceId"] == instance_id and attachment["Device"] == device:
+                return "already attached"
+            raise RuntimeError(f"volume {volume_id} is attached to {attachment['InstanceId']} at {attachment['Device']}")
+        self.conn.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
+        return "attached"
+
+    def address(self, allocation_id: str) -> dict:
+        """IAM: ec2:DescribeAddresses."""
+        return self.conn.describe_addresses(AllocationIds=[allocation_id])["Addresses"][0]
+
+    def move_address(self, *, allocation_id: str, instance_id: str) -> dict:
+        """Associate the Elastic IP with the instance, moving it if in use (AllowReassociation, passed
+        explicitly: moto and some SDKs default it to false). IAM: ec2:AssociateAddress, ec2:DescribeAddresses."""
+        if self.address(allocation_id).get("InstanceId") != instance_id:
+            self.conn.associate_address(AllocationId=allocation_id, InstanceId=instance_id, AllowReassociation=True)
+        return self.address(allocation_id)
+
+    def stop_instance(self, instance_id: str) -> str:
+        """StopInstances unless already stopping or stopped. IAM: ec2:StopInstances, ec2:DescribeInstances."""
+        state = self.instance(instance_id)["State"]["Name"]
+        if state in ("pending", "running"):
+            self.conn.stop_instances(InstanceIds=[instance_id])
+        return state
+
+    def host_key_from_console(self, instance_id: str, key_type: str = "ssh-ed25519") -> str | None:
+        """The instance's SSH host key as cloud-init printed it on the console: learned over the EC2 API,
+        which is authenticated, instead of trusting whatever answers on first connect.
+
+        IAM: ec2:GetConsoleOutput.
+        """
+        import base64
+
+        output = self.conn.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
+        try:
+            text = base64.b64decode(output).decode(errors="replace")
+        except ValueError:
+            text = output
+        if "-----BEGIN SSH HOST KEY KEYS-----" not in text:
+            text = output  # botocore may have decoded it already
+        inside = text.split("-----BEGIN SSH HOST KEY KEYS-----", 1)[-1].split("-----END SSH HOST KEY KEYS-----", 1)[0]
+        for line in inside.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == key_type:
+                return f"{parts[0]} {parts[1]}"
+        return None
+
+    def tag(self, resource_id: str, tags: dict[str, str]) -> None:
+        """IAM: ec2:CreateTags."""
+        self.conn.create_tags(Resources=[resource_id], Tags=T.tag_list(tags))

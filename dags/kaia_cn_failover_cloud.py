@@ -1,0 +1,253 @@
+"""
+# Kaia CN failover (cloud): replace a failed CN from the CN image and a PN snapshot
+
+**Trigger this when a CN on EC2 is dead.** Choose the failed CN and press *Trigger*. The defaults are
+the safe, fast choice: fence the failed CN, use the newest pre-taken PN snapshot if it is recent, no
+dry run. Use *dry run* first if you are unsure: it checks everything and changes nothing.
+
+What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest safe order):
+
+1. **Preflight** (changes nothing): the failed CN and its Elastic IP, the newest CN image, the nodekey
+   backup (its node ID must be the inventory's), the PN's DB flags and kpn version against the image,
+   permissions through `DryRun`.
+2. **Fence** the failed CN: kcnd stopped and disabled if its host answers, the instance stopped and
+   confirmed stopped. Without confirmation the run stops: never two live nodes with one key.
+3. **Chain data**: the newest pre-taken PN snapshot, or a fresh one (kpnd stopped cleanly, snapshot,
+   kpnd started again as a teardown), then a volume from it in the replacement's zone.
+4. **Launch** the replacement from the CN image, at the same time as 3.
+5. **Attach and mount** the volume at DATA_DIR; the host key comes from the console output (EC2 API).
+6. **Prune** everything but `klay/chaindata`; DATA_DIR in kcnd.conf checked.
+7. **Install the identity**: the failed CN's nodekey and bls-nodekey into `DATA_DIR/klay` (0600,
+   atomic), checked on disk.
+8. **Move the Elastic IP** to the replacement.
+9. **Start kcnd and verify**: the right node ID and BLS key, PN peers, not syncing, near a PN's head,
+   still rising.
+10. **Report**: timeline, RTO, resource ids, what you must still do. Also sent by SNS.
+
+## If it fails
+The `report` task log says which step failed and why. Fix the cause and **Clear** the failed task
+(with *Downstream*): every step finds what an earlier try made (the instance by ClientToken, the
+volume by ClientToken, the snapshot by its run tags) and never makes it twice. A PN stopped for a
+fresh snapshot is always started again.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.providers.amazon.aws.sensors.ec2 import EC2InstanceStateSensor
+from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
+
+from kaia_ha import failover_cloud as steps
+from kaia_ha import maintenance, settings
+from kaia_ha.inventory import load_inventory
+from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
+from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator, EBSSnapshotCompletedSensor
+
+inventory = load_inventory()
+CNS = steps.cloud_cns()
+PNS = sorted({pn.name for cell in inventory.cells_of("cloud") for pn in cell.pns})
+AWS = {"aws_conn_id": inventory.cells_of("cloud")[0].aws_conn_id if inventory.cells_of("cloud") else "aws_default"}
+SENSE = {"poke_interval": 5, "mode": "reschedule"}
+
+
+def _ctx() -> dict:
+    return get_current_context()
+
+
+@task(multiple_outputs=True)
+def preflight() -> dict:
+    context = _ctx()
+    try:
+        return steps.preflight(context["params"], context["run_id"], context["dag_run"].run_after)
+    except (steps.FailoverInputError, steps.TakeoverError) as exc:  # a retry cannot fix bad input: fail now
+        raise AirflowFailException(str(exc)) from None
+
+
+@task.short_circuit(ignore_downstream_trigger_rules=False)
+def not_dry_run(plan: dict) -> bool:
+    return not plan["dry_run"]
+
+
+@task
+def fence(plan: dict) -> dict:
+    return steps.fence(plan)
+
+
+@task
+def confirm_fenced(plan: dict) -> dict:
+    return steps.confirm_fenced(plan)
+
+
+@task.branch
+def chaindata_source(plan: dict) -> str:
+    fresh = "chain_data.fresh_snapshot.reserve_pn"
+    return fresh if steps.needs_fresh_snapshot(plan) else "chain_data.chaindata_snapshot"
+
+
+@task
+def reserve_pn(plan: dict) -> str:
+    """The setup that start_kpnd tears down: it changes nothing, so the teardown runs whatever fails after it."""
+    return plan["snapshot_pn"]
+
+
+@task(pool="kaia_pn_downtime")
+def stop_kpnd(plan: dict) -> dict:
+    return maintenance.stop_pn(plan["cell"], plan["snapshot_pn"])
+
+
+@task(retries=5)
+def start_kpnd(plan: dict) -> dict:
+    return maintenance.start_pn(plan["cell"], plan["snapshot_pn"])
+
+
+@task(trigger_rule="none_failed_min_one_success")
+def chaindata_snapshot(plan: dict) -> dict:
+    fresh = _ctx()["ti"].xcom_pull(task_ids="chain_data.fresh_snapshot.wait_snapshot", default=None)
+    return steps.chaindata_snapshot(plan, fresh)
+
+
+@task
+def create_volume(plan: dict, snapshot: dict) -> str:
+    return steps.create_volume(plan, snapshot)
+
+
+@task.sensor(timeout=1800, **SENSE)
+def volume_available(plan: dict, volume_id: str) -> bool:
+    return steps.volume_available(plan, volume_id)
+
+
+@task
+def launch(plan: dict) -> str:
+    return steps.launch(plan)
+
+
+@task(retries=10)
+def learn_host(plan: dict, instance_id: str) -> dict:
+    return steps.learn_host(plan, instance_id)
+
+
+@task
+def attach_and_mount(plan: dict, host: dict, volume_id: str) -> dict:
+    return steps.attach_and_mount(plan, host, volume_id)
+
+
+@task
+def prune(plan: dict, host: dict) -> dict:
+    return steps.prune(plan, host)
+
+
+@task
+def install_keys(plan: dict, host: dict) -> dict:
+    return steps.install_keys(plan, host)
+
+
+@task
+def move_ip(plan: dict, host: dict) -> dict:
+    return steps.move_ip(plan, host)
+
+
+@task
+def start_kcnd(plan: dict, host: dict) -> dict:
+    return steps.start_kcnd(plan, host)
+
+
+@task.sensor(timeout=3600, **SENSE)
+def in_sync(plan: dict, host: dict) -> PokeReturnValue:
+    synced = steps.in_sync(plan, host)
+    return PokeReturnValue(is_done=synced is not None, xcom_value=synced)
+
+
+@task(trigger_rule="all_done", retries=0)
+def report() -> dict:
+    context = _ctx()
+    ti = context["ti"]
+
+    def pull(task_id):
+        return ti.xcom_pull(task_ids=task_id, default=None)
+
+    return steps.report(ti, context["dag_run"], pull("preflight"), pull("launch.learn_host"),
+                        pull("chain_data.create_volume"), pull("chain_data.chaindata_snapshot"))
+
+
+@dag(
+    dag_id=steps.DAG_ID,
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["kaia", "core-cell", "failover", "cloud"],
+    default_args=settings.default_args(retries=3),
+    on_failure_callback=CoreCellFailureNotifier(),
+    params={
+        "failed_cn": Param(CNS[0] if CNS else "", type="string", enum=CNS or None, title="Failed CN",
+                           description="The CN that is down. Its nodekey and Elastic IP move to the replacement.",
+                           section="What failed"),
+        "fence": Param(True, type="boolean", title="Fence the failed CN",
+                       description="Stop its kcnd (if reachable) and its instance before the replacement starts. "
+                                   "Leave on: two live nodes with one key double-sign.", section="What failed"),
+        "use_presnapshot": Param(True, type="boolean", title="Use the newest pre-taken PN snapshot",
+                                 description="Fast: no PN is stopped now. Off: take a fresh snapshot of a PN.",
+                                 section="Chain data"),
+        "max_snapshot_age_hours": Param(24, type="number", exclusiveMinimum=0, title="Oldest acceptable pre-taken snapshot (hours)",
+                                        description="Older than this, a fresh snapshot is taken instead (the CN then has more blocks to catch up).",
+                                        section="Chain data"),
+        "snapshot_pn": Param("auto", type="string", enum=["auto", *PNS], title="PN to snapshot if a fresh snapshot is needed",
+                             description="auto: the inventory's choice, else the first PN of the cell.", section="Chain data"),
+        "warmup": Param("none", type="string", enum=list(steps.WARMUP), title="Volume warm-up",
+                        values_display={"none": "None (lazy loading)", "initialization-rate": "Provisioned initialisation rate (300 MiB/s)",
+                                        "fast-snapshot-restore": "Fast Snapshot Restore (must be enabled beforehand)",
+                                        "read-through": "Read every block after mounting"},
+                        description="How the new volume's blocks are fetched from S3 before kcnd reads them.", section="Chain data"),
+        "dry_run": Param(False, type="boolean", title="Dry run", description="Check everything and change nothing; the report says what would happen.",
+                         section="Run"),
+    },
+)
+def kaia_cn_failover_cloud():
+    plan = preflight()
+    go = not_dry_run(plan)
+    final = report()
+    with TaskGroup("fence"):
+        fenced = confirm_fenced(plan)
+        go >> fence(plan) >> EC2InstanceStateSensor(
+            task_id="wait_stopped", instance_id=plan["failed_instance_id"], target_state="stopped", deferrable=True,
+            poke_interval=5, **AWS) >> fenced
+    with TaskGroup("chain_data"):
+        source = chaindata_source(plan)
+        go >> source
+        with TaskGroup("fresh_snapshot"):
+            reserved = reserve_pn(plan)
+            stop = stop_kpnd(plan)
+            snapshot = EBSCreateSnapshotOperator(task_id="create_snapshot", volume_id=plan["pn_volume_id"],
+                                                 snapshot_tags=plan["snapshot_tags"], description="Kaia PN chain data for a failover", **AWS)
+            start = start_kpnd(plan)
+            source >> reserved >> stop >> snapshot >> start
+            start.as_teardown(setups=reserved, on_failure_fail_dagrun=True)
+            waited = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **AWS)
+        chosen = chaindata_snapshot(plan)
+        [source, waited] >> chosen
+        volume = create_volume(plan, chosen)
+        ready = volume_available(plan, volume)
+    with TaskGroup("launch"):
+        instance = launch(plan)
+        go >> instance
+        running = EC2InstanceStateSensor(task_id="wait_running", instance_id=instance, target_state="running",
+                                         deferrable=True, poke_interval=5, **AWS)
+        host = learn_host(plan, instance)
+        running >> host
+    with TaskGroup("replace"):
+        mounted = attach_and_mount(plan, host, volume)
+        ready >> mounted
+        pruned = prune(plan, host)
+        keys = install_keys(plan, host)
+        mounted >> pruned >> keys
+    with TaskGroup("verify"):
+        ip = move_ip(plan, host)
+        started = start_kcnd(plan, host)
+        fenced >> ip
+        keys >> ip >> started >> in_sync(plan, host) >> final
+    [start, fenced] >> final
+
+
+kaia_cn_failover_cloud()

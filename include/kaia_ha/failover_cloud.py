@@ -1,0 +1,349 @@
+"""The steps of the cloud failover: replace a failed CN from the CN image and a PN snapshot.
+
+Every step reads the preflight's plan (JSON-safe, no keys), is safe to retry or clear (names and
+ClientTokens derive from the run id; each step checks what is already done), and records its timing
+for the report. The order is the seed's, with the slow parts in parallel: the replacement launches
+while the chain data volume is prepared.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from datetime import datetime, timedelta
+
+import botocore.exceptions
+
+from kaia_ha import compat
+from kaia_ha import tags as T
+from kaia_ha.alerts import notify
+from kaia_ha.inventory import CN, Cell, load_inventory
+from kaia_ha.report import step
+from kaia_ha.takeover import TakeoverError, failover_report, install_identity, load_backup, sync_check
+from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook, error_code
+from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook
+
+log = logging.getLogger(__name__)
+DAG_ID = "kaia_cn_failover_cloud"
+WARMUP = ("none", "initialization-rate", "fast-snapshot-restore", "read-through")
+
+
+class FailoverInputError(ValueError):
+    """Bad trigger input; raised before anything changes. The message names the field."""
+
+
+def cloud_cns() -> list[str]:
+    try:
+        return [cn.name for cell in load_inventory().cells_of("cloud") for cn in cell.cns if cn.role == "active"]
+    except Exception:  # the DAG must still parse (and show the error) with a broken inventory
+        return []
+
+
+def _ctx(plan: dict) -> tuple[Cell, CN, CoreCellEC2Hook]:
+    cell, cn = load_inventory().find_cn(plan["failed_cn"])
+    return cell, cn, CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+
+
+def replacement(plan: dict, cell: Cell, cn: CN) -> KaiaNodeHook:
+    """SSH to the new instance: the template connection's login and key, its private IP, the learned host key."""
+    return KaiaNodeHook(cn, ssh_conn_id=cell.launch.ssh_conn_template, remote_host=plan["new_private_ip"], host_key=plan["new_host_key"])
+
+
+# ----- 1. preflight --------------------------------------------------------------------------------------------
+def _check_params(conf: dict) -> dict:
+    names = cloud_cns()
+    failed = conf.get("failed_cn")
+    if failed not in names:
+        raise FailoverInputError(f"failed_cn: {failed!r} is not an active CN of a cloud core cell; choose one of {names}")
+    if conf.get("warmup", "none") not in WARMUP:
+        raise FailoverInputError(f"warmup: {conf.get('warmup')!r} is not one of {list(WARMUP)}")
+    age = conf.get("max_snapshot_age_hours", 24)
+    if not isinstance(age, (int, float)) or age <= 0:
+        raise FailoverInputError(f"max_snapshot_age_hours: must be a number of hours above 0, got {age!r}")
+    return {"failed_cn": failed, "use_presnapshot": bool(conf.get("use_presnapshot", True)), "max_snapshot_age_hours": float(age),
+            "snapshot_pn": conf.get("snapshot_pn") or "auto", "warmup": conf.get("warmup", "none"),
+            "fence": bool(conf.get("fence", True)), "dry_run": bool(conf.get("dry_run", False))}
+
+
+def _dry_run(call, what: str) -> str:
+    """A mutating call with DryRun=True: ``DryRunOperation`` means permitted."""
+    try:
+        call()
+    except botocore.exceptions.ClientError as exc:
+        code = error_code(exc)
+        if code == "DryRunOperation":
+            return "permitted"
+        if code in ("UnauthorizedOperation", "AccessDenied"):
+            raise TakeoverError(f"not permitted: {what} ({code}); grant it before an incident") from None
+        return f"not checked ({code})"
+    return "not checked (no DryRun answer)"
+
+
+@step
+def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
+    """Check everything the failover needs, changing nothing; return the plan.
+
+    IAM: ec2:Describe*, secretsmanager:GetSecretValue, and DryRun of ec2:RunInstances, ec2:CreateVolume,
+    ec2:AssociateAddress, ec2:StopInstances.
+    """
+    plan = _check_params(conf)
+    cell, cn, ec2 = _ctx(plan)
+    if conf.get("snapshot_pn") not in (None, "", "auto") and conf["snapshot_pn"] not in {p.name for p in cell.pns}:
+        raise FailoverInputError(f"snapshot_pn: {conf['snapshot_pn']!r} is not a PN of {cell.name}; choose one of {[p.name for p in cell.pns]} or auto")
+    backup = load_backup(cell, cn)
+    failed = ec2.instance(cn.instance_id)
+    eip = ec2.address(cn.elastic_ip_allocation_id)
+    images = [i for i in ec2.find_images({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_CN_IMAGE}) if i["State"] == "available"]
+    if not images:
+        raise TakeoverError(f"no available CN image of {cn.name}: run kaia_cn_maintenance (it makes one) before failing over")
+    image = images[0]
+    zone = ec2.conn.describe_subnets(SubnetIds=[cell.launch.subnet_id])["Subnets"][0]["AvailabilityZone"]
+    snapshot, why = None, "use_presnapshot is off"
+    if plan["use_presnapshot"]:
+        usable = [s for s in ec2.find_snapshots({T.CELL: cell.name, T.KIND: T.KIND_PN_CHAINDATA, T.CLEAN_STOP: "true"})
+                  if s["State"] == "completed"]
+        if usable and run_after - usable[0]["StartTime"] <= timedelta(hours=plan["max_snapshot_age_hours"]):
+            snapshot, why = usable[0], "newest pre-taken snapshot"
+        else:
+            why = "no completed pre-taken snapshot" if not usable else f"newest pre-taken snapshot {usable[0]['SnapshotId']} is older than {plan['max_snapshot_age_hours']} h"
+    source_pn = T.tag_dict(snapshot).get(T.NODE) if snapshot else (
+        plan["snapshot_pn"] if plan["snapshot_pn"] != "auto" else cell.maintenance.snapshot_pn or cell.pns[0].name)
+    pn = next(p for p in cell.pns if p.name == source_pn)
+    pn_node = KaiaNodeHook(pn)
+    image_tags = T.tag_dict(image)
+    issues = compat.problems(image_tags.get(T.DB_FLAGS, compat.db_flags("")), image_tags.get(T.KCN_VERSION, "v0.0.0"),
+                             compat.db_flags(pn_node.conf().get("ADDITIONAL", "")), pn_node.version(), pn.name)
+    if issues:
+        raise TakeoverError("the PN's chain data does not fit the CN image: " + "; ".join(issues))
+    permissions = {
+        "RunInstances": _dry_run(lambda: ec2.conn.run_instances(ImageId=image["ImageId"], MinCount=1, MaxCount=1, InstanceType=cell.launch.instance_type,
+                                                                SubnetId=cell.launch.subnet_id, DryRun=True), "ec2:RunInstances"),
+        "AssociateAddress": _dry_run(lambda: ec2.conn.associate_address(AllocationId=cn.elastic_ip_allocation_id, InstanceId=cn.instance_id,
+                                                                        AllowReassociation=True, DryRun=True), "ec2:AssociateAddress"),
+        "StopInstances": _dry_run(lambda: ec2.conn.stop_instances(InstanceIds=[cn.instance_id], DryRun=True), "ec2:StopInstances"),
+    }
+    plan |= {
+        "cell": cell.name, "run_id": run_id, "failed_instance_id": cn.instance_id, "failed_state": failed["State"]["Name"],
+        "expected_node_id": backup.node_id, "image_id": image["ImageId"], "image_created": image.get("CreationDate"),
+        "zone": zone, "allocation_id": cn.elastic_ip_allocation_id, "public_ip": eip["PublicIp"],
+        "eip_holder": eip.get("InstanceId"), "snapshot_id": snapshot["SnapshotId"] if snapshot else None,
+        "snapshot_why": why, "snapshot_pn": pn.name, "pn_volume_id": pn.data_volume_id, "permissions": permissions,
+        "snapshot_tags": T.base_tags(cell.name, T.KIND_PN_CHAINDATA, run_id, DAG_ID, pn.name) | {T.CLEAN_STOP: "true"},
+    }
+    log.info("Failover plan for %s: image %s, chain data %s (%s), EIP %s, node %s…", cn.name, image["ImageId"],
+             plan["snapshot_id"] or f"fresh snapshot of {pn.name}", why, plan["public_ip"], backup.node_id[:16])
+    return plan
+
+
+# ----- 2. fence --------------------------------------------------------------------------------------------------
+@step
+def fence(plan: dict) -> dict:
+    """Make sure the failed CN cannot sign again: autostart off (if its host answers), instance stopped.
+    With fencing off, only proceed when it is already down. IAM: ec2:StopInstances, ec2:DescribeInstances."""
+    cell, cn, ec2 = _ctx(plan)
+    state = ec2.instance(cn.instance_id)["State"]["Name"]
+    if not plan["fence"]:
+        if state not in ("stopped", "terminated"):
+            raise TakeoverError(f"fence is off but {cn.instance_id} is {state}: a second live node with the same key would "
+                                "double-sign. Stop it yourself or trigger again with fence on.")
+        return {"fenced": False, "instance_state": state}
+    node = KaiaNodeHook(cn)
+    try:
+        node.set_autostart(False)
+        node.run(f"sudo systemctl stop {cn.service}", timeout=120)
+        host = "kcnd stopped and disabled over SSH"
+    except (HostUnreachable, Exception) as exc:  # a dead host is the usual case: the instance stop fences it
+        host = f"host not reachable over SSH ({type(exc).__name__}); fencing by stopping the instance"
+    finally:
+        node.close()
+    before = ec2.stop_instance(cn.instance_id)
+    return {"fenced": True, "instance_state_before": before, "host": host}
+
+
+@step
+def confirm_fenced(plan: dict) -> dict:
+    cell, cn, ec2 = _ctx(plan)
+    state = ec2.instance(cn.instance_id)["State"]["Name"]
+    if state not in ("stopped", "terminated"):
+        raise TakeoverError(f"{cn.instance_id} is {state}, not stopped: fencing not confirmed; not continuing into a second live node")
+    return {"instance_state": state}
+
+
+# ----- 3. chain data --------------------------------------------------------------------------------------------
+def needs_fresh_snapshot(plan: dict) -> bool:
+    return plan["snapshot_id"] is None
+
+
+@step
+def chaindata_snapshot(plan: dict, fresh_snapshot_id: str | None) -> dict:
+    """The snapshot this run uses, tagged in use so that retention spares it. IAM: ec2:CreateTags, ec2:DescribeSnapshots."""
+    cell, cn, ec2 = _ctx(plan)
+    snapshot_id = plan["snapshot_id"] or fresh_snapshot_id
+    if not snapshot_id:
+        raise TakeoverError("no chain data snapshot: neither a pre-taken one nor a fresh one from this run")
+    snapshot = ec2.conn.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    if snapshot["State"] != "completed":
+        raise TakeoverError(f"snapshot {snapshot_id} is {snapshot['State']}, not completed")
+    ec2.tag(snapshot_id, {T.IN_USE_BY: plan["run_id"]})
+    return {"snapshot_id": snapshot_id, "size": snapshot["VolumeSize"], "source": "pre-taken" if plan["snapshot_id"] else "fresh"}
+
+
+@step
+def create_volume(plan: dict, snapshot: dict) -> str:
+    """A volume from the snapshot in the replacement's zone, sized from the snapshot (ClientToken from the run)."""
+    cell, cn, ec2 = _ctx(plan)
+    if plan["warmup"] == "fast-snapshot-restore":
+        log.warning("Fast Snapshot Restore must be enabled on the snapshot ahead of time (it is billed per hour); "
+                    "falling back to lazy loading for this volume")
+    tags = T.base_tags(cell.name, T.KIND_CHAINDATA_VOLUME, plan["run_id"], DAG_ID, cn.name) | {"Name": f"{cn.name}-data-failover"}
+    return ec2.create_volume(
+        snapshot_id=snapshot["snapshot_id"], zone=plan["zone"], size=snapshot["size"], tags=tags,
+        client_token=T.client_token(plan["run_id"], "volume"),
+        initialization_rate=300 if plan["warmup"] == "initialization-rate" else None,
+    )
+
+
+def volume_available(plan: dict, volume_id: str) -> bool:
+    _, _, ec2 = _ctx(plan)
+    return ec2.conn.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["State"] == "available"
+
+
+# ----- 4. launch --------------------------------------------------------------------------------------------------
+@step
+def launch(plan: dict) -> str:
+    """RunInstances from the CN image; the ClientToken makes a retry return the same instance."""
+    cell, cn, ec2 = _ctx(plan)
+    tags = T.base_tags(cell.name, T.KIND_REPLACEMENT_CN, plan["run_id"], DAG_ID, cn.name) | {
+        "Name": f"{cn.name}-replacement", "kaia:replaces": cn.instance_id}
+    return ec2.launch_instance(image_id=plan["image_id"], launch=cell.launch, tags=tags,
+                               client_token=T.client_token(plan["run_id"], "launch"))
+
+
+@step
+def learn_host(plan: dict, instance_id: str) -> dict:
+    """The new instance's address and SSH host key, from the EC2 API (console output), not from a first connect."""
+    _, _, ec2 = _ctx(plan)
+    instance = ec2.instance(instance_id)
+    host_key = ec2.host_key_from_console(instance_id)
+    if not host_key:
+        raise TakeoverError(f"{instance_id}: no SSH host key in the console output yet (cloud-init prints it at first boot); retrying")
+    log.info("%s at %s has host key %s", instance_id, instance["PrivateIpAddress"], host_key)
+    return {"new_instance_id": instance_id, "new_private_ip": instance["PrivateIpAddress"], "new_host_key": host_key}
+
+
+# ----- 5-7. the replacement's disk and identity --------------------------------------------------------------------
+@step
+def attach_and_mount(plan: dict, host: dict, volume_id: str) -> dict:
+    """Attach the volume where DATA_DIR lives and mount it; kcnd (started at boot on an empty DATA_DIR) is
+    stopped first. IAM: ec2:AttachVolume, ec2:DescribeVolumes."""
+    cell, cn, ec2 = _ctx(plan)
+    plan = plan | host
+    attached = ec2.attach_volume(volume_id=volume_id, instance_id=host["new_instance_id"], device=cn.data_device)
+    node = replacement(plan, cell, cn)
+    node.run(f"sudo systemctl stop {cn.service}", timeout=120)
+    data_dir = shlex.quote(cn.data_dir)
+    mounted = node.run(f"mountpoint -q {data_dir}", check=False).rc == 0
+    if not mounted:
+        node.run(f"sudo mkdir -p {data_dir} && sudo mount {shlex.quote(cn.data_device)} {data_dir}", timeout=120)
+    if plan["warmup"] == "read-through":
+        # Read every block once so first reads during sync do not wait on S3 (lazy loading).
+        node.run(f"sudo sh -c {shlex.quote(f'nohup find {data_dir} -type f -exec cat {{}} + >/dev/null 2>&1 &')}")
+    return {"volume": attached, "mounted": "already" if mounted else "now", "volume_id": volume_id}
+
+
+@step
+def prune(plan: dict, host: dict) -> dict:
+    """Remove everything but klay/chaindata (top-level files would shadow klay/), after making sure
+    kcnd.conf's DATA_DIR is where the chain data is (moving klay/ there when the PN kept it deeper)."""
+    cell, cn, _ = _ctx(plan)
+    node = replacement(plan | host, cell, cn)
+    data_dir = cn.data_dir
+    conf_dir = node.conf().get("DATA_DIR", "").rstrip("/")
+    if conf_dir != data_dir.rstrip("/"):
+        raise TakeoverError(f"kcnd.conf on the replacement says DATA_DIR={conf_dir!r}, the inventory says {data_dir!r}: "
+                            "fix one of them (the node would start without the chain data)")
+    found = node.run(f"sudo find {shlex.quote(data_dir)} -maxdepth 4 -type d -path '*/klay/chaindata'", check=False).stdout.split()
+    if not found:
+        raise TakeoverError(f"no klay/chaindata on the volume mounted at {data_dir}: wrong snapshot or volume")
+    target = f"{data_dir}/klay/chaindata"
+    moved = None
+    if target not in found:
+        source = found[0][: -len("/klay/chaindata")]
+        node.run(f"sudo sh -c {shlex.quote(f'mkdir -p {data_dir}/klay.new && mv {source}/klay/chaindata {data_dir}/klay.new/chaindata && rm -rf {data_dir}/klay && mv {data_dir}/klay.new {data_dir}/klay')}")
+        moved = source
+    script = (f"find {shlex.quote(data_dir)} -mindepth 1 -maxdepth 1 ! -name klay -exec rm -rf {{}} + && "
+              f"find {shlex.quote(data_dir + '/klay')} -mindepth 1 -maxdepth 1 ! -name chaindata -exec rm -rf {{}} + && "
+              f"chmod 700 {shlex.quote(data_dir + '/klay')}")
+    node.run(f"sudo sh -c {shlex.quote(script)}")
+    left = node.run(f"sudo find {shlex.quote(data_dir)} -mindepth 1 -maxdepth 2", check=False).stdout.split()
+    if sorted(left) != sorted([f"{data_dir}/klay", target]):
+        raise TakeoverError(f"after pruning {data_dir} still holds {sorted(left)}")
+    if not node.run(f"sudo ls -A {shlex.quote(target)}").stdout.strip():
+        raise TakeoverError(f"{target} is empty")
+    return {"kept": target, "moved_from": moved}
+
+
+@step
+def install_keys(plan: dict, host: dict) -> dict:
+    cell, cn, _ = _ctx(plan)
+    return install_identity(replacement(plan | host, cell, cn), load_backup(cell, cn))
+
+
+# ----- 8-9. network and start ---------------------------------------------------------------------------------------
+@step
+def move_ip(plan: dict, host: dict) -> dict:
+    """The failed CN's Elastic IP onto the replacement: other operators' firewalls and peers know that IP."""
+    cell, cn, ec2 = _ctx(plan)
+    address = ec2.move_address(allocation_id=plan["allocation_id"], instance_id=host["new_instance_id"])
+    if address.get("InstanceId") != host["new_instance_id"]:
+        raise TakeoverError(f"the Elastic IP {plan['public_ip']} is on {address.get('InstanceId')}, not on the replacement")
+    return {"public_ip": address["PublicIp"], "instance_id": address["InstanceId"]}
+
+
+@step
+def start_kcnd(plan: dict, host: dict) -> dict:
+    cell, cn, _ = _ctx(plan)
+    node = replacement(plan | host, cell, cn)
+    node.set_autostart(True)
+    node.start_service()
+    return {"state": node.service_state()}
+
+
+@step
+def in_sync(plan: dict, host: dict) -> dict | None:
+    """The honest check: identity, BLS key, PN peers, not syncing, near a PN's head and rising."""
+    cell, cn, _ = _ctx(plan)
+    verdict = sync_check(replacement(plan | host, cell, cn), cell, load_backup(cell, cn))
+    log.info("sync: %s", verdict.summary())
+    if verdict.ok:
+        return {"checks": verdict.checks}
+    identity = [c for c in verdict.checks if c["name"] in ("identity", "bls key") and not c["ok"]]
+    if identity:  # waiting cannot fix a wrong key: fail now
+        raise TakeoverError("; ".join(c["detail"] for c in identity))
+    return None
+
+
+# ----- 10. report ---------------------------------------------------------------------------------------------------------
+def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | None, snapshot: dict | None) -> dict:
+    plan, host = plan or {}, host or {}
+    facts = {
+        "failed CN": f"{plan.get('failed_cn')} ({plan.get('failed_instance_id')}, was {plan.get('failed_state')})",
+        "replacement instance": host.get("new_instance_id"), "replacement private IP": host.get("new_private_ip"),
+        "Elastic IP": plan.get("public_ip"), "CN image": plan.get("image_id"),
+        "chain data snapshot": f"{(snapshot or {}).get('snapshot_id')} ({(snapshot or {}).get('source')}; {plan.get('snapshot_why')})",
+        "data volume": volume_id, "node ID": (plan.get("expected_node_id") or "")[:16] + "…", "dry run": plan.get("dry_run"),
+    }
+    todo = [
+        f"terminate the fenced instance {plan.get('failed_instance_id')} once the cause is understood (it is stopped, not deleted)",
+        "update the inventory: instance_id of the CN is now " + str(host.get("new_instance_id")),
+        f"remove the tag {T.IN_USE_BY} from snapshot {(snapshot or {}).get('snapshot_id')} when the replacement is accepted",
+        "run kaia_cn_maintenance: back up the keys and image the new CN",
+    ]
+    data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task="verify.in_sync", facts=facts, todo=todo)
+    cell = load_inventory().cell(plan["cell"]) if plan.get("cell") else None
+    if cell:
+        subject = f"[kaia-ha] failover of {plan['failed_cn']} {'succeeded' if data['ok'] else 'FAILED'}"
+        notify(cell, subject, f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Report: {data['files']['markdown']}")
+    if not data["ok"] and not plan.get("dry_run"):
+        raise TakeoverError(f"failover not complete: {data['failed_tasks'] or 'the CN is not in sync'} (report {data['files']['markdown']})")
+    return {"ok": data["ok"], "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]}

@@ -1,0 +1,165 @@
+"""What every failover does, whichever the scheme: fetch the failed CN's keys, install them where the
+node will actually read them, prove it on disk, wait for an honest sync, and write the report.
+
+Used by the cloud failover (a CN launched from the image) and the bare-metal failover (the standby):
+one implementation of the identity, sync and reporting pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+
+from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
+from airflow.sdk.log import mask_secret
+
+from kaia_ha.health import SyncVerdict, assess_sync
+from kaia_ha.inventory import CN, Cell
+from kaia_ha.keys import KeyBackup
+from kaia_ha.report import table, timeline, write
+from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
+
+log = logging.getLogger(__name__)
+
+# Top-level files that shadow klay/ (the node reads DATA_DIR/<name> first) or carry another node's state.
+SHADOWING = ("nodekey", "bls-nodekey", "static-nodes.json", "trusted-nodes.json", "nodes", "chaindata")
+
+
+class TakeoverError(RuntimeError):
+    """A failover step found something unsafe or wrong; the message says what and what to do."""
+
+
+def load_backup(cell: Cell, cn: CN) -> KeyBackup:
+    """The failed CN's keys from Secrets Manager, checked against the inventory's node ID.
+
+    IAM: secretsmanager:GetSecretValue.
+    """
+    client = SecretsManagerHook(aws_conn_id=cell.aws_conn_id, region_name=cell.region).conn
+    try:
+        text = client.get_secret_value(SecretId=cn.nodekey_secret_id)["SecretString"]
+    except client.exceptions.ResourceNotFoundException:
+        raise TakeoverError(
+            f"no nodekey backup of {cn.name} in Secrets Manager ({cn.nodekey_secret_id}): run kaia_cn_maintenance "
+            "while the CN is healthy; without it the replacement cannot take the validator's identity"
+        ) from None
+    backup = KeyBackup.from_secret_string(text, cn.nodekey_secret_id)
+    mask_secret(backup.nodekey.reveal())
+    if backup.bls is not None:
+        mask_secret(backup.bls.reveal())
+    if cn.node_id and backup.node_id != cn.node_id:
+        raise TakeoverError(
+            f"the backup in {cn.nodekey_secret_id} is node {backup.node_id[:16]}…, the inventory expects {cn.node_id[:16]}… "
+            "for this CN: refusing to give the replacement a different identity"
+        )
+    return backup
+
+
+def keep_aside(node: KaiaNodeHook, run_id: str) -> str | None:
+    """Move the node's own key files out of DATA_DIR (for a later fail-back), mode 0600. Idempotent."""
+    data_dir = node.node.data_dir
+    aside = f"{data_dir.rstrip('/')}.keys-aside/{''.join(c if c.isalnum() else '_' for c in run_id)}"
+    files = [p for p in node.existing([f"{data_dir}/{n}" for n in ("nodekey", "bls-nodekey")]
+                                      + [f"{data_dir}/klay/{n}" for n in ("nodekey", "bls-nodekey")])]
+    if not files:
+        return None
+    moves = " && ".join(
+        f"mv -f {shlex.quote(p)} {shlex.quote(aside + '/' + p[len(data_dir) + 1:].replace('/', '_'))}" for p in files
+    )
+    node.run(f"sudo sh -c {shlex.quote(f'umask 077 && mkdir -p {shlex.quote(aside)} && {moves} && chmod 600 {shlex.quote(aside)}/*')}")
+    return aside
+
+
+def remove_shadowing(node: KaiaNodeHook) -> list[str]:
+    """Delete top-level files that would win over klay/ (nodekey, bls-nodekey, static-nodes.json...)."""
+    data_dir = node.node.data_dir
+    found = node.existing([f"{data_dir}/{name}" for name in SHADOWING])
+    if found:
+        node.run("sudo rm -rf " + " ".join(shlex.quote(p) for p in found))
+    return found
+
+
+def install_identity(node: KaiaNodeHook, backup: KeyBackup) -> dict:
+    """Write the backup's keys to DATA_DIR/klay (0600, atomic), with nothing left to shadow them,
+    then prove on disk that the node will read exactly these keys."""
+    data_dir = node.node.data_dir
+    removed = remove_shadowing(node)
+    node.run(f"sudo sh -c {shlex.quote(f'mkdir -p {shlex.quote(data_dir)}/klay && chmod 700 {shlex.quote(data_dir)}/klay')}")
+    node.write_key(f"{data_dir}/klay/nodekey", backup.nodekey)
+    if backup.bls is not None:
+        node.write_key(f"{data_dir}/klay/bls-nodekey", backup.bls)
+    else:  # no backup of it: remove any other node's, so the node derives it from this nodekey
+        node.run(f"sudo rm -f {shlex.quote(data_dir + '/klay/bls-nodekey')}")
+    return {"removed_shadowing": removed, **verify_identity_on_disk(node, backup)}
+
+
+def verify_identity_on_disk(node: KaiaNodeHook, backup: KeyBackup) -> dict:
+    """The key files the node will read (path precedence) parse and are the backup's."""
+    data_dir = node.node.data_dir
+    nodekey, path = node.read_key("nodekey")
+    if nodekey is None or path != f"{data_dir}/klay/nodekey":
+        raise TakeoverError(f"{node.node.name}: the node would read its nodekey from {path or 'nowhere'}, not {data_dir}/klay/nodekey")
+    if nodekey.node_id != backup.node_id:
+        raise TakeoverError(f"{node.node.name}: {path} holds node {nodekey.node_id[:16]}…, expected {backup.node_id[:16]}…")
+    bls, bls_path = node.read_key("bls-nodekey")
+    if backup.bls is not None and bls != backup.bls:
+        raise TakeoverError(
+            f"{node.node.name}: the bls-nodekey the node would read ({bls_path or 'none'}) is not the failed CN's: "
+            "its blocks would carry the wrong BLS key"
+        )
+    if backup.bls is None and bls is not None:
+        raise TakeoverError(f"{node.node.name}: a stale bls-nodekey remains at {bls_path}; remove it so it is derived again")
+    mode = node.run(f"sudo stat -c %a {shlex.quote(path)}").stdout.strip()
+    if mode != "600":
+        raise TakeoverError(f"{node.node.name}: {path} has mode {mode}, expected 600")
+    return {"node_id": nodekey.node_id, "nodekey_path": path, "bls_nodekey": bls_path, "mode": mode}
+
+
+def pn_head(cell: Cell) -> int:
+    """The highest head among the cell's reachable PNs: the reference for "in sync"."""
+    heads = []
+    for pn in cell.pns:
+        try:
+            heads.append(KaiaNodeHook(pn).probe().block)
+        except Exception as exc:  # one PN down must not hide that the CN is in sync with another
+            log.warning("%s: no head (%s)", pn.name, exc)
+    if not heads:
+        raise TakeoverError(f"no PN of {cell.name} answers: cannot judge whether the CN is in sync")
+    return max(heads)
+
+
+def sync_check(node: KaiaNodeHook, cell: Cell, backup: KeyBackup, need_peer_types: tuple[str, ...] = ("pn",),
+               interval: float = 2.0) -> SyncVerdict:
+    first = node.probe()
+    time.sleep(interval)
+    last = node.probe()
+    return assess_sync(first, last, pn_head(cell), expected_node_id=backup.node_id,
+                       expected_bls_public_key=backup.bls_public_key, need_peer_types=need_peer_types)
+
+
+
+
+# ----- the report --------------------------------------------------------------------------------------------
+def failover_report(ti, dag_run, *, title: str, synced_task: str, facts: dict, todo: list[str]) -> dict:
+    """Postmortem-ready: timeline (every step's start, end, try), RTO from trigger to synced, facts, to-do."""
+    steps, states = timeline(ti, dag_run.dag_id, dag_run.run_id)
+    started = dag_run.start_date.timestamp() if dag_run.start_date else (steps[0]["start"] if steps else time.time())
+    synced = next((r for r in steps if r["task"] == synced_task and r.get("outcome") == "success"), None)
+    failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
+    report = {
+        "dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "ok": synced is not None and not failed,
+        "rto_seconds": round(synced["end"] - started, 1) if synced else None, "failed_tasks": failed,
+        "facts": facts, "todo": todo,
+        "timeline": [r | {"t_start": round(r["start"] - started, 1), "t_end": round(r["end"] - started, 1)} for r in steps],
+    }
+    lines = [f"# {title}: {dag_run.run_id}", "",
+             f"Result: {'OK, validator back in sync' if report['ok'] else 'FAILED: ' + (', '.join(failed) or 'not in sync')}",
+             f"RTO (trigger to synced): {report['rto_seconds']} s", "", "## Facts", ""]
+    lines += [f"- {k}: {v}" for k, v in facts.items()]
+    lines += ["", "## The operator must still", ""] + [f"- {t}" for t in todo]
+    lines += ["", "## Timeline (seconds from the run's start)", "",
+              table(report["timeline"], ["task", "try", "t_start", "t_end", "seconds", "state", "outcome"])]
+    text = "\n".join(lines)
+    report["files"] = write(dag_run.dag_id, dag_run.run_id, report, text)
+    log.info("Failover report (%s):\n%s", report["files"]["markdown"], text)
+    return report

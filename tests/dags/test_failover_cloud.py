@@ -1,0 +1,46 @@
+"""The cloud failover against the simulated core cell: the replacement is the validator, nothing else is."""
+
+from __future__ import annotations
+
+import pytest
+
+DAG_ID = "kaia_cn_failover_cloud"
+
+
+@pytest.fixture(scope="module")
+def failover(own_cell_airflow):
+    cell, runner = own_cell_airflow
+    before = {n["name"]: n for n in cell.status()["nodes"]}
+    cell.break_("cn-aws-1", "kill")
+    run_id, state, states = runner.run(DAG_ID, {"failed_cn": "cn-aws-1"})
+    return cell, runner, before, run_id, state, states
+
+
+def test_happy_path_replacement_is_the_validator_with_its_ip(failover):
+    cell, runner, before, run_id, state, states = failover
+    assert state == "success", {k: v for k, v in states.items() if v[0] != "success"}
+    status = cell.status()
+    old = before["cn-aws-1"]
+    live = [n for n in status["nodes"] if n["node_id"] == old["node_id"] and n["running"]]
+    assert len(live) == 1 and live[0]["instance_id"] != old["instance_id"]
+    assert live[0]["peer_count"].get("pn", 0) == 2 and live[0]["peer_count"].get("cn", 0) > 0
+    assert live[0]["ip"] == old["ip"]  # the Elastic IP moved
+    assert status["network_head"] - live[0]["block_height"] <= 5
+    assert status["double_signing_events"] == []
+    ec2 = cell.client("ec2")
+    failed = ec2.describe_instances(InstanceIds=[old["instance_id"]])["Reservations"][0]["Instances"][0]
+    assert failed["State"]["Name"] == "stopped"
+    report = runner.report(DAG_ID, run_id)
+    assert report["ok"] and report["rto_seconds"] > 0
+    assert [s["task"] for s in report["timeline"]][0] == "preflight"
+    assert cell.ssh("cn-aws-1", "true", check=False).returncode == 255  # the fenced host is down
+
+
+def test_the_replacement_disk_holds_only_chaindata_and_the_keys(failover):
+    cell, runner, before, run_id, *_ = failover
+    report = runner.report(DAG_ID, run_id)
+    new = report["facts"]["replacement instance"]
+    listing = cell.ssh("cn-aws-1", "sudo find /var/kcnd/data -maxdepth 2 -not -path '*/chaindata/*' | sort", instance_id=new).stdout.split()
+    assert "/var/kcnd/data/static-nodes.json" not in listing and "/var/kcnd/data/nodekey" not in listing
+    assert {"/var/kcnd/data/klay/chaindata", "/var/kcnd/data/klay/nodekey", "/var/kcnd/data/klay/bls-nodekey"} <= set(listing)
+    assert cell.ssh("cn-aws-1", "stat -c %a /var/kcnd/data/klay/nodekey", instance_id=new).stdout.strip() == "600"
