@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.providers.amazon.aws.sensors.ec2 import EC2InstanceStateSensor
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
 
 from kaia_ha import failover_cloud as steps
@@ -103,6 +103,8 @@ def start_kpnd(plan: dict) -> dict:
 
 @task(trigger_rule="none_failed_min_one_success")
 def chaindata_snapshot(plan: dict) -> dict:
+    if plan["dry_run"]:  # its trigger rule would otherwise let it run after the dry-run gate skipped its inputs
+        raise AirflowSkipException("dry run")
     fresh = _ctx()["ti"].xcom_pull(task_ids="chain_data.fresh_snapshot.wait_snapshot", default=None)
     return steps.chaindata_snapshot(plan, fresh)
 

@@ -336,12 +336,8 @@ class Node:
 
 def main() -> int:
     service = sys.argv[1]
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(("kcn" if service == "kcnd" else "kpn") + f" --datadir {os.environ.get('DATA_DIR', '')}")
-    except ImportError:
-        pass
+    # No setproctitle: it overwrites /proc/<pid>/environ, where the host's tools and `simcell down`
+    # find which simulated host a process belongs to.
     node = Node(service, dict(os.environ))
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())

@@ -339,11 +339,12 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
         f"remove the tag {T.IN_USE_BY} from snapshot {(snapshot or {}).get('snapshot_id')} when the replacement is accepted",
         "run kaia_cn_maintenance: back up the keys and image the new CN",
     ]
-    data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task="verify.in_sync", facts=facts, todo=todo)
+    data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task="verify.in_sync", facts=facts,
+                           todo=[] if plan.get("dry_run") else todo, dry_run=bool(plan.get("dry_run")))
     cell = load_inventory().cell(plan["cell"]) if plan.get("cell") else None
     if cell:
         subject = f"[kaia-ha] failover of {plan['failed_cn']} {'succeeded' if data['ok'] else 'FAILED'}"
         notify(cell, subject, f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Report: {data['files']['markdown']}")
-    if not data["ok"] and not plan.get("dry_run"):
+    if not data["ok"]:
         raise TakeoverError(f"failover not complete: {data['failed_tasks'] or 'the CN is not in sync'} (report {data['files']['markdown']})")
     return {"ok": data["ok"], "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]}

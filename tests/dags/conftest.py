@@ -30,7 +30,7 @@ class AirflowRunner:
     def dag(self, dag_id: str):
         from airflow.dag_processing.dagbag import DagBag
 
-        bag = DagBag(dag_folder=str(REPO / "dags"))
+        bag = DagBag(dag_folder=str(REPO / "dags" / f"{dag_id}.py"))  # each DAG file is named after its DAG
         assert bag.import_errors == {}, bag.import_errors
         return bag.get_dag(dag_id)
 
@@ -42,7 +42,8 @@ class AirflowRunner:
 
         with create_session() as session:
             dr = session.query(DagRun).filter_by(dag_id=dag_id, run_id=dag_run.run_id).one()
-            tis = {(ti.task_id, ti.map_index): (ti.state, ti.try_number) for ti in dr.get_task_instances(session=session)}
+            tis = {(ti.task_id, ti.map_index): (getattr(ti.state, "value", ti.state), ti.try_number)
+                   for ti in dr.get_task_instances(session=session)}
             state = dr.state
         return dag_run.run_id, state, tis
 
@@ -73,6 +74,31 @@ def own_cell_airflow(tmp_path_factory):
         with AirflowRunner(cell, tmp_path_factory.mktemp("reports-own")) as runner:
             _, state, states = runner.run("kaia_cn_maintenance")
             assert state == "success", states
+            yield cell, runner
+    finally:
+        cell.down()
+
+
+@pytest.fixture(scope="module")
+def metal_cell_airflow(tmp_path_factory):
+    """A cell and runner of the module's own with what a bare-metal failover finds in a well-kept core cell:
+    the key backups of the bare-metal active CNs, made by the maintenance DAG's own step (without the cloud
+    cell's image and PN snapshot, which take most of a maintenance run). For tests that change the
+    bare-metal cell for good."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from cellkit import Cell
+
+    cell = Cell(tmp_path_factory.mktemp("simcell-metal"))
+    cell.up()
+    try:
+        with AirflowRunner(cell, tmp_path_factory.mktemp("reports-metal")) as runner:
+            from kaia_ha import maintenance
+            from kaia_ha.inventory import load_inventory
+
+            for metal in load_inventory().cells_of("bare-metal"):
+                assert maintenance.backup_nodekey(metal.name, "test-setup")["action"] == "created"
             yield cell, runner
     finally:
         cell.down()
