@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shlex
@@ -88,8 +87,8 @@ class Cell:
         if instance_id:
             ec2 = self.client("ec2")
             address = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
-            console = base64.b64decode(ec2.get_console_output(InstanceId=instance_id)["Output"]).decode()
-            key = next(line for line in console.splitlines() if line.startswith("ssh-ed25519 "))
+            console = ec2.get_console_output(InstanceId=instance_id)["Output"]  # botocore decodes the base64
+            key = next(line for line in console.splitlines() if line.startswith("ssh-ed25519 AAAA"))
             conn = conn | {"host": address, "extra": conn["extra"] | {"host_key": " ".join(key.split()[:2])}}
             name = instance_id
         known = self.state_dir / f"known_hosts_{name}"

@@ -35,8 +35,28 @@ class AirflowRunner:
         return bag.get_dag(dag_id)
 
     def run(self, dag_id: str, conf: dict | None = None):
-        """``dag.test()`` and the final state of every task instance: ``(dag_run, {task_id: (state, try)})``."""
-        dag_run = self.dag(dag_id).test(run_conf=conf)
+        """``dag.test()`` and the final state of every task instance: ``(dag_run, {task_id: (state, try)})``.
+
+        Every log record of the run is kept in ``self.log_text`` for leak scans.
+        """
+        import logging
+
+        records: list[str] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                try:
+                    records.append(record.getMessage())
+                except Exception:
+                    records.append(str(record.msg))
+
+        handler = Keep(level=logging.DEBUG)
+        logging.getLogger().addHandler(handler)
+        try:
+            dag_run = self.dag(dag_id).test(run_conf=conf)
+        finally:
+            logging.getLogger().removeHandler(handler)
+            self.log_text = getattr(self, "log_text", "") + "\n".join(records)
         from airflow.models.dagrun import DagRun
         from airflow.utils.session import create_session
 

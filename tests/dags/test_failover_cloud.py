@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 
 DAG_ID = "kaia_cn_failover_cloud"
@@ -44,3 +48,22 @@ def test_the_replacement_disk_holds_only_chaindata_and_the_keys(failover):
     assert "/var/kcnd/data/static-nodes.json" not in listing and "/var/kcnd/data/nodekey" not in listing
     assert {"/var/kcnd/data/klay/chaindata", "/var/kcnd/data/klay/nodekey", "/var/kcnd/data/klay/bls-nodekey"} <= set(listing)
     assert cell.ssh("cn-aws-1", "stat -c %a /var/kcnd/data/klay/nodekey", instance_id=new).stdout.strip() == "600"
+
+
+def test_the_keys_never_leak(failover):
+    """The nodekey and bls-nodekey are nowhere but on the hosts and in Secrets Manager: not in task logs,
+    XComs or rendered fields (the metadata DB), reports, or the AWS call log."""
+    cell, runner, *_ = failover
+    secret = json.loads(cell.client("secretsmanager").get_secret_value(SecretId="kaia-ha/cc-cloud/cn-aws-1/nodekey")["SecretString"])
+    keys = [secret["nodekey"], secret["bls_nodekey"]]
+    home = Path(os.environ["AIRFLOW_HOME"])
+    files = [*runner.report_dir.rglob("*"), *(home / "logs").rglob("*"), *home.glob("*.db"), cell.state_dir / "aws-calls.jsonl"]
+    scanned = 0
+    for path in files:
+        if path.is_file():
+            data = path.read_bytes()
+            scanned += 1
+            for key in keys:
+                assert key.encode() not in data and key.upper().encode() not in data, f"a key leaked into {path}"
+    assert scanned >= 3
+    assert runner.log_text and not any(key in runner.log_text for key in keys)

@@ -231,15 +231,7 @@ class CoreCellEC2Hook(EC2Hook):
 
         IAM: ec2:GetConsoleOutput.
         """
-        import base64
-
-        output = self.conn.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
-        try:
-            text = base64.b64decode(output).decode(errors="replace")
-        except ValueError:
-            text = output
-        if "-----BEGIN SSH HOST KEY KEYS-----" not in text:
-            text = output  # botocore may have decoded it already
+        text = self.conn.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""  # botocore decodes it
         inside = text.split("-----BEGIN SSH HOST KEY KEYS-----", 1)[-1].split("-----END SSH HOST KEY KEYS-----", 1)[0]
         for line in inside.splitlines():
             parts = line.split()
