@@ -61,7 +61,7 @@ def up(args) -> int:
         print("simcell: already up; `. .simcell/env` to use it")
         return 0
     down(None, quiet=True)
-    for stale in (paths.HOSTS, paths.VOLUMES.parent, paths.IMAGES, paths.CALL_LOG, paths.ENV_FILE, paths.INVENTORY):
+    for stale in (paths.HOSTS, paths.VOLUMES.parent, paths.IMAGES, paths.CALL_LOG, paths.ENV_FILE, paths.INVENTORY, paths.SSH_FAULTS_FLAG):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     paths.STATE.mkdir(parents=True, exist_ok=True)
     cmd = [paths.PYTHON, "-m", "simcell.supervisor", "--profile", args.profile, "--time-scale", str(args.time_scale)]
@@ -124,7 +124,7 @@ def fault(args) -> int:
     elif not args.action or not (args.kind or args.action.startswith("slow-stop:")):
         sys.exit("simcell fault: give ACTION and --kind (or --clear)")
     else:
-        payload = {"action": args.action, "kind": args.kind, "times": args.times}
+        payload = {"action": args.action, "kind": args.kind, "times": args.times, "match": args.match}
     print(json.dumps(call("/control/fault", payload)))
     return 0
 
@@ -146,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=break_)
     p = sub.add_parser(
         "fault",
-        help="make the next N calls of an AWS action fail (ACTION may also be ssh:NODE with --kind drop, "
-        "or slow-stop:NODE with --times SECONDS)",
+        help="make the next N calls of an AWS action fail (ACTION may also be ssh:NODE with --kind drop|drop-after "
+        "[--match TEXT], or slow-stop:NODE with --times SECONDS)",
     )
     p.add_argument("action", nargs="?")
-    p.add_argument("--kind", choices=("throttle", "server-error", "drop"))
+    p.add_argument("--kind", choices=("throttle", "server-error", "drop", "drop-after"))
+    p.add_argument("--match", help="ssh faults: only sessions whose command contains TEXT")
     p.add_argument("--times", type=int, default=1)
     p.add_argument("--clear", action="store_true")
     p.set_defaults(func=fault)

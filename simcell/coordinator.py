@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 BREAK_HOW = ("kill", "stop-instance", "cut-ssh")
 FAULT_KINDS = ("throttle", "server-error", "drop")
+SSH_FAULT_KINDS = ("drop", "drop-after")
 
 
 class ControlError(Exception):
@@ -66,16 +67,18 @@ class Coordinator:
     def do_fault(self, req: dict) -> dict:
         if req.get("clear"):
             self.front.clear_faults()
-            self.world.ssh_faults.clear()
+            self.world.clear_ssh_faults()
             self.world.stop_seconds.clear()
             return {"cleared": True}
         action, kind, times = req["action"], req["kind"], int(req.get("times", 1))
         if action.startswith("ssh:"):
-            # ssh:<node>: the next N SSH sessions to that host drop before their command runs.
-            if kind != "drop":
-                raise ControlError("SSH faults take --kind drop")
+            # ssh:<node>: the next N SSH sessions to that host (whose command contains `match`, if given)
+            # drop before their command runs (drop) or after it ran, before its exit status (drop-after).
+            if kind not in SSH_FAULT_KINDS:
+                raise ControlError(f"SSH faults take --kind {' or '.join(SSH_FAULT_KINDS)}")
             host = self.find_host(action[4:])
-            self.world.ssh_faults.setdefault(host.name, []).extend(["drop"] * times)
+            fault = {"kind": kind, "match": req.get("match") or None}
+            self.world.add_ssh_faults(host.name, [dict(fault) for _ in range(times)])
         elif action.startswith("slow-stop:"):
             # slow-stop:<node>: the node needs `times` seconds to stop (past STOP_TIMEOUT it is killed).
             host = self.find_host(action[10:])
@@ -84,7 +87,7 @@ class Coordinator:
             if kind not in FAULT_KINDS:
                 raise ControlError(f"--kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
             self.front.add_fault(action, kind, times)
-        return {"fault": action, "kind": kind, "times": times}
+        return {"fault": action, "kind": kind, "times": times} | ({"match": req["match"]} if req.get("match") else {})
 
     def status(self) -> dict:
         status = self.world.status()
@@ -117,7 +120,8 @@ class Coordinator:
                 if url.path == "/status":
                     return self._reply(200, coordinator.status())
                 if url.path == "/ssh/fault":
-                    return self._reply(200, {"kind": coordinator.world.take_ssh_fault(query.get("host", ""))})
+                    kind = coordinator.world.take_ssh_fault(query.get("host", ""), query.get("command", ""))
+                    return self._reply(200, {"kind": kind})
                 return self._reply(404, {"error": f"no route {url.path}"})
 
             def do_POST(self):

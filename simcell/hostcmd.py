@@ -62,9 +62,13 @@ class Unit:
         try:
             pid = int(self.pidfile.read_text())
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             return None
-        return pid if state not in ("Z", "X") else None
+        # All simulated hosts share one PID space: a pid file copied from another host (an image) must not
+        # name that host's process, as it could not on a real machine.
+        mine = f"SIMCELL_HOST={os.environ.get('SIMCELL_HOST', '')}".encode() in environ
+        return pid if mine and state not in ("Z", "X") else None
 
     def env(self) -> dict:
         if not self.conf.exists():
@@ -228,16 +232,28 @@ def ip_cmd(args: list[str]) -> int:
                 print(f"    inet {addr}/24 scope global {dev}")
         return 0
     if args[:1] == ["route"]:
-        coord("/host/ip", {"host": host, "op": "route", "args": args[1:]})
+        reply = coord("/host/ip", {"host": host, "op": "route", "args": args[1:]})
+        if reply.get("error"):
+            return die(f"Error: {reply['error']}", 2)
         return 0
     return die(f"ip: simulated subcommands are addr add|del|show and route, not {' '.join(args)}")
 
 
 def arping(args: list[str]) -> int:
-    """iputils arping: ``arping -U|-A -c N -I DEV IP`` announces that this host now has IP."""
-    if not ({"-U", "-A"} & set(args)):
-        return die("arping: only unsolicited (gratuitous) ARP, -U or -A, is simulated")
+    """iputils arping: ``arping -U|-A -c N -I DEV IP`` announces that this host now has IP;
+    ``arping -D ... IP`` (duplicate address detection) exits 0 when no other host answers for IP, 1 when one does."""
     address = [a for a in args if a.count(".") == 3][-1]
+    dev = args[args.index("-I") + 1] if "-I" in args else "eth0"
+    if "-D" in args:
+        reply = coord("/host/ip", {"host": os.environ["SIMCELL_HOST"], "op": "dad", "ip": address})
+        answered = reply.get("answered_by", [])
+        print(f"ARPING {address} from 0.0.0.0 {dev}")
+        for _ in answered:
+            print(f"Unicast reply from {address} [52:54:00:00:00:01]  0.612ms")
+        print(f"Sent 1 probes (1 broadcast(s))\nReceived {len(answered)} response(s)")
+        return 1 if answered else 0
+    if not ({"-U", "-A"} & set(args)):
+        return die("arping: only unsolicited (gratuitous) ARP (-U, -A) and duplicate address detection (-D) are simulated")
     reply = coord("/host/ip", {"host": os.environ["SIMCELL_HOST"], "op": "arp", "ip": address})
     if reply.get("error"):
         return die(f"arping: {reply['error']}", 2)

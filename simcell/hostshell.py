@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import sys
-import urllib.request
+import subprocess
 from pathlib import Path
 
 from simcell import paths
@@ -48,8 +48,13 @@ def enter_host(host: str) -> None:
             bind(Path(volume_dir), Path(mountpoint))
 
 
-def ssh_fault(host: str) -> str | None:
-    url = f"{os.environ['SIMCELL_COORD']}/ssh/fault?host={host}"
+def ssh_fault(host: str, command: str) -> str | None:
+    if not paths.SSH_FAULTS_FLAG.exists():  # the usual case: no fault waits, no round trip (and no urllib import)
+        return None
+    import urllib.parse
+    import urllib.request
+
+    url = f"{os.environ['SIMCELL_COORD']}/ssh/fault?" + urllib.parse.urlencode({"host": host, "command": command})
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             return json.loads(resp.read()).get("kind")
@@ -60,7 +65,8 @@ def ssh_fault(host: str) -> str | None:
 def main() -> int:
     host = os.environ["SIMCELL_HOST"]
     command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
-    if not os.environ.get("SIMCELL_BOOT") and ssh_fault(host) == "drop":
+    fault = None if os.environ.get("SIMCELL_BOOT") else ssh_fault(host, command)
+    if fault == "drop":
         # The connection drops before the command runs: kill our sshd session process.
         os.kill(os.getppid(), signal.SIGKILL)
         return 255
@@ -72,6 +78,12 @@ def main() -> int:
     os.chdir("/root" if Path("/root").is_dir() else "/")
     if not command:
         os.execve("/bin/bash", ["bash", "-l"], env)
+    if fault == "drop-after":
+        # The command runs to its end, then the connection drops before its exit status is sent:
+        # the client cannot tell whether it ran (the case a retried step must handle).
+        subprocess.run(["/bin/bash", "-c", command], env=env)
+        os.kill(os.getppid(), signal.SIGKILL)
+        return 255
     os.execve("/bin/bash", ["bash", "-c", command], env)
     return 0
 

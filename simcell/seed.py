@@ -203,7 +203,10 @@ class Seeder:
         self.metal_node("pn-metal-1", "cc-metal", "pn", "kpnd", f"127.{self.net}.2.21", "10.50.0.21")
         self.metal_node("cn-metal-a", "cc-metal", "cn-active", "kcnd", f"127.{self.net}.2.11", "10.50.0.11")
         self.metal_node("cn-metal-b", "cc-metal", "cn-standby", "kcnd", f"127.{self.net}.2.12", "10.50.0.12")
-        self.world.run_on_host("cn-metal-a", "ip addr add 10.50.0.100/24 dev eth0 && arping -U -c 3 -I eth0 10.50.0.100")
+        self.world.run_on_host(
+            "cn-metal-a", "ip addr add 10.50.0.100/24 dev eth0 && arping -U -c 3 -I eth0 10.50.0.100 && "
+            "ip route replace default via 10.50.0.1 dev eth0 src 10.50.0.100",
+        )
         self.nodes["cn-metal-a"]["ip"] = "10.50.0.100"
         self.identities()
         for pn in ("pn-aws-1", "pn-aws-2"):
@@ -256,7 +259,8 @@ class Seeder:
                 {
                     "name": "cc-metal", "scheme": "bare-metal", "aws_conn_id": "kaia_aws", "region": REGION, "sns_topic_arn": self.topic,
                     "cns": [node("cn-metal-a"), node("cn-metal-b")], "pns": [node("pn-metal-1")],
-                    "floating_ip": {"address": "10.50.0.100/24", "interface": "eth0"},
+                    # gateway: outbound connections must leave from the floating IP (peers allow CNs by source IP)
+                    "floating_ip": {"address": "10.50.0.100/24", "interface": "eth0", "gateway": "10.50.0.1"},
                 },
             ],
         }

@@ -88,7 +88,7 @@ class World:
         self.validators: dict[str, tuple[str, str]] = {}  # cell -> (node id, ip) the network expects
         self.events: list[dict] = []
         self._open_pairs: set[frozenset] = set()
-        self.ssh_faults: dict[str, list[str]] = {}
+        self.ssh_faults: dict[str, list[dict]] = {}  # host -> [{"kind": drop|drop-after, "match": str|None}]
         self.stop_seconds: dict[str, float] = {}
         self.default_stop_seconds = stop_seconds
         self.t0 = time.time()
@@ -138,7 +138,9 @@ class World:
         host = self.hosts[name]
         key = self._host_key(name)
         sshd_dir = key.parent
-        env_line = " ".join(f"{k}={v}" for k, v in self.host_env(name).items())
+        # SHLVL=1: bash run by sshd sources ~/.bashrc only at shell level 1; a simulated host must not run the
+        # build machine's own root shell setup (pyenv init and the like) before every command.
+        env_line = " ".join(f"{k}={v}" for k, v in (self.host_env(name) | {"SHLVL": "1"}).items())
         config = sshd_dir / "sshd_config"
         config.write_text(
             f"ListenAddress {host.private_ip}\nPort {paths.SSH_PORT}\nHostKey {key}\n"
@@ -467,7 +469,14 @@ class World:
                 holders.remove(host)
                 holders.append(host)
             elif op == "route":
-                self.routes.append({"host": host, "args": req.get("args", [])})
+                args = req.get("args", [])
+                src = args[args.index("src") + 1] if "src" in args[:-1] else None
+                if src and src != self.hosts[host].public_ip and host not in self.floating.get(src, []):
+                    return {"error": "Invalid prefsrc address."}  # the kernel's answer: src must be local
+                self.routes.append({"host": host, "args": args})
+            elif op == "dad":
+                # arping -D: does any other host that is up answer ARP for this address?
+                return {"answered_by": [h for h in self.floating.get(ip, []) if h != host and self.hosts[h].up]}
             devices = {"eth0": [self.hosts[host].public_ip] + [ip for ip, hs in self.floating.items() if host in hs]}
             return {"devices": devices}
 
@@ -496,10 +505,32 @@ class World:
         self._set_mounts(name, mounts)
         return {"volume_dir": str(paths.VOLUMES / volume)}
 
-    def take_ssh_fault(self, host: str) -> str | None:
+    def add_ssh_faults(self, host: str, faults: list[dict]) -> None:
+        with self.lock:
+            self.ssh_faults.setdefault(host, []).extend(faults)
+            self._flag_ssh_faults()
+
+    def clear_ssh_faults(self) -> None:
+        with self.lock:
+            self.ssh_faults.clear()
+            self._flag_ssh_faults()
+
+    def _flag_ssh_faults(self) -> None:
+        if any(self.ssh_faults.values()):
+            paths.SSH_FAULTS_FLAG.touch()
+        else:
+            paths.SSH_FAULTS_FLAG.unlink(missing_ok=True)
+
+    def take_ssh_fault(self, host: str, command: str = "") -> str | None:
+        """The next pending fault of this host whose ``match`` (if any) is part of the command."""
         with self.lock:
             queue = self.ssh_faults.get(host) or []
-            return queue.pop(0) if queue else None
+            for i, fault in enumerate(queue):
+                if not fault.get("match") or fault["match"] in command:
+                    kind = queue.pop(i)["kind"]
+                    self._flag_ssh_faults()
+                    return kind
+            return None
 
     # ----- status ------------------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -537,5 +568,6 @@ class World:
                 "elastic_ips": {ip: label.get(iid, iid) if iid else None for ip, iid in self.eips.items()},
                 "floating_ips": {ip: (hs[-1] if hs else None) for ip, hs in self.floating.items()},
                 "double_signing_events": list(self.events),
+                "routes": [dict(r, host=self.hosts[r["host"]].label or r["host"]) for r in self.routes],
                 "hosts": [asdict(h) for h in self.hosts.values()],
             }

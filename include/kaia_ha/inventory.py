@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
+import string
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -75,13 +77,52 @@ class PN(Node):
 
 
 class FloatingIP(_Model):
-    """Bare metal: the address that moves with the validator, and the site's commands to move it."""
+    """Bare metal: the address that moves with the validator, and the site's commands to move it.
+
+    The defaults assume the floating IP is a secondary address on an interface in one L2 segment with
+    both CNs: ``ip addr`` moves it and a gratuitous ARP makes the neighbours (the gateway) send to the new
+    holder. Sites that route it otherwise (BGP, a provider API, keepalived) replace the commands. Each
+    command is a template over {address} (with prefix length), {ip}, {interface} and {gateway}.
+    """
 
     address: str  # with prefix length, e.g. 10.50.0.100/24
     interface: str = "eth0"
     add_cmd: str = "sudo ip addr add {address} dev {interface}"
     del_cmd: str = "sudo ip addr del {address} dev {interface}"
     announce_cmd: str = "sudo arping -U -c 3 -I {interface} {ip}"
+    # Exit 0 when no other host answers for the IP (duplicate address detection); "" skips the check.
+    check_free_cmd: str = "sudo arping -D -c 2 -w 3 -I {interface} {ip}"
+    # Peers' firewalls allow a CN by SOURCE address, but Linux picks the interface's primary address as the
+    # source of outbound connections. With a gateway set, the default route is given the floating IP as
+    # source on the new holder (and restored on the old one before the address goes, or the kernel drops it).
+    gateway: str | None = None
+    source_cmd: str = "sudo ip route replace default via {gateway} dev {interface} src {ip}"
+    unsource_cmd: str = "sudo ip route replace default via {gateway} dev {interface}"
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"must be the default gateway's address like 10.0.0.1, got {value!r}") from None
+        return value
+
+    @field_validator("add_cmd", "del_cmd", "announce_cmd", "check_free_cmd", "source_cmd", "unsource_cmd")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        unknown = names - {"address", "ip", "interface", "gateway"}
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}; use {{address}}, {{ip}}, {{interface}} or {{gateway}}")
+        return value
+
+    def command(self, which: str) -> str:
+        """One of the site's commands with the address filled in (shell-quoted values)."""
+        template = getattr(self, f"{which}_cmd")
+        values = {"address": self.address, "ip": self.ip, "interface": self.interface, "gateway": self.gateway or ""}
+        return template.format(**{k: shlex.quote(v) if v else v for k, v in values.items()})
 
     @field_validator("address")
     @classmethod

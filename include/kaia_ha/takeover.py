@@ -18,7 +18,7 @@ from kaia_ha.health import SyncVerdict, assess_sync
 from kaia_ha.inventory import CN, Cell
 from kaia_ha.keys import KeyBackup
 from kaia_ha.report import table, timeline, write
-from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
+from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook
 
 log = logging.getLogger(__name__)
 
@@ -55,35 +55,52 @@ def load_backup(cell: Cell, cn: CN) -> KeyBackup:
     return backup
 
 
+def aside_dir(data_dir: str, run_id: str) -> str:
+    """Where a run keeps a node's own key files: beside DATA_DIR, one folder per run (root only, 0600 files)."""
+    return f"{data_dir.rstrip('/')}.keys-aside/{''.join(c if c.isalnum() else '_' for c in run_id)}"
+
+
 def keep_aside(node: KaiaNodeHook, run_id: str) -> str | None:
-    """Move the node's own key files out of DATA_DIR (for a later fail-back), mode 0600. Idempotent."""
+    """Move the node's own key files out of DATA_DIR (for a later fail-back), mode 0600. Idempotent.
+
+    Never overwrites: a file already kept aside by an earlier try stays as it is (a retry after the new
+    identity was installed must not replace the node's own key with the new one).
+    """
     data_dir = node.node.data_dir
-    aside = f"{data_dir.rstrip('/')}.keys-aside/{''.join(c if c.isalnum() else '_' for c in run_id)}"
+    aside = aside_dir(data_dir, run_id)
     files = [p for p in node.existing([f"{data_dir}/{n}" for n in ("nodekey", "bls-nodekey")]
                                       + [f"{data_dir}/klay/{n}" for n in ("nodekey", "bls-nodekey")])]
     if not files:
         return None
     moves = " && ".join(
-        f"mv -f {shlex.quote(p)} {shlex.quote(aside + '/' + p[len(data_dir) + 1:].replace('/', '_'))}" for p in files
+        f"{{ [ -e {shlex.quote(dst)} ] || mv {shlex.quote(p)} {shlex.quote(dst)}; }}"
+        for p in files for dst in [aside + "/" + p[len(data_dir) + 1:].replace("/", "_")]
     )
     node.run(f"sudo sh -c {shlex.quote(f'umask 077 && mkdir -p {shlex.quote(aside)} && {moves} && chmod 600 {shlex.quote(aside)}/*')}")
     return aside
 
 
-def remove_shadowing(node: KaiaNodeHook) -> list[str]:
-    """Delete top-level files that would win over klay/ (nodekey, bls-nodekey, static-nodes.json...)."""
+def remove_shadowing(node: KaiaNodeHook, names: tuple[str, ...] = SHADOWING) -> list[str]:
+    """Delete top-level files that would win over klay/ (nodekey, bls-nodekey, static-nodes.json...).
+
+    :param names: which ones; a standby keeps its own static-nodes.json (its PN list) and chain data, so
+        only the key files are removed there.
+    """
     data_dir = node.node.data_dir
-    found = node.existing([f"{data_dir}/{name}" for name in SHADOWING])
+    found = node.existing([f"{data_dir}/{name}" for name in names])
     if found:
         node.run("sudo rm -rf " + " ".join(shlex.quote(p) for p in found))
     return found
 
 
-def install_identity(node: KaiaNodeHook, backup: KeyBackup) -> dict:
+def install_identity(node: KaiaNodeHook, backup: KeyBackup, shadowing: tuple[str, ...] = SHADOWING) -> dict:
     """Write the backup's keys to DATA_DIR/klay (0600, atomic), with nothing left to shadow them,
-    then prove on disk that the node will read exactly these keys."""
+    then prove on disk that the node will read exactly these keys.
+
+    :param shadowing: the top-level names removed first (``remove_shadowing``).
+    """
     data_dir = node.node.data_dir
-    removed = remove_shadowing(node)
+    removed = remove_shadowing(node, shadowing)
     node.run(f"sudo sh -c {shlex.quote(f'mkdir -p {shlex.quote(data_dir)}/klay && chmod 700 {shlex.quote(data_dir)}/klay')}")
     node.write_key(f"{data_dir}/klay/nodekey", backup.nodekey)
     if backup.bls is not None:
@@ -128,34 +145,81 @@ def pn_head(cell: Cell) -> int:
     return max(heads)
 
 
-def sync_check(node: KaiaNodeHook, cell: Cell, backup: KeyBackup, need_peer_types: tuple[str, ...] = ("pn",),
-               interval: float = 2.0) -> SyncVerdict:
+def sync_check(node: KaiaNodeHook, cell: Cell, backup: KeyBackup | None, need_peer_types: tuple[str, ...] = ("pn",),
+               interval: float = 2.0, *, expected_node_id: str | None = None) -> SyncVerdict:
+    """The honest check (kaia_ha.health): two probes ``interval`` apart against the cell's PN head.
+
+    The expected identity is the backup's (node ID and BLS key); without a backup (a standby running its
+    own key), ``expected_node_id`` if given.
+    """
     first = node.probe()
     time.sleep(interval)
     last = node.probe()
-    return assess_sync(first, last, pn_head(cell), expected_node_id=backup.node_id,
-                       expected_bls_public_key=backup.bls_public_key, need_peer_types=need_peer_types)
+    return assess_sync(first, last, pn_head(cell), expected_node_id=backup.node_id if backup else expected_node_id,
+                       expected_bls_public_key=backup.bls_public_key if backup else None, need_peer_types=need_peer_types)
 
 
+# ----- fencing ------------------------------------------------------------------------------------------------
+def answers_ssh(node: KaiaNodeHook, attempts: int = 3, pause: float = 2.0, command: str = "true") -> tuple[bool, str]:
+    """Whether the host answers over SSH, tried a few times (one dropped session must not look like a dead
+    host): ``(True, the command's stdout)`` or ``(False, why not)``."""
+    detail = ""
+    for attempt in range(attempts):
+        try:
+            return True, node.run(command, timeout=15, check=False).stdout
+        except HostUnreachable as exc:
+            detail = str(exc)
+            node.close()
+            if attempt + 1 < attempts:
+                time.sleep(pause)
+    return False, detail
+
+
+def fence_kcnd(node: KaiaNodeHook, run_id: str) -> dict:
+    """Make a failed CN whose host answers unable to sign again, and prove it. Idempotent.
+
+    kcnd is disabled at boot, the init script's auto-restart is switched off (AUTO_RESTART_NODE=0), kcnd is
+    stopped, and its key files are moved aside (kept, 0600, see ``keep_aside``): if anyone starts kcnd there
+    later it comes up as a NEW node with a generated key, never as the validator.
+    """
+    cn = node.node
+    conf = shlex.quote(cn.conf_path)
+    node.run(f"sudo systemctl disable {cn.service} && sudo sed -i 's/^AUTO_RESTART_NODE=.*/AUTO_RESTART_NODE=0/' {conf}")
+    stopped = node.stop_service()
+    aside = keep_aside(node, run_id)
+    keys = " ".join(shlex.quote(p) for p in node.key_paths("nodekey") + node.key_paths("bls-nodekey"))
+    script = (f"systemctl is-active {cn.service}; systemctl is-enabled {cn.service}; "
+              f". {conf}; echo AUTO_RESTART_NODE=${{AUTO_RESTART_NODE:-0}}; for p in {keys}; do [ -e $p ] && echo $p; done; true")
+    state, enabled, restart, *left = node.run(f"sudo bash -c {shlex.quote(script)}").stdout.split()
+    if state == "active" or enabled == "enabled" or restart != "AUTO_RESTART_NODE=0" or left:
+        raise TakeoverError(f"{cn.name}: not fenced: {cn.service} {state}, {enabled} at boot, {restart}, key files left {left}")
+    return {"service": state, "autostart": enabled, "clean_stop": stopped["clean"],
+            "keys_aside": aside or aside_dir(cn.data_dir, run_id)}
 
 
 # ----- the report --------------------------------------------------------------------------------------------
-def failover_report(ti, dag_run, *, title: str, synced_task: str, facts: dict, todo: list[str]) -> dict:
-    """Postmortem-ready: timeline (every step's start, end, try), RTO from trigger to synced, facts, to-do."""
+def failover_report(ti, dag_run, *, title: str, synced_task: str, facts: dict, todo: list[str],
+                    checks: list[dict] | None = None, dry_run: bool = False) -> dict:
+    """Postmortem-ready: timeline (every step's start, end, try), RTO from trigger to synced, facts, the
+    final sync checks (``SyncVerdict.checks``), to-do. Synced means the synced task ended in success (a
+    sensor's poke that found it not yet in sync also records a step, but its task did not succeed)."""
     steps, states = timeline(ti, dag_run.dag_id, dag_run.run_id)
     started = dag_run.start_date.timestamp() if dag_run.start_date else (steps[0]["start"] if steps else time.time())
-    synced = next((r for r in steps if r["task"] == synced_task and r.get("outcome") == "success"), None)
+    synced = next((r for r in steps if r["task"] == synced_task and r.get("outcome") == "success" and r.get("state") == "success"), None)
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     report = {
-        "dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "ok": synced is not None and not failed,
+        "dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "ok": (dry_run or synced is not None) and not failed, "dry_run": dry_run,
         "rto_seconds": round(synced["end"] - started, 1) if synced else None, "failed_tasks": failed,
-        "facts": facts, "todo": todo,
+        "facts": facts, "checks": checks or [], "todo": todo,
         "timeline": [r | {"t_start": round(r["start"] - started, 1), "t_end": round(r["end"] - started, 1)} for r in steps],
     }
     lines = [f"# {title}: {dag_run.run_id}", "",
-             f"Result: {'OK, validator back in sync' if report['ok'] else 'FAILED: ' + (', '.join(failed) or 'not in sync')}",
+             "Result: " + (("DRY RUN, preflight passed; nothing was changed" if report["ok"] else "DRY RUN, preflight FAILED: " + ", ".join(failed))
+                           if dry_run else "OK, validator back in sync" if report["ok"] else "FAILED: " + (", ".join(failed) or "not in sync")),
              f"RTO (trigger to synced): {report['rto_seconds']} s", "", "## Facts", ""]
     lines += [f"- {k}: {v}" for k, v in facts.items()]
+    if checks:
+        lines += ["", "## Checks", "", table([c | {"ok": "ok" if c["ok"] else "FAILED"} for c in checks], ["name", "ok", "detail"])]
     lines += ["", "## The operator must still", ""] + [f"- {t}" for t in todo]
     lines += ["", "## Timeline (seconds from the run's start)", "",
               table(report["timeline"], ["task", "try", "t_start", "t_end", "seconds", "state", "outcome"])]

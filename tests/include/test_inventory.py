@@ -64,3 +64,20 @@ def test_a_missing_inventory_says_how_to_get_one(tmp_path):
 def test_not_yaml_is_said_plainly():
     with pytest.raises(InventoryError, match="not valid YAML"):
         parse_inventory("cells: [", source="inv.yaml")
+
+
+def test_the_floating_ip_commands_are_templates_checked_at_load_and_quoted_when_filled():
+    data = example()
+    data["cells"][1]["floating_ip"]["add_cmd"] = "ip addr add {adress} dev {interface}"
+    assert "cells[1].floating_ip.add_cmd: unknown placeholder {adress}" in errors_of(data)
+    data = example()
+    data["cells"][1]["floating_ip"]["gateway"] = "10.0.0.1.5"
+    assert "cells[1].floating_ip.gateway: must be the default gateway's address" in errors_of(data)
+    data = example()
+    data["cells"][1]["floating_ip"] |= {"gateway": "10.0.0.1", "interface": "bond0"}
+    fip = parse_inventory(yaml.safe_dump(data)).cell("cc-metal").floating_ip
+    assert fip.command("add") == "sudo ip addr add 10.0.0.100/24 dev bond0"
+    assert fip.command("announce") == "sudo arping -U -c 3 -I bond0 10.0.0.100"
+    assert fip.command("check_free") == "sudo arping -D -c 2 -w 3 -I bond0 10.0.0.100"
+    assert fip.command("source") == "sudo ip route replace default via 10.0.0.1 dev bond0 src 10.0.0.100"
+    assert fip.command("unsource") == "sudo ip route replace default via 10.0.0.1 dev bond0"

@@ -55,20 +55,24 @@ class KaiaNodeHook:
     :param node: the inventory entry (paths, service, ssh_conn_id).
     :param remote_host: override the connection's host (a freshly launched instance).
     :param host_key: ``"ssh-ed25519 AAAA..."`` learned for ``remote_host`` (checked, never skipped).
+    :param connect_attempts: connection attempts (the SSH hook waits 3-5 s between them); 1 where the
+        caller decides itself what an unreachable host means (a failed CN).
     """
 
     def __init__(self, node: Node, *, ssh_conn_id: str | None = None, remote_host: str | None = None,
-                 host_key: str | None = None, connect_timeout: int = 15):
+                 host_key: str | None = None, connect_timeout: int = 15, connect_attempts: int = 3):
         self.node = node
         self.ssh_conn_id = ssh_conn_id or node.ssh_conn_id
         self.remote_host = remote_host
         self.host_key = host_key
         self.connect_timeout = connect_timeout
+        self.connect_attempts = connect_attempts
         self._client: paramiko.SSHClient | None = None
 
     @cached_property
     def ssh_hook(self) -> SSHHook:
-        hook = SSHHook(ssh_conn_id=self.ssh_conn_id, remote_host=self.remote_host or "", conn_timeout=self.connect_timeout)
+        hook = SSHHook(ssh_conn_id=self.ssh_conn_id, remote_host=self.remote_host or "", conn_timeout=self.connect_timeout,
+                       conn_retry_attempts=self.connect_attempts)
         if self.host_key:
             key_type, data = self.host_key.split()[:2]
             hook.host_key = paramiko.PKey.from_type_string(key_type, base64.b64decode(data))
@@ -120,9 +124,11 @@ class KaiaNodeHook:
     def probe(self) -> Probe:
         return Probe.from_console(self.attach(PROBE_EXPR))
 
-    def conf(self) -> dict[str, str]:
-        """DATA_DIR, LOG_DIR, ADDITIONAL, STOP_TIMEOUT as the init script sees them (it sources the file)."""
-        keys = ("DATA_DIR", "LOG_DIR", "ADDITIONAL", "STOP_TIMEOUT", "AUTO_RESTART_NODE")
+    CONF_KEYS = ("DATA_DIR", "LOG_DIR", "ADDITIONAL", "STOP_TIMEOUT", "AUTO_RESTART_NODE")
+
+    def conf(self, keys: tuple[str, ...] = CONF_KEYS) -> dict[str, str]:
+        """Settings of kcnd.conf as the init script sees them (it sources the file): by default DATA_DIR,
+        LOG_DIR, ADDITIONAL, STOP_TIMEOUT and AUTO_RESTART_NODE."""
         script = f". {shlex.quote(self.node.conf_path)}; " + "; ".join(f'printf "{k}=%s\\n" "${k}"' for k in keys)
         out = self.run(f"sudo bash -c {shlex.quote(script)}").stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -173,11 +179,13 @@ class KaiaNodeHook:
 
     def read_key(self, name: str) -> tuple[NodeKey | BlsKey | None, str | None]:
         """The key the node would actually use (path precedence), and where it is; (None, None) if absent."""
-        found = self.existing(self.key_paths(name))
-        if not found:
+        # One round trip: the first existing path on a line of its own, then its content.
+        script = "; ".join(f"if [ -e {shlex.quote(p)} ]; then echo {shlex.quote(p)}; cat {shlex.quote(p)}; exit 0; fi"
+                           for p in self.key_paths(name))
+        out = self.run(f"sudo sh -c {shlex.quote(script)}", secret_output=True).stdout
+        if not out:
             return None, None
-        path = found[0]
-        raw = self.run(f"sudo cat {shlex.quote(path)}", secret_output=True).stdout
+        path, _, raw = out.partition("\n")
         try:
             return (NodeKey(raw) if name == "nodekey" else BlsKey(raw)), path
         except InvalidKeyError as exc:

@@ -1,0 +1,85 @@
+"""
+# Kaia standby readiness (bare metal): could each standby take over its active right now?
+
+For every bare-metal core cell in the inventory, read-only over SSH, every hour. For each standby CN:
+
+| check | why |
+|---|---|
+| active's key backup | the failover installs the active's nodekey and bls-nodekey from Secrets Manager: it must exist and be the node the active runs as |
+| own identity | the standby runs its OWN nodekey (never the active's: two live nodes with one key double-sign), and its key file is the one it runs with (a malformed or missing file becomes a new identity at the next start) |
+| static-nodes.json | the file the node reads (top level wins over `klay/`) parses, every entry is a `kni://<node id>@<ip>:<port>` URL, and every PN of the cell is listed |
+| in sync | the honest check: PN peers, not syncing, near a PN's head, rising |
+| kcn version, DB flags and network | the same as the active's: the standby must follow the chain as the active does |
+| key path | kcnd.conf's DATA_DIR is the inventory's and no `--nodekey` flag sends the node elsewhere: the failover writes `DATA_DIR/klay/nodekey` |
+| floating IP | not configured on the standby (only the active answers for it) |
+| starts at boot | kcnd enabled: a rebooted standby keeps syncing |
+
+Drift fails the standby's task and sends an SNS alert naming the check and the fix. The report
+(`$AIRFLOW_HOME/reports/kaia_cn_standby_readiness/<run>.md`, also in the `report` task log) lists
+every check of every standby.
+
+## When it fails
+Read the `report` task log, fix what it names on the standby, then *Clear* the failed task. The DAG
+changes nothing, so clearing is always safe. If the **active** does not answer, it may be down: fail
+over with `kaia_cn_failover_standby`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import TaskGroup, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from kaia_ha import readiness, settings
+from kaia_ha.inventory import load_inventory
+from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
+
+# Its own DAG rather than a group in kaia_cn_maintenance: it only reads, so it can run every hour (a
+# standby that drifted out of sync must be found before the active fails, not at the next daily
+# maintenance), and a drift alert neither fails nor waits behind the maintenance's PN snapshot.
+SCHEDULE = "@hourly"
+
+inventory = load_inventory()
+
+
+@task(task_id="active")
+def active(cell_name: str) -> dict:
+    return readiness.active_facts(cell_name)
+
+
+@task(trigger_rule="all_done")  # a standby is checked also when its active does not answer
+def check_standby(cell_name: str, standby_name: str) -> dict:
+    facts = get_current_context()["ti"].xcom_pull(task_ids=f"{cell_name}.active", default=None)
+    try:
+        return readiness.check_standby(cell_name, standby_name, facts)
+    except readiness.ReadinessError as exc:  # drift, alerted once: a retry would only alert again
+        raise AirflowFailException(str(exc)) from None
+
+
+@task(trigger_rule="all_done", retries=0)
+def report() -> dict:
+    context = get_current_context()
+    return readiness.report(context["ti"], context["dag"].dag_id, context["run_id"])
+
+
+@dag(
+    dag_id=readiness.DAG_ID,
+    schedule=SCHEDULE,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["kaia", "core-cell", "bare-metal", "readiness"],
+    default_args=settings.default_args(retries=2),
+    on_failure_callback=CoreCellFailureNotifier(),
+)
+def kaia_cn_standby_readiness():
+    final = report()
+    for cell in inventory.cells_of("bare-metal"):
+        with TaskGroup(cell.name, tooltip=f"core cell {cell.name}: active {cell.active_cn.name}"):
+            facts = active(cell.name)
+            for cn in cell.standby_cns:
+                facts >> check_standby.override(task_id=cn.name)(cell.name, cn.name) >> final
+
+
+kaia_cn_standby_readiness()

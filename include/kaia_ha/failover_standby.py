@@ -1,0 +1,511 @@
+"""The steps of the bare-metal failover: the standby CN takes the failed active's identity and floating IP.
+
+The seed's four steps (stop the standby, swap the nodekey, move the IP, start) plus what the node's
+source demands: the standby's own derived ``bls-nodekey`` goes with its nodekey, a top-level nodekey
+would shadow ``klay/nodekey``, a malformed key would silently become a new identity (so the identity is
+proved on disk before the start and on the running node after it), and the failed active is fenced
+first so that two live nodes never hold one key.
+
+Every step reads the preflight's plan (JSON-safe, no keys), is safe to retry or clear (each checks what
+is already done first), and records its timing for the report. Keys are fetched from Secrets Manager
+by the step that writes them and reach a host only over SSH stdin.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import time
+
+from kaia_ha.alerts import notify
+from kaia_ha.health import ProbeError
+from kaia_ha.inventory import CN, Cell, FloatingIP, load_inventory
+from kaia_ha.keys import InvalidKeyError, KeyBackup, NodeKey
+from kaia_ha.report import step
+from kaia_ha.takeover import (
+    TakeoverError,
+    answers_ssh,
+    aside_dir,
+    failover_report,
+    fence_kcnd,
+    install_identity,
+    keep_aside,
+    load_backup,
+    sync_check,
+    verify_identity_on_disk,
+)
+from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook, NodeCommandError
+
+log = logging.getLogger(__name__)
+DAG_ID = "kaia_cn_failover_standby"
+KEY_FILES = ("nodekey", "bls-nodekey")  # what may shadow klay/ on a standby (its static-nodes.json is its PN list: kept)
+# Branch targets of the fence phase (task ids in the DAG).
+FENCE_OVER_SSH, CONFIRM_DOWN, DECLARED_DOWN = "fence.fence_over_ssh", "fence.confirm_down", "fence.declared_down"
+SYNCED_TASK = "start.standby_synced"
+IPC_WAIT = 30  # seconds for kcnd's console to open after `systemctl start`
+
+
+class FailoverInputError(ValueError):
+    """Bad trigger input; raised before anything changes. The message names the field."""
+
+
+def metal_actives() -> list[str]:
+    """The active CNs of the bare-metal cells: the choices of ``failed_cn`` (safe at parse time)."""
+    try:
+        return [cell.active_cn.name for cell in load_inventory().cells_of("bare-metal")]
+    except Exception:  # the DAG must still parse (and show the error) with a broken inventory
+        return []
+
+
+def metal_standbys() -> list[str]:
+    try:
+        return [cn.name for cell in load_inventory().cells_of("bare-metal") for cn in cell.standby_cns]
+    except Exception:
+        return []
+
+
+def failed_host(cn: CN) -> KaiaNodeHook:
+    """SSH to the failed active: one connection attempt per try (``answers_ssh`` decides how often to try)."""
+    return KaiaNodeHook(cn, connect_timeout=10, connect_attempts=1)
+
+
+def _ctx(plan: dict) -> tuple[Cell, CN, CN]:
+    inventory = load_inventory()
+    cell = inventory.cell(plan["cell"])
+    by_name = {cn.name: cn for cn in cell.cns}
+    return cell, by_name[plan["failed_cn"]], by_name[plan["standby_cn"]]
+
+
+def _ip_configured(ip_addr_show: str, fip: FloatingIP) -> bool:
+    return re.search(rf"\binet {re.escape(fip.ip)}/", ip_addr_show) is not None
+
+
+def holds_ip(node: KaiaNodeHook, fip: FloatingIP) -> bool:
+    """Whether the floating IP is configured on this host's interface (``ip addr show``)."""
+    return _ip_configured(node.run(f"ip -4 addr show dev {shlex.quote(fip.interface)}").stdout, fip)
+
+
+def _state_command(node: KaiaNodeHook, fip: FloatingIP) -> str:
+    return f"systemctl is-active {node.node.service}; ip -4 addr show dev {shlex.quote(fip.interface)}"
+
+
+def _state(out: str, fip: FloatingIP) -> dict:
+    state, _, addresses = out.partition("\n")
+    return {"kcnd": state.strip() or "unknown", "holds_floating_ip": _ip_configured(addresses, fip)}
+
+
+def node_state(node: KaiaNodeHook, fip: FloatingIP) -> dict:
+    """In one round trip: is kcnd active, is the floating IP configured on this host. SSH trouble raises."""
+    return _state(node.run(_state_command(node, fip), check=False).stdout, fip)
+
+
+def host_state(node: KaiaNodeHook, fip: FloatingIP, attempts: int = 3) -> dict:
+    """``node_state`` of a host that may be down (the failed active): whether it answers over SSH at all."""
+    reachable, out = answers_ssh(node, attempts=attempts, command=_state_command(node, fip))
+    if not reachable:
+        return {"reachable": False, "detail": out}
+    return {"reachable": True, "detail": "answers over SSH", **_state(out, fip)}
+
+
+def _key_on_disk(node: KaiaNodeHook) -> NodeKey | None:
+    """The nodekey the node would read, or None when it is missing or malformed (never printed)."""
+    try:
+        key, _ = node.read_key("nodekey")
+    except InvalidKeyError:
+        return None
+    return key
+
+
+def _holds_failed_key(node: KaiaNodeHook, backup: KeyBackup) -> bool:
+    key = _key_on_disk(node)
+    return key is not None and key.node_id == backup.node_id
+
+
+# ----- 1. preflight (changes nothing) --------------------------------------------------------------------------
+@step
+def validate(conf: dict, run_id: str) -> dict:
+    """The trigger's params checked against the inventory; the plan every later step reads."""
+    actives = metal_actives()
+    failed_name = conf.get("failed_cn")
+    if not failed_name:
+        raise FailoverInputError(f"failed_cn: choose the active CN that failed, one of {actives}")
+    if failed_name not in actives:
+        raise FailoverInputError(f"failed_cn: {failed_name!r} is not the active CN of a bare-metal core cell; choose one of {actives}")
+    for field in ("fence_failed_active", "host_known_dead", "dry_run"):
+        if not isinstance(conf.get(field, False), bool):
+            raise FailoverInputError(f"{field}: must be true or false, got {conf.get(field)!r}")
+    cell, failed = load_inventory().find_cn(failed_name)
+    standbys = [cn.name for cn in cell.standby_cns]
+    wanted = conf.get("standby_cn") or ""
+    if wanted and wanted not in standbys:
+        raise FailoverInputError(f"standby_cn: {wanted!r} is not a standby of {cell.name}; choose one of {standbys} or leave it empty")
+    if not standbys:
+        raise FailoverInputError(f"failed_cn: core cell {cell.name} has no standby CN (role: standby) in the inventory: nothing to fail over to")
+    fip = cell.floating_ip
+    plan = {
+        "cell": cell.name, "failed_cn": failed.name, "standby_cn": wanted or standbys[0], "run_id": run_id,
+        "fence": conf.get("fence_failed_active", True), "known_dead": conf.get("host_known_dead", False),
+        "dry_run": conf.get("dry_run", False), "floating_ip": fip.address, "interface": fip.interface, "gateway": fip.gateway,
+    }
+    log.info("Failover plan: %s takes over %s in %s (floating IP %s)", plan["standby_cn"], failed.name, cell.name, fip.address)
+    return plan
+
+
+@step
+def check_backup(plan: dict) -> dict:
+    """The failed active's keys exist in Secrets Manager and are the inventory's node. IAM: secretsmanager:GetSecretValue."""
+    cell, failed, standby = _ctx(plan)
+    backup = load_backup(cell, failed)
+    if standby.node_id and standby.node_id == backup.node_id:
+        raise TakeoverError(f"the inventory gives {standby.name} the node ID of {failed.name}: a standby must run its own key; fix the inventory")
+    return {"secret_id": failed.nodekey_secret_id, "node_id": backup.node_id, "bls_nodekey": backup.bls is not None,
+            "bls_public_key": backup.bls_public_key is not None}
+
+
+def standby_conf_problems(node: KaiaNodeHook, cn: CN) -> list[str]:
+    """What in kcnd.conf would make the node read its key from somewhere else than DATA_DIR/klay."""
+    conf = node.conf()
+    out = []
+    if conf.get("DATA_DIR", "").rstrip("/") != cn.data_dir.rstrip("/"):
+        out.append(f"kcnd.conf says DATA_DIR={conf.get('DATA_DIR')!r}, the inventory says {cn.data_dir!r}")
+    if re.search(r"(^|\s)--nodekey(\s|=)", conf.get("ADDITIONAL", "")):
+        out.append("kcnd.conf passes --nodekey in ADDITIONAL: the node reads its key from that file, not DATA_DIR/klay/nodekey")
+    return out
+
+
+@step
+def check_standby(plan: dict) -> dict:
+    """The standby answers, its kcnd.conf reads the key where the failover writes it, and it is in sync
+    (the honest check: PN peers, not syncing, near a PN's head, rising) with its OWN identity. A standby
+    that already holds the failed CN's key is a takeover an earlier try began: accepted."""
+    cell, failed, standby = _ctx(plan)
+    node = KaiaNodeHook(standby)
+    problems = standby_conf_problems(node, standby)
+    if problems:
+        raise TakeoverError(f"{standby.name} is not ready to take over: " + "; ".join(problems))
+    backup = load_backup(cell, failed)
+    facts = {"standby": standby.name}
+    if _holds_failed_key(node, backup):
+        return facts | {"state": f"holds the key of {failed.name} already (a takeover an earlier run began); continuing it"}
+    verdict = sync_check(node, cell, None, ("pn",), expected_node_id=standby.node_id)
+    if not verdict.ok:
+        raise TakeoverError(f"{standby.name} is not in sync, so it cannot take over now: {'; '.join(verdict.failed())}. "
+                            "Fix it, or choose another standby (standby_cn)")
+    return facts | {"state": "in sync with its own identity", "checks": verdict.checks}
+
+
+@step
+def check_failed_active(plan: dict) -> dict:
+    """Read only: does the failed active's host answer, does kcnd run there, does it hold the floating IP?
+    Tells the operator which way it will be fenced. Never fails on an unreachable host (that is the incident)."""
+    cell, failed, _ = _ctx(plan)
+    facts = host_state(failed_host(failed), cell.floating_ip)
+    if facts["reachable"]:
+        facts["fence"] = ("over SSH: stop kcnd, disable it, release the IP, keys aside" if plan["fence"]
+                          else "fencing off: the run stops if kcnd runs there" if facts["kcnd"] == "active" else "fencing off; kcnd not running")
+    else:
+        facts["fence"] = "declared dead by the host_known_dead param" if plan["known_dead"] else "the run will ask you to confirm it is down"
+    return facts
+
+
+@step
+def check_floating_ip(plan: dict) -> dict:
+    """The floating IP and the site's commands to move it; where it is configured now."""
+    cell, _, standby = _ctx(plan)
+    fip = cell.floating_ip
+    shown = KaiaNodeHook(standby).run(f"ip -4 addr show dev {shlex.quote(fip.interface)}", check=False)
+    if shown.rc != 0:
+        raise TakeoverError(f"floating_ip.interface: {standby.name} has no interface {fip.interface!r}: {shown.stderr.strip()[-200:]}")
+    commands = {w: fip.command(w) for w in ("add", "announce", "check_free", "del") if getattr(fip, f"{w}_cmd")}
+    if fip.gateway:
+        commands |= {"source": fip.command("source"), "unsource": fip.command("unsource")}
+    return {"address": fip.address, "interface": fip.interface, "gateway": fip.gateway,
+            "standby_holds": _ip_configured(shown.stdout, fip), "commands": commands}
+
+
+# ----- 2. fence the failed active --------------------------------------------------------------------------------
+def fence_path(plan: dict) -> str:
+    """Which way to fence (the branch): over SSH if the host answers, else the operator's word."""
+    cell, failed, _ = _ctx(plan)
+    host = host_state(failed_host(failed), cell.floating_ip)
+    if host["reachable"]:
+        if plan["fence"]:
+            return FENCE_OVER_SSH
+        if host["kcnd"] == "active":
+            raise TakeoverError(f"fence_failed_active is off but kcnd is running on {failed.name}: two live nodes with one key "
+                                "double-sign. Stop it yourself, or trigger again with fencing on")
+        return DECLARED_DOWN
+    detail = host["detail"]
+    log.warning("%s does not answer over SSH: %s", failed.name, detail)
+    if plan["known_dead"]:
+        return DECLARED_DOWN
+    notify(cell, f"[kaia-ha] confirm {failed.name} is down",
+           f"The failover of {failed.name} ({cell.name}) to {plan['standby_cn']} waits for you: {failed.name} does not answer over SSH "
+           f"({detail}). Make sure it is powered off or cut off, then approve 'confirm_down' under Required actions in Airflow "
+           f"(DAG {DAG_ID}, run {plan['run_id']}).")
+    return CONFIRM_DOWN
+
+
+def release_floating_ip(node: KaiaNodeHook, fip: FloatingIP) -> str:
+    """Take the floating IP off a host (the source route first: the kernel drops a route whose source goes)."""
+    if not holds_ip(node, fip):
+        return "was not configured there"
+    node.run(" && ".join(([fip.command("unsource")] if fip.gateway else []) + [fip.command("del")]))
+    if holds_ip(node, fip):
+        raise TakeoverError(f"{node.node.name}: {fip.ip} is still configured after `{fip.command('del')}`")
+    return "released"
+
+
+@step
+def fence_over_ssh(plan: dict) -> dict:
+    """The failed active's host answers: kcnd stopped, disabled, no auto-restart, keys aside, floating IP released."""
+    cell, failed, _ = _ctx(plan)
+    node = KaiaNodeHook(failed)
+    fenced = fence_kcnd(node, plan["run_id"])
+    return fenced | {"floating_ip": release_floating_ip(node, cell.floating_ip)}
+
+
+@step
+def declared_down(plan: dict) -> dict:
+    """No change on the failed host: it does not answer and the operator declared it dead, or fencing is off and kcnd is not running."""
+    _, failed, _ = _ctx(plan)
+    why = "host_known_dead: the operator declared the host dead" if plan["known_dead"] else "fencing off; kcnd not running there"
+    return {"how": why, "cn": failed.name}
+
+
+def ip_answered_elsewhere(standby: KaiaNodeHook, fip: FloatingIP) -> bool:
+    """Duplicate address detection from the standby (which must not hold the IP itself): does another host
+    still answer ARP for the floating IP?"""
+    if not fip.check_free_cmd:
+        return False
+    return standby.run(fip.command("check_free"), check=False, timeout=30).rc != 0
+
+
+@step
+def verify_fenced(plan: dict) -> dict:
+    """Whatever the path: if the failed host answers, kcnd is not running there and it does not hold the IP;
+    and no other host answers ARP for the floating IP (a host whose SSH is cut may still run)."""
+    cell, failed, standby = _ctx(plan)
+    fip = cell.floating_ip
+    host = host_state(failed_host(failed), fip, attempts=2)
+    reachable = host["reachable"]
+    if reachable:
+        if host["kcnd"] == "active":
+            raise TakeoverError(f"kcnd runs on {failed.name} again: not fenced. Stop and disable it, then clear this task")
+        if host["holds_floating_ip"]:
+            raise TakeoverError(f"{failed.name} still holds {fip.ip}: release it there (`{fip.command('del')}`), then clear this task")
+    node = KaiaNodeHook(standby)
+    if not holds_ip(node, fip) and ip_answered_elsewhere(node, fip):
+        raise TakeoverError(
+            f"another host still answers ARP for {fip.ip} (`{fip.command('check_free')}` on {standby.name}): {failed.name} may still "
+            "be up with the address (its SSH may be cut while kcnd runs). Power it off (BMC/IPMI, PDU) or unplug it, then clear "
+            "this task. Not continuing: two live nodes with one key double-sign")
+    return {"failed_host": "answers over SSH, kcnd stopped, IP released" if reachable else "does not answer over SSH",
+            "arp": "no other host answers for the floating IP" if fip.check_free_cmd else "not checked (no check_free_cmd)"}
+
+
+# ----- 3-5. the standby takes over ----------------------------------------------------------------------------------
+@step
+def stop_standby(plan: dict) -> dict:
+    """Stop kcnd on the standby and prove the stop was clean (a killed node's database does not open)."""
+    cell, failed, standby = _ctx(plan)
+    node = KaiaNodeHook(standby)
+    now = node_state(node, cell.floating_ip)
+    if now["kcnd"] == "active" and now["holds_floating_ip"] and node.probe().node_id == load_backup(cell, failed).node_id:
+        return {"state": "active", "skipped": "already runs as the validator (an earlier try took over): not stopped"}
+    stopped = node.stop_service()
+    if not stopped["clean"]:
+        raise TakeoverError(
+            f"{standby.name}: kcnd did not stop cleanly (no 'Blockchain manager stopped' then 'Database closed'; killed after "
+            f"STOP_TIMEOUT?): its database may not open. Last log lines:\n{stopped['log_tail']}")
+    return {"state": stopped["state"], "stop_seconds": stopped["stop_seconds"]}
+
+
+@step
+def replace_identity(plan: dict) -> dict:
+    """The standby's own nodekey and bls-nodekey aside (for a fail-back), the failed active's installed in
+    DATA_DIR/klay (0600, atomic) with nothing at the top level to shadow them; proved on disk."""
+    cell, failed, standby = _ctx(plan)
+    node = KaiaNodeHook(standby)
+    backup = load_backup(cell, failed)
+    aside = aside_dir(standby.data_dir, plan["run_id"])
+    if node.service_state() == "active":
+        if node.probe().node_id != backup.node_id:
+            raise TakeoverError(f"kcnd runs on {standby.name}: its keys are not replaced under a running node (clear stop_standby first)")
+        # It runs as the validator already (an earlier try): nothing to change under it, only prove the files.
+        return {"own_keys": "aside by an earlier try", "own_keys_dir": aside, **verify_identity_on_disk(node, backup)}
+    if _holds_failed_key(node, backup):  # an earlier try or run installed it: the own keys are aside already
+        listing = f"ls -d {shlex.quote(aside_dir(standby.data_dir, ''))}*/ 2>/dev/null; true"
+        earlier = node.run(f"sudo sh -c {shlex.quote(listing)}").stdout.split()
+        own = f"aside by an earlier try or run ({', '.join(earlier)})" if earlier else "not found (the failed CN's key was there already)"
+        aside = aside if aside + "/" in earlier else (earlier[-1].rstrip("/") if earlier else aside)
+    else:
+        own = "aside" if keep_aside(node, plan["run_id"]) else "none found"
+    installed = install_identity(node, backup, shadowing=KEY_FILES)
+    return {"own_keys": own, "own_keys_dir": aside, **installed}
+
+
+@step
+def move_floating_ip(plan: dict) -> dict:
+    """Configure the floating IP on the standby (the site's commands), announce it (gratuitous ARP), make it
+    the source of outbound connections when the inventory names a gateway, and prove it is there."""
+    cell, _, standby = _ctx(plan)
+    fip = cell.floating_ip
+    node = KaiaNodeHook(standby)
+    done = []
+    if not holds_ip(node, fip):
+        if ip_answered_elsewhere(node, fip):
+            raise TakeoverError(f"another host answers ARP for {fip.ip}: not taking the address (fencing did not hold)")
+        added = node.run(fip.command("add"), check=False)  # "exists" after a dropped answer: judged by the check below
+        if not holds_ip(node, fip):
+            raise TakeoverError(f"{standby.name}: `{fip.command('add')}` exited {added.rc}: {added.stderr.strip()[-300:]}")
+        done.append("added")
+    # Announce (the neighbours' ARP caches still point at the old holder) and, with a gateway, make the
+    # floating IP the source of outbound connections. Both are safe to repeat.
+    node.run(" && ".join([fip.command("announce")] + ([fip.command("source")] if fip.gateway else [])))
+    done += ["announced"] + ([f"outbound source via {fip.gateway}"] if fip.gateway else [])
+    return {"floating_ip": fip.address, "on": standby.name, "done": done}
+
+
+# ----- 6. start and verify --------------------------------------------------------------------------------------------
+@step
+def start_standby(plan: dict) -> dict:
+    """Right before the start: the keys the node will read are the failed CN's, and the floating IP is here.
+    Then kcnd enabled and started, and the running node's ID checked at once."""
+    cell, failed, standby = _ctx(plan)
+    fip = cell.floating_ip
+    node = KaiaNodeHook(standby)
+    backup = load_backup(cell, failed)
+    on_disk = verify_identity_on_disk(node, backup)
+    if not holds_ip(node, fip):
+        raise TakeoverError(
+            f"the floating IP {fip.ip} is not on {standby.name} (`ip addr show dev {fip.interface}`): the IP move was skipped or "
+            f"undone. Started now, the validator would come up at {standby.name}'s own address, where neither the PNs nor the "
+            "other operators' CNs accept it. Run move_floating_ip first")
+    # Enabled: the validator now, it must come back after a reboot.
+    started = node.run(f"sudo systemctl enable {standby.service} && sudo systemctl start {standby.service}", check=False, timeout=120)
+    deadline = time.monotonic() + IPC_WAIT
+    while True:  # the console opens a moment after the init script returns
+        try:
+            running = node.probe().node_id
+            break
+        except HostUnreachable:
+            raise
+        except (NodeCommandError, ProbeError) as exc:
+            if time.monotonic() > deadline or node.service_state() != "active":
+                raise TakeoverError(f"{standby.name}: kcnd does not answer after `systemctl start` (exit {started.rc}: "
+                                    f"{started.stderr.strip()[-200:]}; {exc}). Last log lines:\n{_log_tail(node)}") from None
+            time.sleep(1)
+    if running != backup.node_id:
+        raise TakeoverError(f"{standby.name} runs as node {running[:16]}…, not {failed.name}'s {backup.node_id[:16]}…: the node "
+                            "generated or read another key (its log says 'Generated nodekey'?)")
+    return {"state": "active", "node_id": running, "key_path": on_disk["nodekey_path"]}
+
+
+@step
+def standby_synced(plan: dict) -> dict | None:
+    """One poke of the honest check with the failed CN's identity: node ID and BLS key, PN AND CN peers (the
+    other operators accept the node at the floating IP), not syncing, near a PN's head, rising. None: not yet."""
+    cell, failed, standby = _ctx(plan)
+    node = KaiaNodeHook(standby)
+    try:
+        verdict = sync_check(node, cell, load_backup(cell, failed), ("pn", "cn"))
+    except (HostUnreachable, TakeoverError) as exc:  # a dropped session, or no PN answered: judge at the next poke
+        log.warning("%s", exc)
+        return None
+    except (NodeCommandError, ProbeError):
+        if node.service_state() != "active":
+            raise TakeoverError(f"kcnd stopped running on {standby.name}. Last log lines:\n{_log_tail(node)}") from None
+        raise
+    log.info("sync: %s", verdict.summary())
+    if verdict.ok:
+        return {"checks": verdict.checks}
+    wrong = [c["detail"] for c in verdict.checks if c["name"] in ("identity", "bls key") and not c["ok"]]
+    if wrong:  # waiting cannot fix a wrong key
+        raise TakeoverError(f"{standby.name}: " + "; ".join(wrong))
+    return None
+
+
+def _log_tail(node: KaiaNodeHook, lines: int = 5) -> str:
+    return node.run(f"sudo tail -n {lines} {shlex.quote(node.log_path())}", check=False).stdout
+
+
+# ----- 7. report -------------------------------------------------------------------------------------------------------
+def fencing(states: dict, pull, plan: dict) -> dict:
+    """How the failed active was fenced, from whichever fence path ran."""
+    approval = pull(CONFIRM_DOWN)
+    if states.get(FENCE_OVER_SSH) == "success":
+        return {"path": "over SSH", **pull(FENCE_OVER_SSH)}
+    if states.get(CONFIRM_DOWN) == "success":
+        # A rejection skips what follows and leaves no return value (Airflow ends the task on the skip).
+        rejected = not approval and states.get("fence.verify_fenced") == "skipped"
+        return {"path": "operator's answer", "answer": ["Reject"] if rejected else approval.get("chosen_options"),
+                "by": (approval.get("responded_by_user") or {}).get("name", "see the task's Required action"),
+                "at": str(approval.get("responded_at", ""))}
+    if states.get(DECLARED_DOWN) == "success":
+        return {"path": "declared", **pull(DECLARED_DOWN)}
+    return {"path": "not done" + (" (dry run)" if plan.get("dry_run") else "")}
+
+
+def report(ti, dag_run, plan: dict | None) -> dict:
+    """Timeline, RTO, the checks and what the operator must still do; SNS with the outcome."""
+    plan = plan or {}
+
+    def pull(task_id: str):
+        return ti.xcom_pull(task_ids=task_id, default=None) or {}
+
+    states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id]).get(dag_run.run_id, {})
+    failed_cn, standby_cn = plan.get("failed_cn"), plan.get("standby_cn")
+    fence = fencing(states, pull, plan)
+    identity = pull("takeover.replace_identity")
+    facts = {
+        "core cell": plan.get("cell"), "failed active": failed_cn, "standby that took over": standby_cn,
+        "validator node ID": pull("preflight.check_backup").get("node_id"), "dry run": plan.get("dry_run"),
+        "preflight": {"standby": pull("preflight.check_standby").get("state"), "failed active": pull("preflight.check_failed_active")},
+        "fencing": fence, "fencing verified": pull("fence.verify_fenced"),
+        "standby stop": pull("takeover.stop_standby"),
+        "standby's own keys": {"host": standby_cn, "state": identity.get("own_keys"), "dir": identity.get("own_keys_dir")},
+        "identity on disk": {k: identity.get(k) for k in ("nodekey_path", "bls_nodekey", "mode", "removed_shadowing")},
+        "floating IP": pull("takeover.move_floating_ip") or {"floating_ip": plan.get("floating_ip"), "on": "not moved"},
+        "running node ID": pull("start.start_standby").get("node_id"),
+    }
+    data = failover_report(ti, dag_run, title="Kaia CN bare-metal failover (Active-Standby)", synced_task=SYNCED_TASK, facts=facts,
+                           todo=_todo(plan, fence, identity), checks=pull(SYNCED_TASK).get("checks"), dry_run=bool(plan.get("dry_run")))
+    if plan.get("cell"):
+        cell = load_inventory().cell(plan["cell"])
+        outcome = "dry run passed" if data["ok"] and plan.get("dry_run") else "succeeded" if data["ok"] else "FAILED"
+        notify(cell, f"[kaia-ha] failover of {failed_cn} to {standby_cn} {outcome}",
+               f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Fencing: {fence['path']}. "
+               f"Report: {data['files']['markdown']}")
+    if not data["ok"]:
+        if fence["path"] == "operator's answer" and fence["answer"] != ["Approve"]:
+            raise TakeoverError(f"not failed over: the operator did not confirm that {failed_cn} is down (report {data['files']['markdown']})")
+        raise TakeoverError(f"failover not complete: {data['failed_tasks'] or 'the standby is not in sync'} (report {data['files']['markdown']})")
+    return {"ok": True, "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]}
+
+
+def _todo(plan: dict, fence: dict, identity: dict) -> list[str]:
+    failed, standby, cell = plan.get("failed_cn"), plan.get("standby_cn"), plan.get("cell")
+    if plan.get("dry_run"):
+        return ["nothing was changed: to fail over, trigger again with dry run off"]
+    todo = [
+        f"build a new standby for {cell}: a host with a NEW nodekey (never {failed}'s), its static-nodes.json listing the cell's PNs, "
+        "in sync; add it to the inventory as role: standby and check it with kaia_cn_standby_readiness",
+        f"update the inventory: {standby} becomes role: active with node_id = the validator node ID above and nodekey_secret_id of "
+        f"{failed}; {failed} leaves the inventory (or comes back as a standby with a new key). Then run kaia_cn_maintenance "
+        "(the backup follows the active)",
+        f"keep {standby}'s own keys ({identity.get('own_keys_dir', 'see above')}) until the new standby runs; never start them on two nodes",
+        f"remove {standby}'s old node ID from the PNs' static-nodes.json and add the new standby's",
+    ]
+    if fence["path"] == "over SSH":
+        todo.append(f"{failed}: kcnd is stopped and disabled there and its keys are aside under its DATA_DIR.keys-aside/; "
+                    "delete them (shred) once the failover is accepted, before the host is reused")
+    else:
+        todo.append(f"{failed} was NOT fenced over SSH (fencing: {fence['path']}): it still holds the validator's nodekey and may start kcnd at boot. "
+                    "Before it is powered on or reconnected: boot it off the network, `systemctl disable kcnd`, move DATA_DIR/klay/nodekey "
+                    f"away, and make sure it does not configure {plan.get('floating_ip')} at boot")
+    if not plan.get("gateway"):
+        todo.append(f"the inventory names no floating_ip.gateway, so outbound connections from {standby} leave from its own address, "
+                    f"not {plan.get('floating_ip')}: if other operators' firewalls filter by source address, set it")
+    return todo
