@@ -30,7 +30,8 @@ echo
 echo "  Airflow UI:  http://127.0.0.1:$PORT"
 echo "  Login:       $(python -c "import json,sys; d=json.load(open('$PASSWORDS')); print(', '.join(f'{u} / {p}' for u,p in d.items()))" 2>/dev/null || echo "see $PASSWORDS")"
 echo "  Simulated core cell: python -m simcell status   (inventory: $KAIA_HA_INVENTORY)"
-echo "  DAGs: kaia_cn_maintenance (unpause it and trigger it from the UI)"
+echo "  DAGs: kaia_cn_maintenance, kaia_cn_standby_readiness (scheduled); kaia_cn_failover_cloud, kaia_cn_failover_standby (trigger during an incident)"
+echo "  Drill: python -m simcell break cn-aws-1 --how kill, then trigger kaia_cn_failover_cloud"
 echo
 echo "Ctrl-C stops everything."
 wait "$AIRFLOW_PID"
