@@ -341,7 +341,8 @@ def replace_identity(plan: dict) -> dict:
         own = f"aside by an earlier try or run ({', '.join(earlier)})" if earlier else "not found (the failed CN's key was there already)"
         aside = aside if aside + "/" in earlier else (earlier[-1].rstrip("/") if earlier else aside)
     else:
-        own = "aside" if keep_aside(node, plan["run_id"]) else "none found"
+        moved = keep_aside(node, plan["run_id"])
+        own = "aside" if moved or node.existing([aside]) else "none found"  # existing: a try whose answer was lost
     installed = install_identity(node, backup, shadowing=KEY_FILES)
     return {"own_keys": own, "own_keys_dir": aside, **installed}
 

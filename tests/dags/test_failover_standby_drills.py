@@ -20,7 +20,7 @@ from kaia_ha import failover_standby as steps
 from kaia_ha.inventory import load_inventory
 from kaia_ha.keys import InvalidKeyError, KeyBackup
 from kaia_ha.takeover import TakeoverError, sync_check
-from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
+from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook
 
 DAG_ID = "kaia_cn_failover_standby"
 IP = "10.50.0.100"
@@ -185,7 +185,15 @@ def test_drill_a_malformed_nodekey_is_caught_not_silently_replaced(drill, plan):
     with pytest.raises(InvalidKeyError, match="silently generate a NEW identity"):
         steps.start_standby(plan)
     assert kcnd_state(cell) != "active"
-    steps.replace_identity(plan)
+    # The identity step puts it right, also when the answer to its keep-aside is lost on the way back.
+    retried = plan | {"run_id": "drill-lost-answer"}  # a run of its own: its keys-aside folder is new
+    cell.fault("ssh:cn-metal-b", "--kind", "drop-after", "--match", "keys-aside")
+    with pytest.raises(HostUnreachable):
+        steps.replace_identity(retried)
+    fixed = steps.replace_identity(retried)
+    assert fixed["own_keys"] == "aside" and fixed["nodekey_path"] == "/var/kcnd/data/klay/nodekey"
+    kept = cell.ssh("cn-metal-b", f"sudo cat {fixed['own_keys_dir']}/klay_nodekey").stdout.strip() == "0xnot-a-key"
+    assert kept  # what the first try moved aside is still there (compared as a flag: a key file's text is never printed)
 
 
 def test_drill_a_skipped_ip_move_is_caught_and_the_sync_check_says_why(drill, plan, backup):
@@ -207,9 +215,16 @@ def test_drill_a_skipped_ip_move_is_caught_and_the_sync_check_says_why(drill, pl
 
 
 def test_the_known_dead_path_completes_from_where_the_drills_left_the_standby(drill):
+    """With SSH dropping in the steps that do real work here (the IP is still to be added, the keys are written
+    again, kcnd is still to be started): each ends in success after a retry."""
     cell, runner, before = drill
+    for kind, match in (("drop", "arping -D"), ("drop-after", "kaia-ha.tmp"), ("drop-after", "ip addr add"), ("drop", "kcn attach")):
+        cell.fault("ssh:cn-metal-b", "--kind", kind, "--match", match)
     run_id, state, states = runner.run(DAG_ID, {"failed_cn": "cn-metal-a", "host_known_dead": True})
     assert state == "success", {k: v for k, v in states.items() if v[0] != "success"}
+    assert cell.status()["pending_faults"]["ssh"] == {}
+    assert {t for (t, _), (_, tries) in states.items() if tries > 1} >= {
+        "fence.verify_fenced", "takeover.replace_identity", "takeover.move_floating_ip", "start.start_standby"}
     assert states[("fence.declared_down", -1)][0] == "success" and states[("fence.confirm_down", -1)][0] == "skipped"
     status = cell.status()
     live = [n for n in status["nodes"] if n["node_id"] == before["cn-metal-a"]["node_id"] and n["running"]]
