@@ -33,15 +33,14 @@ fresh snapshot is always started again.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.providers.amazon.aws.sensors.ec2 import EC2InstanceStateSensor
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
 
 from kaia_ha import failover_cloud as steps
-from kaia_ha import maintenance, settings
+from kaia_ha import maintenance
 from kaia_ha.inventory import load_inventory
-from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
+from kaia_ha_airflow.dag_defaults import core_cell_dag
 from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator, EBSSnapshotCompletedSensor
 
 inventory = load_inventory()
@@ -175,13 +174,8 @@ def report() -> dict:
 @dag(
     dag_id=steps.DAG_ID,
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
-    tags=["kaia", "core-cell", "failover", "cloud"],
-    default_args=settings.default_args(retries=3),
-    on_failure_callback=CoreCellFailureNotifier(),
+    **core_cell_dag(tags=["failover", "cloud"], retries=3),
     params={
         "failed_cn": Param(CNS[0] if CNS else "", type="string", enum=CNS or None, title="Failed CN",
                            description="The CN that is down. Its nodekey and Elastic IP move to the replacement.",

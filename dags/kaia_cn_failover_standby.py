@@ -49,8 +49,7 @@ from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_cont
 from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import failover_standby as steps
-from kaia_ha import settings
-from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
+from kaia_ha_airflow.dag_defaults import core_cell_dag
 
 ACTIVES = steps.metal_actives()
 STANDBYS = steps.metal_standbys()
@@ -150,13 +149,8 @@ def report() -> dict:
 @dag(
     dag_id=steps.DAG_ID,
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
-    tags=["kaia", "core-cell", "failover", "bare-metal"],
-    default_args=settings.default_args(retries=3),
-    on_failure_callback=CoreCellFailureNotifier(),
+    **core_cell_dag(tags=["failover", "bare-metal"], retries=3),
     params={
         # No CN is preselected: the operator must name the failed one (an empty choice fails the preflight).
         "failed_cn": Param("", type="string", enum=["", *ACTIVES], title="Failed active CN",

@@ -30,9 +30,9 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
 
-from kaia_ha import maintenance, settings
+from kaia_ha import maintenance
 from kaia_ha.inventory import load_inventory
-from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
+from kaia_ha_airflow.dag_defaults import core_cell_dag
 from kaia_ha_airflow.operators.ec2 import (
     EBSCreateSnapshotOperator,
     EBSDeleteSnapshotOperator,
@@ -111,13 +111,8 @@ def report() -> dict:
 @dag(
     dag_id=maintenance.DAG_ID,
     schedule=inventory.cells[0].maintenance.schedule,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
-    tags=["kaia", "core-cell", "maintenance"],
-    default_args=settings.default_args(),
-    on_failure_callback=CoreCellFailureNotifier(),
+    **core_cell_dag(tags=["maintenance"], retries=3),
     params={"note": Param("", type="string", title="Note", description="Why this run was started by hand (shown in the report)")},
 )
 def kaia_cn_maintenance():

@@ -26,13 +26,12 @@ over with `kaia_cn_failover_standby`.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import TaskGroup, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from kaia_ha import readiness, settings
+from kaia_ha import readiness
 from kaia_ha.inventory import load_inventory
-from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
+from kaia_ha_airflow.dag_defaults import core_cell_dag
 
 # Its own DAG rather than a group in kaia_cn_maintenance: it only reads, so it can run every hour (a
 # standby that drifted out of sync must be found before the active fails, not at the next daily
@@ -65,13 +64,8 @@ def report() -> dict:
 @dag(
     dag_id=readiness.DAG_ID,
     schedule=SCHEDULE,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     doc_md=__doc__,
-    tags=["kaia", "core-cell", "bare-metal", "readiness"],
-    default_args=settings.default_args(retries=2),
-    on_failure_callback=CoreCellFailureNotifier(),
+    **core_cell_dag(tags=["bare-metal", "readiness"], retries=2),
 )
 def kaia_cn_standby_readiness():
     final = report()

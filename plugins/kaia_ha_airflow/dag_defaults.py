@@ -1,0 +1,20 @@
+"""What every core-cell DAG shares: start date, no catch-up, one run at a time, retries, SNS on failure."""
+
+from __future__ import annotations
+
+import pendulum
+
+from kaia_ha import settings
+from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
+
+
+def core_cell_dag(*, tags: list[str], retries: int = 3) -> dict:
+    """Keyword arguments for ``@dag``; each DAG adds its id, schedule, doc_md and params."""
+    return {
+        "start_date": pendulum.datetime(2026, 1, 1, tz="UTC"),
+        "catchup": False,
+        "max_active_runs": 1,
+        "tags": ["kaia", "core-cell", *tags],
+        "default_args": settings.default_args(retries=retries),
+        "on_failure_callback": CoreCellFailureNotifier(),
+    }
