@@ -25,7 +25,9 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
 10. **Report**: timeline, RTO, resource ids, what you must still do. Also sent by SNS.
 
 ## If it fails
-The `report` task log says which step failed and why. Fix the cause and **Clear** the failed task
+The `report` task log says which step failed and why. A check that no retry can fix (a wrong key, a
+volume not mounted, the Elastic IP elsewhere, kcnd not running) fails its task at once, without
+retries. Fix the cause and **Clear** the failed task
 (with *Downstream*): every step finds what an earlier try made (the instance by ClientToken, the
 volume by ClientToken, the snapshot by its run tags) and never makes it twice. A PN stopped for a
 fresh snapshot is always started again.
@@ -40,6 +42,7 @@ from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_cont
 from kaia_ha import failover_cloud as steps
 from kaia_ha import maintenance
 from kaia_ha.inventory import load_inventory
+from kaia_ha.report import record_task
 from kaia_ha_airflow.dag_defaults import core_cell_dag
 from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator, EBSSnapshotCompletedSensor
 
@@ -48,6 +51,8 @@ CNS = steps.cloud_cns()
 PNS = sorted({pn.name for cell in inventory.cells_of("cloud") for pn in cell.pns})
 AWS = {"aws_conn_id": inventory.cells_of("cloud")[0].aws_conn_id if inventory.cells_of("cloud") else "aws_default"}
 SENSE = {"poke_interval": 5, "mode": "reschedule"}
+# Operators and sensors record their step for the report's timeline as @step functions do.
+RECORDED = {"on_success_callback": record_task, "on_retry_callback": record_task, "on_failure_callback": record_task}
 
 
 def _ctx() -> dict:
@@ -208,7 +213,7 @@ def kaia_cn_failover_cloud():
         fenced = confirm_fenced(plan)
         go >> fence(plan) >> EC2InstanceStateSensor(
             task_id="wait_stopped", instance_id=plan["failed_instance_id"], target_state="stopped", deferrable=True,
-            poke_interval=5, **AWS) >> fenced
+            poke_interval=5, timeout=1200, **RECORDED, **AWS) >> fenced  # EC2 forces a stop within minutes: longer, fencing is stuck
     with TaskGroup("chain_data"):
         source = chaindata_source(plan)
         go >> source
@@ -216,11 +221,11 @@ def kaia_cn_failover_cloud():
             reserved = reserve_pn(plan)
             stop = stop_kpnd(plan)
             snapshot = EBSCreateSnapshotOperator(task_id="create_snapshot", volume_id=plan["pn_volume_id"],
-                                                 snapshot_tags=plan["snapshot_tags"], description="Kaia PN chain data for a failover", **AWS)
+                                                 snapshot_tags=plan["snapshot_tags"], description="Kaia PN chain data for a failover", **RECORDED, **AWS)
             start = start_kpnd(plan)
             source >> reserved >> stop >> snapshot >> start
             start.as_teardown(setups=reserved, on_failure_fail_dagrun=True)
-            waited = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **AWS)
+            waited = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **RECORDED, **AWS)
         chosen = chaindata_snapshot(plan)
         [source, waited] >> chosen
         volume = create_volume(plan, chosen)
@@ -229,7 +234,7 @@ def kaia_cn_failover_cloud():
         instance = launch(plan)
         go >> instance
         running = EC2InstanceStateSensor(task_id="wait_running", instance_id=instance, target_state="running",
-                                         deferrable=True, poke_interval=5, **AWS)
+                                         deferrable=True, poke_interval=5, **RECORDED, **AWS)
         host = learn_host(plan, instance)
         running >> host
     with TaskGroup("replace"):

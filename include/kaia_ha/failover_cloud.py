@@ -19,9 +19,10 @@ from kaia_ha import tags as T
 from kaia_ha.alerts import notify
 from kaia_ha.inventory import CN, Cell, load_inventory
 from kaia_ha.report import step
-from kaia_ha.takeover import TakeoverError, failover_report, install_identity, load_backup, sync_check
+from kaia_ha.takeover import (Refused, TakeoverError, answers_ssh, failover_report, fence_kcnd, install_identity, load_backup,
+                              sync_check, verify_identity_on_disk)
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook, error_code
-from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook
+from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_failover_cloud"
@@ -83,7 +84,8 @@ def _dry_run(call, what: str) -> str:
 def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
     """Check everything the failover needs, changing nothing; return the plan.
 
-    IAM: ec2:Describe*, secretsmanager:GetSecretValue, and DryRun of ec2:RunInstances, ec2:CreateVolume,
+    IAM: ec2:DescribeInstances, ec2:DescribeAddresses, ec2:DescribeImages, ec2:DescribeSnapshots,
+    ec2:DescribeSubnets, secretsmanager:GetSecretValue, and DryRun of ec2:RunInstances, ec2:CreateVolume,
     ec2:AssociateAddress, ec2:StopInstances.
     """
     plan = _check_params(conf)
@@ -148,12 +150,11 @@ def fence(plan: dict) -> dict:
                                 "double-sign. Stop it yourself or trigger again with fence on.")
         return {"fenced": False, "instance_state": state}
     node = KaiaNodeHook(cn)
-    try:
-        node.set_autostart(False)
-        node.run(f"sudo systemctl stop {cn.service}", timeout=120)
-        host = "kcnd stopped and disabled over SSH"
-    except (HostUnreachable, Exception) as exc:  # a dead host is the usual case: the instance stop fences it
-        host = f"host not reachable over SSH ({type(exc).__name__}); fencing by stopping the instance"
+    try:  # a dead host is the usual case: then the instance stop alone fences it
+        up, why = answers_ssh(node, attempts=2, pause=1.0)
+        host = fence_kcnd(node, plan["run_id"]) if up else f"host not reachable over SSH ({why}); fencing by stopping the instance"
+    except (TakeoverError, NodeCommandError) as exc:
+        host = f"kcnd not fenced over SSH ({exc}); fencing by stopping the instance"
     finally:
         node.close()
     before = ec2.stop_instance(cn.instance_id)
@@ -260,11 +261,15 @@ def prune(plan: dict, host: dict) -> dict:
     data_dir = cn.data_dir
     conf_dir = node.conf().get("DATA_DIR", "").rstrip("/")
     if conf_dir != data_dir.rstrip("/"):
-        raise TakeoverError(f"kcnd.conf on the replacement says DATA_DIR={conf_dir!r}, the inventory says {data_dir!r}: "
+        raise Refused(f"kcnd.conf on the replacement says DATA_DIR={conf_dir!r}, the inventory says {data_dir!r}: "
                             "fix one of them (the node would start without the chain data)")
+    if node.run(f"mountpoint -q {shlex.quote(data_dir)}", check=False).rc != 0:
+        # kcnd ran at boot on the image's empty DATA_DIR and made a klay/chaindata there: pruning that would
+        # leave a CN starting from block 0.
+        raise Refused(f"{data_dir} is not a mount point on the replacement: the chain data volume is not mounted there")
     found = node.run(f"sudo find {shlex.quote(data_dir)} -maxdepth 4 -type d -path '*/klay/chaindata'", check=False).stdout.split()
     if not found:
-        raise TakeoverError(f"no klay/chaindata on the volume mounted at {data_dir}: wrong snapshot or volume")
+        raise Refused(f"no klay/chaindata on the volume mounted at {data_dir}: wrong snapshot or volume")
     target = f"{data_dir}/klay/chaindata"
     moved = None
     if target not in found:
@@ -304,22 +309,44 @@ def move_ip(plan: dict, host: dict) -> dict:
 def start_kcnd(plan: dict, host: dict) -> dict:
     cell, cn, _ = _ctx(plan)
     node = replacement(plan | host, cell, cn)
+    data_dir = cn.data_dir.rstrip("/")
+    # What prune and install_keys must have left: a node started with anything else is not the validator.
+    allowed = {f"{data_dir}/klay", f"{data_dir}/klay/chaindata", f"{data_dir}/klay/nodekey", f"{data_dir}/klay/bls-nodekey"}
+    left = set(node.run(f"sudo find {shlex.quote(data_dir)} -mindepth 1 -maxdepth 2", check=False).stdout.split())
+    if left - allowed or f"{data_dir}/klay/chaindata" not in left:
+        raise Refused(f"not starting {cn.service}: {data_dir} holds {sorted(left - allowed)} besides klay/chaindata and the keys"
+                            f"{'' if f'{data_dir}/klay/chaindata' in left else ' and no klay/chaindata'}: clear prune (and what follows) and run it again")
+    try:
+        identity = verify_identity_on_disk(node, load_backup(cell, cn))
+    except TakeoverError as exc:  # install_keys did not run or was undone: starting would make a new node
+        raise Refused(f"not starting {cn.service}: {exc}; clear install_keys and what follows") from None
     node.set_autostart(True)
     node.start_service()
-    return {"state": node.service_state()}
+    return {"state": node.service_state(), "node_id": identity["node_id"][:16] + "…"}
 
 
 @step
 def in_sync(plan: dict, host: dict) -> dict | None:
     """The honest check: identity, BLS key, PN peers, not syncing, near a PN's head and rising."""
-    cell, cn, _ = _ctx(plan)
-    verdict = sync_check(replacement(plan | host, cell, cn), cell, load_backup(cell, cn))
+    cell, cn, ec2 = _ctx(plan)
+    holder = ec2.address(plan["allocation_id"]).get("InstanceId")
+    if holder != host["new_instance_id"]:  # PNs and other CNs accept the validator only at its known IP
+        raise Refused(f"the Elastic IP {plan['public_ip']} is on {holder or 'no instance'}, not on the replacement "
+                            f"{host['new_instance_id']}: clear move_ip and what follows")
+    node = replacement(plan | host, cell, cn)
+    state = node.service_state()
+    if state == "activating":
+        return None
+    if state != "active":
+        raise Refused(f"{cn.service} is {state} on the replacement, not running: see its log ({node.log_path()}); "
+                            "clear start_kcnd and what follows")
+    verdict = sync_check(node, cell, load_backup(cell, cn))
     log.info("sync: %s", verdict.summary())
     if verdict.ok:
         return {"checks": verdict.checks}
     identity = [c for c in verdict.checks if c["name"] in ("identity", "bls key") and not c["ok"]]
     if identity:  # waiting cannot fix a wrong key: fail now
-        raise TakeoverError("; ".join(c["detail"] for c in identity))
+        raise Refused("; ".join(c["detail"] for c in identity))
     return None
 
 

@@ -52,6 +52,18 @@ def step_record(context):
         ti.xcom_push(key=STEP_KEY, value=record)
 
 
+def record_task(context) -> None:
+    """Task callback (success, retry, failure) that records an operator's or sensor's step the way ``@step``
+    records a function's, so the timeline has every task: the waits for EC2 are often the critical path."""
+    ti = context["ti"]
+    end = time.time()
+    error = context.get("exception")
+    ti.xcom_push(key=STEP_KEY, value={
+        "task": ti.task_id, "try": ti.try_number, "start": ti.start_date.timestamp() if ti.start_date else end, "end": end,
+        "seconds": round(end - ti.start_date.timestamp(), 2) if ti.start_date else 0.0,
+        "outcome": "success" if error is None else f"failed: {type(error).__name__}: {str(error)[:300]}"})
+
+
 def report_dir(dag_id: str) -> Path:
     base = os.environ.get("KAIA_HA_REPORT_DIR") or Path(os.environ.get("AIRFLOW_HOME", ".")) / "reports"
     path = Path(base) / dag_id

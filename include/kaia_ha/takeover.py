@@ -12,6 +12,7 @@ import shlex
 import time
 
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
+from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.log import mask_secret
 
 from kaia_ha.health import SyncVerdict, assess_sync
@@ -28,6 +29,11 @@ SHADOWING = ("nodekey", "bls-nodekey", "static-nodes.json", "trusted-nodes.json"
 
 class TakeoverError(RuntimeError):
     """A failover step found something unsafe or wrong; the message says what and what to do."""
+
+
+class Refused(TakeoverError, AirflowFailException):
+    """A check found what no retry can change (a skipped step, a wrong key, a missing mount): the task
+    fails at once, so the operator reads why in seconds instead of after every retry."""
 
 
 def load_backup(cell: Cell, cn: CN) -> KeyBackup:

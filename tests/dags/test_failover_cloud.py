@@ -36,7 +36,9 @@ def test_happy_path_replacement_is_the_validator_with_its_ip(failover):
     assert failed["State"]["Name"] == "stopped"
     report = runner.report(DAG_ID, run_id)
     assert report["ok"] and report["rto_seconds"] > 0
-    assert [s["task"] for s in report["timeline"]][0] == "preflight"
+    timeline = [s["task"] for s in report["timeline"]]
+    assert timeline[0] == "preflight" and timeline[-1] == "verify.in_sync"
+    assert {"fence.wait_stopped", "launch.wait_running", "replace.install_keys"} <= set(timeline)  # operators too
     assert cell.ssh("cn-aws-1", "true", check=False).returncode == 255  # the fenced host is down
 
 
@@ -67,3 +69,18 @@ def test_the_keys_never_leak(failover):
                 assert key.encode() not in data and key.upper().encode() not in data, f"a key leaked into {path}"
     assert scanned >= 3
     assert runner.log_text and not any(key in runner.log_text for key in keys)
+
+
+def test_the_iam_policy_covers_every_aws_call_the_dags_made(failover):
+    """The generated policy (what the code declares) allows every action the maintenance and failover
+    runs called, and the committed iam-policy.json is that policy."""
+    from kaia_ha_airflow.iam import policy
+
+    cell, *_ = failover
+    made = {f"{c['service']}:{c['action']}" for c in cell.calls()[cell.seeded_calls:]}
+    generated = policy()
+    allowed = {a for statement in generated["Statement"] for a in statement["Action"]}
+    assert {"ec2:RunInstances", "ec2:AssociateAddress", "secretsmanager:GetSecretValue"} <= made
+    assert made - allowed == set(), "declare these IAM actions where the code calls them"
+    committed = json.loads((Path(__file__).resolve().parents[2] / "iam-policy.json").read_text())
+    assert committed == generated, "regenerate: python -m kaia_ha_airflow.iam > iam-policy.json"
