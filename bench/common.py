@@ -106,10 +106,20 @@ def critical_path(dag, steps: list[dict], last: str) -> list[str]:
 
 
 def path_figures(rto: float, steps: list[dict], path: list[str]) -> dict:
-    """The critical path's tasks and their summed durations; overhead = RTO minus that sum."""
+    """The critical path's tasks and their summed durations; overhead = RTO minus that sum, split into
+    idle (no task running: scheduling, task start-up) and serialized (a task off the path was running
+    while the path waited: dag.test() runs one task at a time)."""
     on_path = [s for s in steps if s["task"] in path]
     path_sum = sum(s["seconds"] for s in on_path)
+    busy, reach = 0.0, 0.0  # the union of all task intervals up to the RTO
+    for s in sorted(steps, key=lambda s: s["t_start"]):
+        start, end = max(s["t_start"], reach), min(s["t_end"], rto)
+        if end > start:
+            busy += end - start
+            reach = end
+    idle = rto - busy
     return {"rto_s": rto, "critical_path_s": round(path_sum, 2), "overhead_s": round(rto - path_sum, 2),
+            "idle_s": round(idle, 2), "serialized_s": round(rto - path_sum - idle, 2),
             "critical_path": [f"{s['task']} {s['seconds']:.1f}" for s in on_path], "steps": steps}
 
 
@@ -124,6 +134,20 @@ class Bench:
         self.log = OUT / f"{name}.log"
         self.log.write_text("")
         self.load_start = load()
+        self.command = " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+        self.date = None  # set when the last run ends
+
+    @classmethod
+    def load(cls, name: str) -> "Bench":
+        """A benchmark's saved runs, to derive figures again from their raw steps (``--rescore``)."""
+        data = json.loads((OUT / f"{name}.json").read_text())
+        bench = cls.__new__(cls)
+        bench.name, bench.params, bench.notes, bench.results = name, data["params"], data["notes"], data["results"]
+        bench.started, bench.load_start, bench.log = time.time() - data["duration_s"], data["load"]["start"], OUT / f"{name}.log"
+        bench.command = data.get("command") or f".venv/bin/python bench/{name}.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in data["params"].items() if k in ("runs", "time_scale"))
+        bench.date, bench.load_end = data["date"], data["load"]["end"]
+        return bench
 
     def repeat(self, label: str, runs: int, fn, *args, **kwargs) -> list[dict]:
         """``fn(*args, **kwargs)`` ``runs`` times; each returns a dict of figures (and any detail). A run that
@@ -160,9 +184,9 @@ class Bench:
             table = "\n".join(lines)
         loads = [r[k][0] for res in self.results.values() for r in res["runs"] for k in ("load_before", "load_after")]
         self.data = {
-            "benchmark": self.name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "complete": bool(columns), "machine": machine(), "params": self.params, "notes": self.notes,
-            "load": {"start": self.load_start, "end": load(), "1min_during": spread(loads)},
+            "benchmark": self.name, "date": self.date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": self.command, "complete": bool(columns), "machine": machine(), "params": self.params, "notes": self.notes,
+            "load": {"start": self.load_start, "end": getattr(self, "load_end", None) or load(), "1min_during": spread(loads)},
             "duration_s": round(time.time() - self.started, 1), "columns": dict(columns or []), "table": table,
             "results": self.results,
         }

@@ -50,7 +50,8 @@ def main() -> None:
     bench = Bench("failover_standby_rto", params={"runs": args.runs, "failed_cn": FAILED, "profile": "instant (no AWS transition involved)"})
     say(f"failover_standby_rto: {args.runs} runs")
     bench.repeat("bare-metal failover (standby takes over)", args.runs, once)
-    bench.finish([("rto_s", "RTO (s)"), ("critical_path_s", "critical path (s)"), ("overhead_s", "overhead (s)")])
+    bench.finish([("rto_s", "RTO (s)"), ("critical_path_s", "critical path (s)"), ("overhead_s", "overhead (s)"),
+                  ("idle_s", "of which idle (s)"), ("serialized_s", "of which serialized (s)")])
     ok = [r for r in next(iter(bench.results.values()))["runs"] if r.get("ok")]
     if ok:
         say("critical path (run 1): " + " -> ".join(ok[0]["critical_path"]))
