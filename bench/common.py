@@ -145,7 +145,7 @@ class Bench:
         bench.name, bench.params, bench.notes, bench.results = name, data["params"], data["notes"], data["results"]
         bench.started, bench.load_start, bench.log = time.time() - data["duration_s"], data["load"]["start"], OUT / f"{name}.log"
         bench.command = data.get("command") or f".venv/bin/python bench/{name}.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in data["params"].items() if k in ("runs", "time_scale"))
+            f"--{k.replace('_', '-')} {v}" for k, v in data["params"].items() if k in ("cells", "runs", "time_scale"))
         bench.date, bench.load_end = data["date"], data["load"]["end"]
         return bench
 

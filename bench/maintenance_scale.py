@@ -100,19 +100,26 @@ def scale(bench: Bench, n: int, runs: int) -> None:
             cell.down()
 
 
+COLUMNS = [("wall_run_s", "DAG run wall (s)"), ("tasks", "tasks"), ("per_cell_s", "per cell (s)"), ("cell_cpu_s", "cell CPU (s)"),
+           ("airflow_cpu_s", "Airflow process CPU (s)"), ("cell_rss_mib", "cell RSS (MiB)"), ("cell_processes", "cell processes"),
+           ("sshd", "sshd"), ("up_s", "simcell up (s)"), ("idle_cell_cpu_cores", "cell CPU at rest (cores)")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cells", default="1,5,20")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--finish", action="store_true", help="only the table of the runs saved so far (after an interrupted run)")
     args = parser.parse_args()
+    if args.finish:
+        Bench.load("maintenance_scale").finish(COLUMNS)
+        return
     bench = Bench("maintenance_scale", params={"profile": "instant", "cells": args.cells, "runs": args.runs},
                   notes=["instant profile: AWS transitions take no time; the figures are orchestration cost",
                          "each N has 3N EC2 hosts plus the bare-metal cell's 3 hosts, each its own sshd and node process"])
     for n in (int(x) for x in args.cells.split(",")):
         scale(bench, n, args.runs)
-    bench.finish([("wall_run_s", "DAG run wall (s)"), ("tasks", "tasks"), ("per_cell_s", "per cell (s)"), ("cell_cpu_s", "cell CPU (s)"),
-                  ("airflow_cpu_s", "Airflow process CPU (s)"), ("cell_rss_mib", "cell RSS (MiB)"), ("cell_processes", "cell processes"),
-                  ("up_s", "simcell up (s)")])
+    bench.finish(COLUMNS)
 
 
 if __name__ == "__main__":
