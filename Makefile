@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 RUN := source scripts/airflow-env.sh &&
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: help setup demo test simcell-up simcell-down simcell-status clean
+.PHONY: help setup demo test bench simcell-up simcell-down simcell-status clean
 
 help:
 	@echo "make demo            the simulated core cell and Airflow (UI) with the project's DAGs"
 	@echo "make test            every test suite (sets everything up on first use)"
+	@echo "make bench           every benchmark (~30 min; RUNS=5 for more runs) -> .artifacts/bench/*.json"
 	@echo "make simcell-up|simcell-down|simcell-status"
 
 $(STAMP): requirements.txt constraints.txt scripts/bootstrap.sh
@@ -21,6 +22,15 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(RUN) $(PY) -m pytest tests -q -p no:cacheprovider
+
+# Benchmarks one after another (they share 2 cores); RUNS overrides each one's default run count.
+BENCH_RUNS = $(if $(RUNS),--runs $(RUNS))
+bench: $(STAMP)
+	$(RUN) $(PY) bench/failover_rto.py $(BENCH_RUNS)
+	$(RUN) $(PY) bench/failover_standby_rto.py $(BENCH_RUNS)
+	$(RUN) $(PY) bench/maintenance_downtime.py $(BENCH_RUNS)
+	$(RUN) $(PY) bench/dag_parse.py $(BENCH_RUNS)
+	$(RUN) $(PY) bench/maintenance_scale.py $(BENCH_RUNS)
 
 demo: $(STAMP)
 	$(RUN) bash scripts/demo.sh

@@ -64,7 +64,8 @@ def up(args) -> int:
     for stale in (paths.HOSTS, paths.VOLUMES.parent, paths.IMAGES, paths.CALL_LOG, paths.ENV_FILE, paths.INVENTORY, paths.SSH_FAULTS_FLAG):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     paths.STATE.mkdir(parents=True, exist_ok=True)
-    cmd = [paths.PYTHON, "-m", "simcell.supervisor", "--profile", args.profile, "--time-scale", str(args.time_scale)]
+    cmd = [paths.PYTHON, "-m", "simcell.supervisor", "--profile", args.profile, "--time-scale", str(args.time_scale),
+           "--cloud-cells", str(args.cloud_cells)]
     env = dict(os.environ, SIMCELL_DIR=str(paths.STATE), SIMCELL_OWNER=str(paths.STATE), PYTHONPATH=str(paths.REPO))
     proc = subprocess.Popen(
         cmd, env=env, cwd=paths.REPO, start_new_session=True, stdin=subprocess.DEVNULL,
@@ -118,6 +119,11 @@ def break_(args) -> int:
     return 0
 
 
+def latency(args) -> int:
+    print(json.dumps(call("/control/latency", {"profile": args.profile, "time_scale": args.time_scale})))
+    return 0
+
+
 def fault(args) -> int:
     if args.clear:
         payload = {"clear": True}
@@ -136,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", choices=("instant", "aws"), default=os.environ.get("SIMCELL_PROFILE", "instant"))
     p.add_argument("--time-scale", type=float, default=float(os.environ.get("SIMCELL_TIME_SCALE", "1")),
                    help="multiplies the aws profile's durations (0.01: a 40 s launch takes 0.4 s)")
+    p.add_argument("--cloud-cells", type=int, default=int(os.environ.get("SIMCELL_CLOUD_CELLS", "1")),
+                   help="copies of the cloud core cell cc-cloud (cc-cloud-2 ...), each a CN and 2 PNs; for benchmarks at scale")
     p.add_argument("--timeout", type=float, default=180)
     p.set_defaults(func=up)
     sub.add_parser("down", help="stop everything the cell started").set_defaults(func=down)
@@ -144,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("node")
     p.add_argument("--how", required=True, choices=("kill", "stop-instance", "cut-ssh"))
     p.set_defaults(func=break_)
+    p = sub.add_parser("latency", help="switch the AWS latency profile for transitions that begin from now on")
+    p.add_argument("--profile", choices=("instant", "aws"), required=True)
+    p.add_argument("--time-scale", type=float, default=1.0)
+    p.set_defaults(func=latency)
     p = sub.add_parser(
         "fault",
         help="make the next N calls of an AWS action fail (ACTION may also be ssh:NODE with --kind drop|drop-after "

@@ -64,6 +64,13 @@ class Coordinator:
             self.world.cut_ssh(host.name)
         return {"broken": host.label or host.name, "how": how}
 
+    def do_latency(self, req: dict) -> dict:
+        try:
+            self.front.set_latency(req["profile"], float(req["time_scale"]))
+        except (KeyError, ValueError) as exc:
+            raise ControlError(f"latency: {exc}") from None
+        return {"profile": req["profile"], "time_scale": float(req["time_scale"])}
+
     def do_fault(self, req: dict) -> dict:
         if req.get("clear"):
             self.front.clear_faults()
@@ -134,6 +141,7 @@ class Coordinator:
                     "/host/mount": world.mount_op,
                     "/control/break": lambda r: coordinator.do_break(r["node"], r["how"]),
                     "/control/fault": coordinator.do_fault,
+                    "/control/latency": coordinator.do_latency,
                     "/control/shutdown": lambda r: coordinator.on_shutdown() or {"stopping": True},
                 }
                 route = routes.get(self.path)

@@ -4,6 +4,8 @@
   4,000 GiB gp3 data volume at /dev/sdf mounted as DATA_DIR and an Elastic IP.
 - ``cc-metal``: a bare-metal active CN (``cn-metal-a``) holding the floating IP, its standby
   (``cn-metal-b``) syncing with its own nodekey, and a PN (``pn-metal-1``).
+- ``cloud_cells`` > 1 (benchmarks at scale): copies of ``cc-cloud`` named ``cc-cloud-2``, ``cc-cloud-3`` ...
+  whose nodes carry the cell's number (``cn-aws-1-c2``, ``pn-aws-1-c2``, ``pn-aws-2-c2``).
 
 Every node is in sync. Node keys are made here, written to the hosts and forgotten: a CN's nodekey
 exists only on its host (backing it up is the maintenance DAG's job). The generated inventory carries
@@ -105,10 +107,19 @@ def free_loopback_net() -> int:
     raise RuntimeError("no free 127.k.0.0/16 loopback network for the simulated hosts")
 
 
+def cloud_cell_names(k: int) -> tuple[str, str, list[str]]:
+    """Core cell ``k`` (from 1) of the cloud scheme: (cell, CN, PNs). Cell 1 is the seed's ``cc-cloud``."""
+    suffix = "" if k == 1 else f"-c{k}"
+    return ("cc-cloud" if k == 1 else f"cc-cloud-{k}", f"cn-aws-1{suffix}", [f"pn-aws-1{suffix}", f"pn-aws-2{suffix}"])
+
+
 class Seeder:
-    def __init__(self, world: World, endpoint: str):
+    def __init__(self, world: World, endpoint: str, cloud_cells: int = 1):
+        if cloud_cells < 1:
+            raise ValueError("cloud_cells must be at least 1")
         self.world = world
         self.endpoint = endpoint
+        self.cloud_cells = [cloud_cell_names(k) for k in range(1, cloud_cells + 1)]
         self.net = free_loopback_net()
         self.ec2 = aws_client("ec2", endpoint)
         self.key = client_key()
@@ -198,8 +209,9 @@ class Seeder:
 
     def seed(self) -> None:
         self.network()
-        for name, role, service in (("pn-aws-1", "pn", "kpnd"), ("pn-aws-2", "pn", "kpnd"), ("cn-aws-1", "cn-active", "kcnd")):
-            self.ec2_node(name, "cc-cloud", role, service)
+        cell, cn, pns = self.cloud_cells[0]
+        for name, role, service in ((pns[0], "pn", "kpnd"), (pns[1], "pn", "kpnd"), (cn, "cn-active", "kcnd")):
+            self.ec2_node(name, cell, role, service)
         self.metal_node("pn-metal-1", "cc-metal", "pn", "kpnd", f"127.{self.net}.2.21", "10.50.0.21")
         self.metal_node("cn-metal-a", "cc-metal", "cn-active", "kcnd", f"127.{self.net}.2.11", "10.50.0.11")
         self.metal_node("cn-metal-b", "cc-metal", "cn-standby", "kcnd", f"127.{self.net}.2.12", "10.50.0.12")
@@ -208,19 +220,23 @@ class Seeder:
             "ip route replace default via 10.50.0.1 dev eth0 src 10.50.0.100",
         )
         self.nodes["cn-metal-a"]["ip"] = "10.50.0.100"
+        for cell, cn, pns in self.cloud_cells[1:]:  # after the default world's nodes, which stay as they were
+            for name, role, service in ((pns[0], "pn", "kpnd"), (pns[1], "pn", "kpnd"), (cn, "cn-active", "kcnd")):
+                self.ec2_node(name, cell, role, service)
         self.identities()
-        for pn in ("pn-aws-1", "pn-aws-2"):
-            self.static_nodes(pn, ["cn-aws-1"])
-        self.static_nodes("cn-aws-1", ["pn-aws-1", "pn-aws-2"])
+        for _, cn, pns in self.cloud_cells:
+            for pn in pns:
+                self.static_nodes(pn, [cn])
+            self.static_nodes(cn, pns)
         self.static_nodes("pn-metal-1", ["cn-metal-a", "cn-metal-b"])  # the PN accepts the standby too
         self.static_nodes("cn-metal-a", ["pn-metal-1"])
         self.static_nodes("cn-metal-b", ["pn-metal-1"])
-        for cell, cn in (("cc-cloud", "cn-aws-1"), ("cc-metal", "cn-metal-a")):
+        for cell, cn in [(cell, cn) for cell, cn, _ in self.cloud_cells] + [("cc-metal", "cn-metal-a")]:
             self.world.validators[cell] = (self.nodes[cn]["node_id"], self.nodes[cn]["ip"])
         for name in self.nodes:
             self.start(name)
         self.topic = aws_client("sns", self.endpoint).create_topic(Name=SNS_TOPIC)["TopicArn"]
-        self.wait_in_sync()
+        self.wait_in_sync(timeout=max(30, 2 * len(self.nodes)))  # many cells on a small machine peer more slowly
 
     def wait_in_sync(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -247,21 +263,25 @@ class Seeder:
                 out |= {"data_volume_id": n["volume_id"]} if n["service"] == "kpnd" else {"elastic_ip_allocation_id": n["allocation_id"]}
             return out
 
+        def cloud(cell: str, cn: str, pns: list[str]) -> dict:
+            return {
+                "name": cell, "scheme": "cloud", "aws_conn_id": "kaia_aws", "region": REGION, "sns_topic_arn": self.topic,
+                "cns": [node(cn)], "pns": [node(pn) for pn in pns],
+                "launch": {"instance_type": "m6i.8xlarge", "subnet_id": self.subnet, "security_group_ids": [self.sg], "ssh_conn_template": "ssh_new_cn"},
+                "maintenance": {"schedule": "@daily", "keep_images": 3, "keep_snapshots": 3},
+            }
+
         return {
             "version": 1,
             "cells": [
-                {
-                    "name": "cc-cloud", "scheme": "cloud", "aws_conn_id": "kaia_aws", "region": REGION, "sns_topic_arn": self.topic,
-                    "cns": [node("cn-aws-1")], "pns": [node("pn-aws-1"), node("pn-aws-2")],
-                    "launch": {"instance_type": "m6i.8xlarge", "subnet_id": self.subnet, "security_group_ids": [self.sg], "ssh_conn_template": "ssh_new_cn"},
-                    "maintenance": {"schedule": "@daily", "keep_images": 3, "keep_snapshots": 3},
-                },
+                cloud(*self.cloud_cells[0]),
                 {
                     "name": "cc-metal", "scheme": "bare-metal", "aws_conn_id": "kaia_aws", "region": REGION, "sns_topic_arn": self.topic,
                     "cns": [node("cn-metal-a"), node("cn-metal-b")], "pns": [node("pn-metal-1")],
                     # gateway: outbound connections must leave from the floating IP (peers allow CNs by source IP)
                     "floating_ip": {"address": "10.50.0.100/24", "interface": "eth0", "gateway": "10.50.0.1"},
                 },
+                *(cloud(*c) for c in self.cloud_cells[1:]),
             ],
         }
 

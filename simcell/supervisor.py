@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="instant", choices=("instant", "aws"))
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--airflow-home", default=str(paths.REPO / ".airflow"))
+    parser.add_argument("--cloud-cells", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", filename=paths.SUPERVISOR_LOG
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         coordinator.start()
         front.start()
-        seeder = Seeder(world, front.endpoint_url)
+        seeder = Seeder(world, front.endpoint_url, cloud_cells=args.cloud_cells)
         seeder.seed()
         seeder.write(coordinator.url, args.airflow_home)
         paths.RUNTIME_FILE.write_text(

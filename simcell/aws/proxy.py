@@ -570,6 +570,13 @@ class AwsFront:
             logger.exception("world hook %s%r failed", name, args)
             return None
 
+    def set_latency(self, profile: str, time_scale: float) -> None:
+        """Switch the latency profile for transitions that begin from now on (those under way keep theirs):
+        benchmarks prepare a cell in ``instant`` and measure in ``aws``."""
+        latency = Latency(profile, time_scale)
+        with self._lock:
+            self._latency = latency
+
     def _begin(
         self, resource_id: str, state: str, duration: float, on_end: Callable[[], None] | None = None
     ) -> None:
