@@ -11,7 +11,7 @@ STAMP := $(VENV)/.bootstrapped
 help:
 	@echo "make demo            the simulated core cell and Airflow (UI) with the project's DAGs"
 	@echo "make test            every test suite (sets everything up on first use)"
-	@echo "make bench           every benchmark (~30 min; RUNS=5 for more runs) -> .artifacts/bench/*.json"
+	@echo "make bench           every benchmark (RUNS=5 more runs, CELLS=1,5 skip 20 cells) -> .artifacts/bench/*.json"
 	@echo "make simcell-up|simcell-down|simcell-status"
 
 $(STAMP): requirements.txt constraints.txt scripts/bootstrap.sh
@@ -23,14 +23,15 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(RUN) $(PY) -m pytest tests -q -p no:cacheprovider
 
-# Benchmarks one after another (they share 2 cores); RUNS overrides each one's default run count.
+# Benchmarks one after another (they share 2 cores); RUNS overrides each one's default run count,
+# CELLS the core-cell counts of the scale benchmark (default 1,5,20; 20 cells is most of the time).
 BENCH_RUNS = $(if $(RUNS),--runs $(RUNS))
 bench: $(STAMP)
 	$(RUN) $(PY) bench/failover_rto.py $(BENCH_RUNS)
 	$(RUN) $(PY) bench/failover_standby_rto.py $(BENCH_RUNS)
 	$(RUN) $(PY) bench/maintenance_downtime.py $(BENCH_RUNS)
 	$(RUN) $(PY) bench/dag_parse.py $(BENCH_RUNS)
-	$(RUN) $(PY) bench/maintenance_scale.py $(BENCH_RUNS)
+	$(RUN) $(PY) bench/maintenance_scale.py $(BENCH_RUNS) $(if $(CELLS),--cells $(CELLS))
 
 demo: $(STAMP)
 	$(RUN) bash scripts/demo.sh

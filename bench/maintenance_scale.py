@@ -1,7 +1,7 @@
 """Maintenance over 1, 5 and 20 simulated cloud core cells: wall time of a ``kaia_cn_maintenance`` run and
 what the simulated cell costs the machine.
 
-    .venv/bin/python bench/maintenance_scale.py [--cells 1,5,20] [--runs 3]
+    .venv/bin/python bench/maintenance_scale.py [--cells 1,5,20] [--runs 3] [--large-runs 1]
 
 Per N: a cell with N copies of ``cc-cloud`` (``python -m simcell up --cloud-cells N``; 3 EC2 hosts each,
 plus the bare-metal cell's 3 hosts) in the ``instant`` profile, so what grows is the orchestration
@@ -109,16 +109,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cells", default="1,5,20")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--large-runs", type=int, default=1,
+                        help="steady-state runs for N >= 10 (a 20-cell run takes 10-30 min on 2 cores)")
     parser.add_argument("--finish", action="store_true", help="only the table of the runs saved so far (after an interrupted run)")
     args = parser.parse_args()
     if args.finish:
         Bench.load("maintenance_scale").finish(COLUMNS)
         return
-    bench = Bench("maintenance_scale", params={"profile": "instant", "cells": args.cells, "runs": args.runs},
+    bench = Bench("maintenance_scale", params={"profile": "instant", "cells": args.cells, "runs": args.runs, "large_runs": args.large_runs},
                   notes=["instant profile: AWS transitions take no time; the figures are orchestration cost",
                          "each N has 3N EC2 hosts plus the bare-metal cell's 3 hosts, each its own sshd and node process"])
     for n in (int(x) for x in args.cells.split(",")):
-        scale(bench, n, args.runs)
+        scale(bench, n, args.runs if n < 10 else args.large_runs)
     bench.finish(COLUMNS)
 
 

@@ -1,6 +1,6 @@
 """The cloud failover done by hand, in the Kaia docs' order, one step after another (the baseline).
 
-    . .simcell/env && .venv/bin/python bench/sequential_failover.py cn-aws-1
+    source scripts/airflow-env.sh && . .simcell/env && .venv/bin/python bench/sequential_failover.py cn-aws-1
 
 The same step functions the DAG runs (``kaia_ha.failover_cloud``, ``kaia_ha.maintenance``), called in
 the docs' order without the DAG's parallelism: preflight (the operator looks up the IDs), fence (the

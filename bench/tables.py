@@ -19,7 +19,7 @@ def render(data: dict) -> str:
     m = data["machine"]
     command = data.get("command") or f".venv/bin/python bench/{data['benchmark']}.py"
     head = (f"`{command}` — {data['date'][:16].replace('T', ' ')} UTC, {m['cores']} cores ({m['cpu']}), "
-            f"1-min load average during the runs {load['median']} (min {load['min']}, max {load['max']})"
+            f"1-min load average during the runs {load['median']:.1f} (min {load['min']:.1f}, max {load['max']:.1f})"
             + ("" if data.get("complete", True) else " — INCOMPLETE (interrupted)"))
     failed = sum(1 for res in data["results"].values() for r in res["runs"] if not r.get("ok"))
     tail = f"\n\n{failed} run(s) failed: see `.artifacts/bench/{data['benchmark']}.log`." if failed else ""
