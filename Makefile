@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 RUN := source scripts/airflow-env.sh &&
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: help setup demo test simcell-up simcell-down simcell-status clean
+.PHONY: help setup demo test faults simcell-up simcell-down simcell-status clean
 
 help:
 	@echo "make demo            the simulated core cell and Airflow (UI) with the project's DAGs"
 	@echo "make test            every test suite (sets everything up on first use)"
+	@echo "make faults          the full fault sweep; writes .artifacts/fault-matrix.md and .json"
 	@echo "make simcell-up|simcell-down|simcell-status"
 
 $(STAMP): requirements.txt constraints.txt scripts/bootstrap.sh
@@ -21,6 +22,10 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(RUN) $(PY) -m pytest tests -q -p no:cacheprovider
+
+# Every AWS action and SSH step under every fault kind, and every failover step failed then cleared.
+faults: $(STAMP)
+	$(RUN) KAIA_HA_FULL_FAULTS=1 $(PY) -m pytest tests/faults -q -p no:cacheprovider -rs
 
 demo: $(STAMP)
 	$(RUN) bash scripts/demo.sh
