@@ -182,9 +182,18 @@ class AirflowRunner:
             scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
             subset = scheduler_dag.partial_subset(task_ids=failed, include_downstream=True, include_upstream=False)
             scheduler_dag.clear(task_ids=list(subset.task_dict), run_id=run_id, dag_run_state=DagRunState.RUNNING)
+            if retries is not None:  # the clear takes the retries of the DAG as stored; a drill's own count stays
+                from airflow.models.taskinstance import TaskInstance
 
-            def this_run(*, session, **_):
-                return session.query(DagRun).filter_by(dag_id=dag_id, run_id=run_id).one()
+                with create_session() as session:
+                    for ti in session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id,
+                                                                 TaskInstance.task_id.in_(list(subset.task_dict))):
+                        ti.max_tries = ti.try_number + retries
+
+            def this_run(*, session, dag, **_):
+                dr = session.query(DagRun).filter_by(dag_id=dag_id, run_id=run_id).one()
+                dr.dag = dag  # what create_dagrun would have set: the scheduler's view of the DAG
+                return dr
 
             with mock.patch.object(SerializedDAG, "clear_dags", lambda *a, **k: 0), \
                  mock.patch("airflow.models.dagrun.get_or_create_dagrun", this_run):
