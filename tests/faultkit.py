@@ -288,13 +288,14 @@ class Matrix:
         text += f", try {row['tries']}" if "tries" in row else f", {row['calls']} calls ({row['faulted']} faulted)"
         return text + (f", DUPLICATES {row['duplicates']}" if row["duplicates"] else "")
 
-    def markdown(self) -> str:
+    def markdown(self, runs: list[dict], extra: dict[str, list[dict]]) -> str:
         lines = ["# Fault matrix", "",
                  "Each cell: the run's outcome; for AWS the calls of the action in that run (how many got the fault), for SSH "
                  "the try of the step that ran the command. Faults: " + ", ".join(f"{k} x{t}" for k, t in AWS_KINDS.items())
                  + " (AWS; drop = performed, answer lost); " + ", ".join(f"ssh {k} x{t}" for k, t in SSH_KINDS.items())
-                 + " (drop = before the command runs; drop-after = it ran, the answer lost).", ""]
-        rows = [r for o in self.outcomes for r in o.rows]
+                 + " (drop = before the command runs; drop-after = it ran, the answer lost). Runs of the quick subset are "
+                 "listed with their group `quick`.", ""]
+        rows = [r | {"group": o["group"]} for o in runs for r in o["rows"]]
         for dag_id in (MAINTENANCE, CLOUD, METAL):
             for family, kinds in (("aws", list(AWS_KINDS)), ("ssh", list(SSH_KINDS))):
                 mine = [r for r in rows if r["dag"] == dag_id and r["family"] == family]
@@ -307,24 +308,32 @@ class Matrix:
                     cells = []
                     for kind in kinds:
                         hit = [r for r in mine if r["row"] == name and r["kind"] == kind]
-                        cells.append("; ".join(self._cell(r) for r in hit) or "-")
-                    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                        cells.append("; ".join(self._cell(r) + (" (quick)" if r["group"] == "quick" else "") for r in hit) or "-")
+                    lines.append(f"| {name.replace('|', '/')} | " + " | ".join(cells) + " |")
                 lines.append("")
-        lines += ["## Runs", "", "| DAG | group | run | state | s | made (by run tag) | duplicates | PNs stopped | double signing | tasks retried |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for o in self.outcomes:
-            lines.append(f"| {o.dag_id} | {o.group} | {o.run_id} | {o.state} | {o.seconds} | {o.made or '-'} | {o.duplicates or 'none'} | "
-                         f"{o.pns_stopped or 'none'} | {len(o.double_signing_events)} | {o.retried or '-'} |")
-        for title, rows in self.extra.items():
-            if rows:
-                columns = list(rows[0])
+        lines += ["## Runs", "", "| DAG | group | run | state | s | made (by run tag) | duplicates | PNs stopped | double signing | leaks | failed | tasks retried (try) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for o in runs:
+            failed = "; ".join(f"{t}: {m[:160]}" for t, m in o["failed"].items()).replace("|", "/").replace("\n", " ")
+            lines.append(f"| {o['dag_id']} | {o['group']} | {o['run_id']} | {o['state']} | {o['seconds']} | {o['made'] or '-'} | "
+                         f"{o['duplicates'] or 'none'} | {o['pns_stopped'] or 'none'} | {len(o['double_signing_events'])} | "
+                         f"{len(o['leaks']) or 'none'} | {failed or '-'} | {o['retried'] or '-'} |")
+        for title, table_rows in extra.items():
+            if table_rows:
+                columns = list(table_rows[0])
                 lines += ["", f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-                lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "/").replace("\n", " ") for c in columns) + " |" for r in rows]
+                lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "/").replace("\n", " ") for c in columns) + " |" for r in table_rows]
         return "\n".join(lines) + "\n"
 
     def write(self, stem: str = "fault-matrix") -> Path:
+        """Merged with what an earlier session wrote: a group run again replaces its earlier outcome."""
         ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / f"{stem}.json").write_text(json.dumps({"runs": [asdict(o) for o in self.outcomes], **self.extra}, indent=2, default=str))
-        path = ARTIFACTS / f"{stem}.md"
-        path.write_text(self.markdown())
+        json_path, path = ARTIFACTS / f"{stem}.json", ARTIFACTS / f"{stem}.md"
+        earlier = json.loads(json_path.read_text()) if json_path.exists() else {"runs": [], "extra": {}}
+        runs = [asdict(o) for o in self.outcomes]
+        again = {(r["dag_id"], r["group"]) for r in runs}
+        runs = [r for r in earlier["runs"] if (r["dag_id"], r["group"]) not in again] + runs
+        extra = earlier.get("extra", {}) | self.extra
+        json_path.write_text(json.dumps({"runs": runs, "extra": extra}, indent=2, default=str))
+        path.write_text(self.markdown(runs, extra))
         return path

@@ -93,7 +93,8 @@ def scan_files(keys, paths, label: str) -> list[str]:
 def scan_sqlite(keys, db: Path) -> tuple[list[str], dict[str, int]]:
     """Every column of every row of every table (named in a hit), then the file's bytes (free pages, WAL)."""
     hits, rows = [], {}
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    # A plain connection, only reading: a read-only one cannot open a WAL database that Airflow holds open.
+    conn = sqlite3.connect(db, timeout=60)
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         for table in tables:

@@ -17,5 +17,5 @@ from faultkit import FULL, Matrix  # noqa: E402
 def matrix():
     collected = Matrix()
     yield collected
-    if FULL and (collected.outcomes or collected.extra):  # a session of the cleared re-runs alone has its own file
-        print(f"\nfault matrix: {collected.write('fault-matrix' if collected.outcomes else 'cleared-reruns')}")
+    if FULL and (collected.outcomes or collected.extra):  # merged into what earlier sessions wrote
+        print(f"\nfault matrix: {collected.write()}")
