@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -238,11 +239,28 @@ def fault_run(cell: Cell, runner: AirflowRunner, dag_id: str, conf: dict | None,
     return outcome
 
 
-def assert_ended_well(outcome: RunOutcome, expect: dict[str, int] | None = None) -> None:
-    """Success, every fault reached, nothing made twice (and what should be made, made), PNs up, no double signing."""
-    assert outcome.state == "success", (outcome.group, outcome.failed, outcome.retried)
-    missed = [r["row"] for r in outcome.rows if not r["reached"]]
-    assert not missed, f"faults never reached (the DAG no longer runs this; update the catalogue): {missed}"
+TASK_RETRIES = 3  # the DAGs' default (core_cell_dag)
+
+
+def outlasting(faults: list[Fault]) -> dict[str, str]:
+    """SSH steps given more faults in one run than they have retries (each try meets the next one): the fault
+    outlasts the retries, so the run must fail there, saying where, with nothing half-way. ``{step: host}``."""
+    per_step = Counter(f.step for f in faults if f.is_ssh)
+    return {f.step: f.target[4:] for f in faults if f.is_ssh and per_step[f.step] > TASK_RETRIES}
+
+
+def assert_ended_well(outcome: RunOutcome, expect: dict[str, int] | None = None, faults: list[Fault] = ()) -> None:
+    """Success (or, where a fault outlasts a step's retries, a failure at that step whose message names the host),
+    every fault reached, nothing made twice (and what should be made, made), PNs up, no double signing, no leak."""
+    doomed = outlasting(list(faults))
+    if doomed:
+        assert outcome.state == "failed", (outcome.group, "a fault outlasting the retries of", doomed)
+        for step, host in doomed.items():
+            assert host in outcome.failed.get(step, ""), (step, outcome.failed)  # the report says which host dropped
+    else:
+        assert outcome.state == "success", (outcome.group, outcome.failed, outcome.retried)
+        missed = [r["row"] for r in outcome.rows if not r["reached"]]
+        assert not missed, f"faults never reached (the DAG no longer runs this; update the catalogue): {missed}"
     assert not outcome.leaks, "validator keys leaked:\n  " + "\n  ".join(outcome.leaks)  # names places, never keys
     assert outcome.clean, (outcome.duplicates, outcome.pns_stopped, outcome.double_signing_events)
     for what, count in (expect or {}).items():
