@@ -351,7 +351,10 @@ class Matrix:
         runs = [asdict(o) for o in self.outcomes]
         again = {(r["dag_id"], r["group"]) for r in runs}
         runs = [r for r in earlier["runs"] if (r["dag_id"], r["group"]) not in again] + runs
-        extra = earlier.get("extra", {}) | self.extra
+        extra = dict(earlier.get("extra", {}))
+        for title, rows in self.extra.items():  # rows of a DAG run again replace that DAG's earlier rows
+            again = {r.get("dag") for r in rows}
+            extra[title] = [r for r in extra.get(title, []) if r.get("dag") not in again] + rows
         json_path.write_text(json.dumps({"runs": runs, "extra": extra}, indent=2, default=str))
         path.write_text(self.markdown(runs, extra))
         return path
