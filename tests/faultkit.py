@@ -249,6 +249,17 @@ def outlasting(faults: list[Fault]) -> dict[str, str]:
     return {f.step: f.target[4:] for f in faults if f.is_ssh and per_step[f.step] > TASK_RETRIES}
 
 
+def within_retries(faults: list[Fault]) -> list[Fault]:
+    """The faults without those a step could not outlast: at most TASK_RETRIES per step."""
+    seen: Counter = Counter()
+    kept = []
+    for fault in faults:
+        seen[fault.step] += 1
+        if not fault.is_ssh or seen[fault.step] <= TASK_RETRIES:
+            kept.append(fault)
+    return kept
+
+
 def assert_ended_well(outcome: RunOutcome, expect: dict[str, int] | None = None, faults: list[Fault] = ()) -> None:
     """Success (or, where a fault outlasts a step's retries, a failure at that step whose message names the host),
     every fault reached, nothing made twice (and what should be made, made), PNs up, no double signing, no leak."""

@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 from faultkit import (AWS_ACTIONS, CLOUD, KINDS, MAINTENANCE, METAL, assert_ended_well, cell_with_airflow, fault_run,
-                      faults_of, full_sweep, outlasting, pick)
+                      faults_of, full_sweep, outlasting, pick, within_retries)
 
 from kaia_ha.keys import BlsKey, KeyBackup, NodeKey
 
@@ -125,3 +125,20 @@ def test_failovers_under_faults(tmp_path_factory, kind, matrix):
         clean_maintenance(cell, runner)
         only_catalogued(cloud_failover(cell, runner, faults_of(CLOUD, kind), kind, matrix))
         only_catalogued(metal_failover(cell, runner, faults_of(METAL, kind), kind, matrix))
+
+
+@full_sweep
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.startswith("ssh")])
+def test_bare_metal_failover_under_ssh_faults_within_its_retries(tmp_path_factory, kind, matrix):
+    """The bare-metal group above gives fence_over_ssh more SSH faults than it has retries, so that run fails there
+    and never reaches the later steps: here every step gets at most as many as it has retries, and succeeds."""
+    from kaia_ha import maintenance
+    from kaia_ha.inventory import load_inventory
+
+    with cell_with_airflow(tmp_path_factory, f"metal-{kind.replace(' ', '-')}") as (cell, runner):
+        for metal in load_inventory().cells_of("bare-metal"):  # the backup a failover needs, as the maintenance DAG makes it
+            maintenance.backup_nodekey(metal.name, "test-setup")
+        faults = within_retries(faults_of(METAL, kind))
+        assert not outlasting(faults)
+        metal_failover(cell, runner, faults, f"{kind}, within retries", matrix)
