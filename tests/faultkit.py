@@ -313,14 +313,14 @@ class Matrix:
     def _cell(row: dict) -> str:
         if not row["reached"]:
             return "not reached"
-        text = "ok" if row["outcome"] == "success" else "FAILED"
+        text = "run ok" if row["outcome"] == "success" else "run FAILED"  # the run's outcome; the step's own try follows
         text += f", try {row['tries']}" if "tries" in row else f", {row['calls']} calls ({row['faulted']} faulted)"
         return text + (f", DUPLICATES {row['duplicates']}" if row["duplicates"] else "")
 
     def markdown(self, runs: list[dict], extra: dict[str, list[dict]]) -> str:
         lines = ["# Fault matrix", "",
-                 "Each cell: the run's outcome; for AWS the calls of the action in that run (how many got the fault), for SSH "
-                 "the try of the step that ran the command. Faults: " + ", ".join(f"{k} x{t}" for k, t in AWS_KINDS.items())
+                 "Each cell: the outcome of the run the fault was in; for AWS the calls of the action in that run (how many "
+                 "got the fault), for SSH the try at which the step that runs the command ended. Faults: " + ", ".join(f"{k} x{t}" for k, t in AWS_KINDS.items())
                  + " (AWS; drop = performed, answer lost); " + ", ".join(f"ssh {k} x{t}" for k, t in SSH_KINDS.items())
                  + " (drop = before the command runs; drop-after = it ran, the answer lost). Runs of the quick subset are "
                  "listed with their group `quick`.", ""]
