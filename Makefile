@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 RUN := source scripts/airflow-env.sh &&
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: help setup demo test bench simcell-up simcell-down simcell-status clean
+.PHONY: help setup demo test bench faults simcell-up simcell-down simcell-status clean
 
 help:
 	@echo "make demo            the simulated core cell and Airflow (UI) with the project's DAGs"
 	@echo "make test            every test suite (sets everything up on first use)"
 	@echo "make bench           every benchmark (RUNS=5 more runs, CELLS=1,5 skip 20 cells) -> .artifacts/bench/*.json"
+	@echo "make faults          the full fault sweep; writes .artifacts/fault-matrix.md and .json"
 	@echo "make simcell-up|simcell-down|simcell-status"
 
 $(STAMP): requirements.txt constraints.txt scripts/bootstrap.sh
@@ -32,6 +33,10 @@ bench: $(STAMP)
 	$(RUN) $(PY) bench/maintenance_downtime.py $(BENCH_RUNS)
 	$(RUN) $(PY) bench/dag_parse.py $(BENCH_RUNS)
 	$(RUN) $(PY) bench/maintenance_scale.py $(BENCH_RUNS) $(if $(CELLS),--cells $(CELLS))
+
+# Every AWS action and SSH step under every fault kind, and every failover step failed then cleared.
+faults: $(STAMP)
+	$(RUN) KAIA_HA_FULL_FAULTS=1 $(PY) -m pytest tests/faults -q -p no:cacheprovider -rs
 
 demo: $(STAMP)
 	$(RUN) bash scripts/demo.sh

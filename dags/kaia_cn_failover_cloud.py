@@ -224,7 +224,9 @@ def kaia_cn_failover_cloud():
                                                  snapshot_tags=plan["snapshot_tags"], description="Kaia PN chain data for a failover", **RECORDED, **AWS)
             start = start_kpnd(plan)
             source >> reserved >> stop >> snapshot >> start
-            start.as_teardown(setups=reserved, on_failure_fail_dagrun=True)
+            # stop_kpnd is a setup too: clearing a failed create_snapshot then stops kpnd again first. Without it the
+            # clear re-ran the snapshot of a PN the teardown had restarted: a dirty snapshot tagged clean-stop.
+            start.as_teardown(setups=[reserved, stop], on_failure_fail_dagrun=True)
             waited = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **RECORDED, **AWS)
         chosen = chaindata_snapshot(plan)
         [source, waited] >> chosen

@@ -141,7 +141,9 @@ def kaia_cn_maintenance():
                     task_id="create_snapshot", volume_id=snap_plan["volume_id"], snapshot_tags=snap_plan["tags"],
                     description=f"Kaia PN chain data ({cell.name})", **aws,
                 )
-                start = start_kpnd(cell.name, snap_plan).as_teardown(setups=snap_plan, on_failure_fail_dagrun=True)
+                # stop is a setup too: clearing a failed create_snapshot stops kpnd again first (else the clear would
+                # snapshot the PN the teardown restarted: a dirty snapshot tagged clean-stop).
+                start = start_kpnd(cell.name, snap_plan).as_teardown(setups=[snap_plan, stop], on_failure_fail_dagrun=True)
                 stop >> snapshot >> start >> kpnd_back(cell.name, snap_plan)
                 wait = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **aws)
                 done = snapshot_done(wait.output)

@@ -13,6 +13,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+from simcell.world import ANY_HOST
+
 log = logging.getLogger(__name__)
 
 BREAK_HOW = ("kill", "stop-instance", "cut-ssh")
@@ -83,9 +85,11 @@ class Coordinator:
             # drop before their command runs (drop) or after it ran, before its exit status (drop-after).
             if kind not in SSH_FAULT_KINDS:
                 raise ControlError(f"SSH faults take --kind {' or '.join(SSH_FAULT_KINDS)}")
-            host = self.find_host(action[4:])
+            if action[4:] == ANY_HOST and not req.get("match"):
+                raise ControlError("ssh:* faults need --match (a command of the host meant, e.g. of an instance not launched yet)")
+            host = ANY_HOST if action[4:] == ANY_HOST else self.find_host(action[4:]).name
             fault = {"kind": kind, "match": req.get("match") or None}
-            self.world.add_ssh_faults(host.name, [dict(fault) for _ in range(times)])
+            self.world.add_ssh_faults(host, [dict(fault) for _ in range(times)])
         elif action.startswith("slow-stop:"):
             # slow-stop:<node>: the node needs `times` seconds to stop (past STOP_TIMEOUT it is killed).
             host = self.find_host(action[10:])
@@ -101,6 +105,7 @@ class Coordinator:
         status["pending_faults"] = {
             "aws": self.front.pending_faults(),
             "ssh": {k: len(v) for k, v in self.world.ssh_faults.items() if v},
+            "ssh_detail": {k: [f"{f['kind']} {f['match'] or '(any command)'}" for f in v] for k, v in self.world.ssh_faults.items() if v},
             "slow_stop": dict(self.world.stop_seconds),
         }
         return status

@@ -37,6 +37,9 @@ HEARTBEAT_TTL = 1.5
 DOUBLE_SIGN_WINDOW = 3.0
 
 
+ANY_HOST = "*"  # ssh:* faults: the next matching session to any host
+
+
 @dataclass
 class Host:
     name: str
@@ -522,14 +525,15 @@ class World:
             paths.SSH_FAULTS_FLAG.unlink(missing_ok=True)
 
     def take_ssh_fault(self, host: str, command: str = "") -> str | None:
-        """The next pending fault of this host whose ``match`` (if any) is part of the command."""
+        """The next pending fault of this host whose ``match`` (if any) is part of the command; then the faults
+        for any host (``ssh:*``: a host that does not exist yet, like a replacement instance)."""
         with self.lock:
-            queue = self.ssh_faults.get(host) or []
-            for i, fault in enumerate(queue):
-                if not fault.get("match") or fault["match"] in command:
-                    kind = queue.pop(i)["kind"]
-                    self._flag_ssh_faults()
-                    return kind
+            for queue in (self.ssh_faults.get(host) or [], self.ssh_faults.get(ANY_HOST) or []):
+                for i, fault in enumerate(queue):
+                    if not fault.get("match") or fault["match"] in command:
+                        kind = queue.pop(i)["kind"]
+                        self._flag_ssh_faults()
+                        return kind
             return None
 
     # ----- status ------------------------------------------------------------------------------------------

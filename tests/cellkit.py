@@ -146,11 +146,63 @@ class AirflowRunner:
         assert bag.import_errors == {}, bag.import_errors
         return bag.get_dag(dag_id)
 
-    def run(self, dag_id: str, conf: dict | None = None):
-        """``dag.test()`` and the final state of every task instance: ``(dag_run, {task_id: (state, try)})``.
+    def run(self, dag_id: str, conf: dict | None = None, retries: int | None = None):
+        """``dag.test()`` and the final state of every task instance: ``(run_id, state, {(task_id, map_index): (state, try)})``.
 
-        Every log record of the run is kept in ``self.log_text`` for leak scans.
+        Every log record of the run is kept in ``self.log_text`` for leak scans; with ``self.leak_scan`` set (a
+        ``leakscan.LeakScan``), the run's process command lines are watched too. ``retries``: every task's, instead
+        of the DAG's (0: a step fails at its first error, for drills that clear it afterwards).
         """
+        return self._drive(dag_id, lambda dag: dag.test(run_conf=conf), retries)
+
+    def clear_and_rerun(self, dag_id: str, run_id: str, task_ids: list[str] | None = None, retries: int | None = None):
+        """What an operator does in the UI after fixing a cause: *Clear* the failed tasks (default: every failed or
+        upstream-failed one) with *Downstream*, and let the same run go on. Returns what ``run`` returns.
+
+        ``dag.test()`` cannot do this by itself: it deletes any run of its logical date and starts a new one
+        (``get_or_create_dagrun``). So the tasks are cleared with Airflow's own ``clear`` (as the UI's Clear does:
+        their try numbers are kept, the run goes back to running), and ``dag.test()``'s own loop then drives that
+        same run, with only its delete-and-recreate step replaced by "this run".
+        """
+        from unittest import mock
+
+        from airflow.models.dagrun import DagRun
+        from airflow.serialization.definitions.dag import SerializedDAG
+        from airflow.serialization.serialized_objects import DagSerialization
+        from airflow.utils.session import create_session
+        from airflow.utils.state import DagRunState
+
+        def drive(dag):
+            with create_session() as session:
+                dr = session.query(DagRun).filter_by(dag_id=dag_id, run_id=run_id).one()
+                failed = task_ids or [ti.task_id for ti in dr.get_task_instances(session=session)
+                                      if ti.state in ("failed", "upstream_failed")]
+                logical_date, run_after = dr.logical_date, dr.run_after
+            assert failed, f"{run_id}: no failed task to clear"
+            scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+            subset = scheduler_dag.partial_subset(task_ids=failed, include_downstream=True, include_upstream=False)
+            scheduler_dag.clear(task_ids=list(subset.task_dict), run_id=run_id, dag_run_state=DagRunState.RUNNING)
+            if retries is not None:  # the clear takes the retries of the DAG as stored; a drill's own count stays
+                from airflow.models.taskinstance import TaskInstance
+
+                with create_session() as session:
+                    for ti in session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id,
+                                                                 TaskInstance.task_id.in_(list(subset.task_dict))):
+                        ti.max_tries = ti.try_number + retries
+
+            def this_run(*, session, dag, **_):
+                dr = session.query(DagRun).filter_by(dag_id=dag_id, run_id=run_id).one()
+                dr.dag = dag  # what create_dagrun would have set: the scheduler's view of the DAG
+                return dr
+
+            with mock.patch.object(SerializedDAG, "clear_dags", lambda *a, **k: 0), \
+                 mock.patch("airflow.models.dagrun.get_or_create_dagrun", this_run):
+                return dag.test(logical_date=logical_date, run_after=run_after)
+
+        return self._drive(dag_id, drive, retries)
+
+    def _drive(self, dag_id: str, go, retries: int | None = None):
+        import contextlib
         import logging
 
         records: list[str] = []
@@ -164,8 +216,14 @@ class AirflowRunner:
 
         handler = Keep(level=logging.DEBUG)
         logging.getLogger().addHandler(handler)
+        scan = getattr(self, "leak_scan", None)
         try:
-            dag_run = self.dag(dag_id).test(run_conf=conf)
+            dag = self.dag(dag_id)
+            if retries is not None:
+                for task in dag.tasks:
+                    task.retries = retries
+            with scan.watch() if scan else contextlib.nullcontext():
+                dag_run = go(dag)
         finally:
             logging.getLogger().removeHandler(handler)
             self.log_text = getattr(self, "log_text", "") + "\n".join(records)

@@ -9,6 +9,7 @@ while the chain data volume is prepared.
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 from datetime import datetime, timedelta
 
@@ -52,18 +53,28 @@ def replacement(plan: dict, cell: Cell, cn: CN) -> KaiaNodeHook:
 
 # ----- 1. preflight --------------------------------------------------------------------------------------------
 def _check_params(conf: dict) -> dict:
+    """The trigger's params, checked against the inventory only (no AWS, no SSH)."""
     names = cloud_cns()
     failed = conf.get("failed_cn")
-    if failed not in names:
+    if not isinstance(failed, str) or failed not in names:
         raise FailoverInputError(f"failed_cn: {failed!r} is not an active CN of a cloud core cell; choose one of {names}")
-    if conf.get("warmup", "none") not in WARMUP:
+    # Booleans must be booleans: bool("false") is True, and bool(0) would silently turn fencing off.
+    for field, default in (("use_presnapshot", True), ("fence", True), ("dry_run", False)):
+        if not isinstance(conf.get(field, default), bool):
+            raise FailoverInputError(f"{field}: must be true or false, got {conf.get(field)!r}")
+    if not isinstance(conf.get("warmup", "none"), str) or conf.get("warmup", "none") not in WARMUP:
         raise FailoverInputError(f"warmup: {conf.get('warmup')!r} is not one of {list(WARMUP)}")
     age = conf.get("max_snapshot_age_hours", 24)
-    if not isinstance(age, (int, float)) or age <= 0:
+    # bool is an int in Python; NaN and infinity pass "> 0" but break the age comparison later.
+    if isinstance(age, bool) or not isinstance(age, (int, float)) or not math.isfinite(age) or age <= 0:
         raise FailoverInputError(f"max_snapshot_age_hours: must be a number of hours above 0, got {age!r}")
-    return {"failed_cn": failed, "use_presnapshot": bool(conf.get("use_presnapshot", True)), "max_snapshot_age_hours": float(age),
-            "snapshot_pn": conf.get("snapshot_pn") or "auto", "warmup": conf.get("warmup", "none"),
-            "fence": bool(conf.get("fence", True)), "dry_run": bool(conf.get("dry_run", False))}
+    pn = conf.get("snapshot_pn") or "auto"
+    pns = [p.name for p in load_inventory().find_cn(failed)[0].pns]
+    if not isinstance(pn, str) or pn not in ("auto", *pns):  # checked here, before preflight builds any hook
+        raise FailoverInputError(f"snapshot_pn: {pn!r} is not a PN of the failed CN's cell; choose one of {pns} or auto")
+    return {"failed_cn": failed, "use_presnapshot": conf.get("use_presnapshot", True), "max_snapshot_age_hours": float(age),
+            "snapshot_pn": pn, "warmup": conf.get("warmup", "none"),
+            "fence": conf.get("fence", True), "dry_run": conf.get("dry_run", False)}
 
 
 def _dry_run(call, what: str) -> str:
@@ -90,8 +101,6 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
     """
     plan = _check_params(conf)
     cell, cn, ec2 = _ctx(plan)
-    if conf.get("snapshot_pn") not in (None, "", "auto") and conf["snapshot_pn"] not in {p.name for p in cell.pns}:
-        raise FailoverInputError(f"snapshot_pn: {conf['snapshot_pn']!r} is not a PN of {cell.name}; choose one of {[p.name for p in cell.pns]} or auto")
     backup = load_backup(cell, cn)
     failed = ec2.instance(cn.instance_id)
     eip = ec2.address(cn.elastic_ip_allocation_id)

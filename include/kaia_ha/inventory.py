@@ -212,12 +212,14 @@ class Inventory(_Model):
 
     @model_validator(mode="after")
     def _unique(self) -> Inventory:
-        seen: set[str] = set()
-        for cell in self.cells:
-            for name in [cell.name, *(n.name for n in [*cell.cns, *cell.pns])]:
-                if name in seen:
-                    raise ValueError(f"names must be unique across cells and nodes: {name!r} appears twice")
-                seen.add(name)
+        seen: dict[str, str] = {}  # name -> the field that has it first
+        for c, cell in enumerate(self.cells):
+            fields = [(f"cells[{c}].name", cell.name), *((f"cells[{c}].cns[{i}].name", n.name) for i, n in enumerate(cell.cns)),
+                      *((f"cells[{c}].pns[{i}].name", n.name) for i, n in enumerate(cell.pns))]
+            for where, name in fields:
+                if name in seen:  # the message names the field, like every other error
+                    raise ValueError(f"{where}: {name!r} appears twice (also {seen[name]}); names must be unique across cells and nodes")
+                seen[name] = where
         return self
 
     def cell(self, name: str) -> Cell:
@@ -254,6 +256,10 @@ def _format(exc: ValidationError) -> str:
     for err in exc.errors():
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(top level)"
         msg = re.sub(r"^Value error, ", "", err["msg"])
+        # A model check names the field below its own place ("cns[0].instance_id: ..."): one path, like the rest.
+        inner = re.match(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): (.*)$", msg, re.S) if err["type"] == "value_error" else None
+        if inner:
+            where, msg = (inner[1] if where == "(top level)" else f"{where}.{inner[1]}"), inner[2]
         field = next((p for p in reversed(err["loc"]) if isinstance(p, str)), "")
         if err["type"] == "string_pattern_mismatch" and field in HINTS:
             msg = HINTS[field]

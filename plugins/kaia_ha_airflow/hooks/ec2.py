@@ -81,6 +81,16 @@ class CoreCellEC2Hook(EC2Hook):
         kwargs["api_type"] = "client_type"
         super().__init__(*args, **kwargs)
 
+    @property
+    def config(self) -> botocore.config.Config:
+        """The connection's botocore config; without a retry policy of its own, botocore's standard mode. The legacy
+        default retries EC2's RequestLimitExceeded only with HTTP 503: a throttled Describe* then failed the task at
+        once, and a preflight of five throttled reads ran out of task retries (found by the fault matrix)."""
+        config = super().config
+        if config.retries is None:
+            config = config.merge(botocore.config.Config(retries={"mode": "standard", "max_attempts": 8}))
+        return config
+
     @cached_property
     def once(self):
         """A client that never retries by itself: for calls without a ClientToken (see ``create_once``)."""
