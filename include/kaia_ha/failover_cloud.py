@@ -20,7 +20,7 @@ from kaia_ha import tags as T
 from kaia_ha.alerts import notify
 from kaia_ha.inventory import CN, Cell, load_inventory
 from kaia_ha.report import step
-from kaia_ha.takeover import (Refused, TakeoverError, answers_ssh, failover_report, fence_kcnd, install_identity, load_backup,
+from kaia_ha.takeover import (FailoverInputError, Refused, TakeoverError, refuse_unknown_params, answers_ssh, failover_report, fence_kcnd, install_identity, load_backup,
                               sync_check, verify_identity_on_disk)
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook, error_code
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
@@ -28,10 +28,7 @@ from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_failover_cloud"
 WARMUP = ("none", "initialization-rate", "fast-snapshot-restore", "read-through")
-
-
-class FailoverInputError(ValueError):
-    """Bad trigger input; raised before anything changes. The message names the field."""
+PARAMS = ("failed_cn", "fence", "use_presnapshot", "max_snapshot_age_hours", "snapshot_pn", "warmup", "dry_run")
 
 
 def cloud_cns() -> list[str]:
@@ -54,6 +51,7 @@ def replacement(plan: dict, cell: Cell, cn: CN) -> KaiaNodeHook:
 # ----- 1. preflight --------------------------------------------------------------------------------------------
 def _check_params(conf: dict) -> dict:
     """The trigger's params, checked against the inventory only (no AWS, no SSH)."""
+    refuse_unknown_params(conf, PARAMS)
     names = cloud_cns()
     failed = conf.get("failed_cn")
     if not isinstance(failed, str) or failed not in names:

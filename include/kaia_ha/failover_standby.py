@@ -24,6 +24,7 @@ from kaia_ha.inventory import CN, Cell, FloatingIP, load_inventory
 from kaia_ha.keys import InvalidKeyError, KeyBackup, NodeKey
 from kaia_ha.report import step
 from kaia_ha.takeover import (
+    FailoverInputError,
     TakeoverError,
     answers_ssh,
     aside_dir,
@@ -32,6 +33,7 @@ from kaia_ha.takeover import (
     install_identity,
     keep_aside,
     load_backup,
+    refuse_unknown_params,
     sync_check,
     verify_identity_on_disk,
 )
@@ -44,10 +46,7 @@ KEY_FILES = ("nodekey", "bls-nodekey")  # what may shadow klay/ on a standby (it
 FENCE_OVER_SSH, CONFIRM_DOWN, DECLARED_DOWN = "fence.fence_over_ssh", "fence.confirm_down", "fence.declared_down"
 SYNCED_TASK = "start.standby_synced"
 IPC_WAIT = 30  # seconds for kcnd's console to open after `systemctl start`
-
-
-class FailoverInputError(ValueError):
-    """Bad trigger input; raised before anything changes. The message names the field."""
+PARAMS = ("failed_cn", "standby_cn", "fence_failed_active", "host_known_dead", "dry_run")
 
 
 def metal_actives() -> list[str]:
@@ -126,6 +125,7 @@ def _holds_failed_key(node: KaiaNodeHook, backup: KeyBackup) -> bool:
 @step
 def validate(conf: dict, run_id: str) -> dict:
     """The trigger's params checked against the inventory; the plan every later step reads."""
+    refuse_unknown_params(conf, PARAMS)
     actives = metal_actives()
     failed_name = conf.get("failed_cn")
     if not failed_name:

@@ -31,6 +31,17 @@ class TakeoverError(RuntimeError):
     """A failover step found something unsafe or wrong; the message says what and what to do."""
 
 
+class FailoverInputError(ValueError):
+    """Bad trigger input; raised before anything changes. The message names the field."""
+
+
+def refuse_unknown_params(conf: dict, known: tuple[str, ...]) -> None:
+    """A misspelt key (``dryrun``) would otherwise be ignored and the run do what the operator did not ask."""
+    unknown = sorted(set(conf) - set(known))
+    if unknown:
+        raise FailoverInputError(f"{unknown[0]}: not a parameter of this DAG (misspelt?); its parameters are {list(known)}")
+
+
 class Refused(TakeoverError, AirflowFailException):
     """A check found what no retry can change (a skipped step, a wrong key, a missing mount): the task
     fails at once, so the operator reads why in seconds instead of after every retry."""

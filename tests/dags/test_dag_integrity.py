@@ -53,3 +53,14 @@ def test_dag_files_parse_fast(monkeypatch_module):
         start = time.perf_counter()
         DagBag(dag_folder=str(path))
         assert time.perf_counter() - start < 5, path
+
+
+@pytest.mark.parametrize("dag_id, module", [("kaia_cn_failover_cloud", "failover_cloud"), ("kaia_cn_failover_standby", "failover_standby")])
+def test_the_trigger_form_and_the_param_check_know_the_same_fields(dagbag, dag_id, module):
+    """A field the form shows but the check refuses (or the reverse) would fail every trigger."""
+    import importlib
+
+    steps = importlib.import_module(f"kaia_ha.{module}")
+    assert set(dagbag.dags[dag_id].params.keys()) == set(steps.PARAMS)
+    with pytest.raises(steps.FailoverInputError, match="dryrun: not a parameter"):
+        steps.refuse_unknown_params({"failed_cn": "x", "dryrun": True}, steps.PARAMS)

@@ -20,6 +20,8 @@ def test_bad_params_are_refused_before_anything_changes(own_cell_airflow):
         runner.run(DAG_ID, {"failed_cn": "cn-nope"})
     with pytest.raises(Exception, match="warmup"):
         runner.run(DAG_ID, {"failed_cn": "cn-aws-1", "warmup": "turbo"})
+    with pytest.raises(Exception, match="dryrun: not a parameter"):  # a typo must not mean "not a dry run"
+        runner.run(DAG_ID, {"failed_cn": "cn-aws-1", "dryrun": True})
     assert mutating_calls(cell, since) == []
 
 
