@@ -6,10 +6,11 @@ PY := $(VENV)/bin/python
 RUN := source scripts/airflow-env.sh &&
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: help setup demo test simcell-up simcell-down simcell-status clean
+.PHONY: help setup demo drill test simcell-up simcell-down simcell-status clean
 
 help:
-	@echo "make demo            the simulated core cell and Airflow (UI) with the project's DAGs"
+	@echo "make demo            the drill, then the Airflow UI stays up (address and login printed) until Ctrl-C"
+	@echo "make drill           a failover drill through the real Airflow: maintenance, CN killed, failover, report"
 	@echo "make test            every test suite (sets everything up on first use)"
 	@echo "make simcell-up|simcell-down|simcell-status"
 
@@ -23,7 +24,10 @@ test: $(STAMP)
 	$(RUN) $(PY) -m pytest tests -q -p no:cacheprovider
 
 demo: $(STAMP)
-	$(RUN) bash scripts/demo.sh
+	$(RUN) $(PY) -m drill --stay
+
+drill: $(STAMP)
+	$(RUN) $(PY) -m drill
 
 simcell-up: $(STAMP)
 	$(RUN) $(PY) -m simcell up

@@ -13,6 +13,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -27,6 +28,11 @@ MAINTENANCE = "kaia_cn_maintenance"
 FAILOVER = "kaia_cn_failover_cloud"
 FAILED_CN = "cn-aws-1"
 PHASES = ("preflight", "fence", "chain_data", "launch", "replace", "verify", "report")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def say(text: str = "") -> None:
@@ -96,9 +102,12 @@ def drill(engine: AirflowEngine, cell: Cell) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drill", description=__doc__.splitlines()[0])
     parser.add_argument("--stay", action="store_true", help="keep the UI up after the drill until Ctrl-C (make demo)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("KAIA_HA_DEMO_PORT", "0")) or None)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("KAIA_HA_DEMO_PORT", "0")) or None,
+                        help="the UI's port (default: 8080 with --stay if free, else any free port)")
     parser.add_argument("--keep", action="store_true", help="keep the drill's folder (Airflow home, logs, reports)")
     args = parser.parse_args(argv)
+    if args.stay and not args.port and port_free(8080):
+        args.port = 8080  # the address an operator expects for a demo
 
     work = Path(tempfile.mkdtemp(prefix="kaia-drill-"))
     cell, engine, ok = Cell(work / "simcell"), None, False

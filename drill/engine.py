@@ -93,6 +93,9 @@ class AirflowEngine:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+            # Only the runs the drill or test triggers: unpausing the maintenance DAG would otherwise start its
+            # latest scheduled run too, which holds the DAG's one active run and races the failover for the PNs.
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",
             # Not the fixed defaults (8793, 8794): another Airflow on this machine may hold them.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),

@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from enginekit import FAILOVER, MAINTENANCE
 
-from cellkit import Cell
-from drill.engine import AirflowEngine
+from .enginekit import FAILOVER, MAINTENANCE  # first: puts the repo (drill/) and tests/ (cellkit) on sys.path
+
+from cellkit import Cell  # noqa: E402,I001
+from drill.engine import AirflowEngine  # noqa: E402
 
 
 @dataclass

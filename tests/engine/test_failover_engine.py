@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from enginekit import FAILOVER, MAINTENANCE, keys_of
+
+from .enginekit import FAILOVER, MAINTENANCE, keys_of
 
 FRESH_SNAPSHOT = {f"chain_data.fresh_snapshot.{t}" for t in ("reserve_pn", "stop_kpnd", "create_snapshot", "start_kpnd", "wait_snapshot")}
 RAN = {"preflight", "not_dry_run", "fence.fence", "fence.wait_stopped", "fence.confirm_fenced", "chain_data.chaindata_source",
