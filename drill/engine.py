@@ -97,6 +97,9 @@ class AirflowEngine:
             # latest scheduled run too, which holds the DAG's one active run and races the failover for the PNs.
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",
+            # On a loaded machine the api-server (one worker, SQLite) can take more than the default 5 s to
+            # start a task; a timeout there fails the try before the task even ran.
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             # Not the fixed defaults (8793, 8794): another Airflow on this machine may hold them.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),  # two shared cores and SQLite

@@ -7,9 +7,11 @@ retried by the scheduler and pass, and the first try's log must say why it faile
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
+from .conftest import TIMES
 from .enginekit import FAILOVER, MAINTENANCE, keys_of
 
 FRESH_SNAPSHOT = {f"chain_data.fresh_snapshot.{t}" for t in ("reserve_pn", "stop_kpnd", "create_snapshot", "start_kpnd", "wait_snapshot")}
@@ -34,8 +36,10 @@ def failover(maintained):
     cell.break_("cn-aws-1", "kill")
     pn = snapshot_source_pn(cell)
     cell.fault(f"ssh:{pn}", "--kind", "drop", "--times", "1")
+    started = time.monotonic()
     run_id = engine.trigger(FAILOVER, {"failed_cn": "cn-aws-1"})
     state = engine.wait(FAILOVER, run_id, timeout=600)
+    TIMES["failover run"] = time.monotonic() - started
     tis = {t["task_id"]: (t["state"], t["try_number"]) for t in engine.task_instances(FAILOVER, run_id)}
     return engine, cell, before, pn, run_id, state, tis
 
