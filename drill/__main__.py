@@ -85,7 +85,7 @@ def report_text(engine: AirflowEngine, dag_id: str, run_id: str) -> str:
 def drill(engine: AirflowEngine, cell: Cell) -> bool:
     for dag_id in (MAINTENANCE, FAILOVER):
         engine.unpause(dag_id)
-    say(f"\n== 1. Maintenance: key backup, CN image, PN snapshot")
+    say("\n== 1. Maintenance: key backup, CN image, PN snapshot")
     _, state = run_dag(engine, MAINTENANCE, None, timeout=900)
     if state != "success":
         return False
@@ -94,7 +94,7 @@ def drill(engine: AirflowEngine, cell: Cell) -> bool:
     say(f"  {FAILED_CN} running: {cell.node(FAILED_CN)['running']}")
     say(f"\n== 3. Failover: {FAILOVER} (phases: {', '.join(PHASES)})")
     run_id, state = run_dag(engine, FAILOVER, {"failed_cn": FAILED_CN}, timeout=900)
-    say(f"\n== 4. Report\n")
+    say("\n== 4. Report\n")
     say(report_text(engine, FAILOVER, run_id))
     return state == "success"
 

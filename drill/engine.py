@@ -109,7 +109,7 @@ class AirflowEngine:
         return env
 
     # ----- processes ---------------------------------------------------------------------------------------
-    def start(self, timeout: float = 180) -> "AirflowEngine":
+    def start(self, timeout: float = 300) -> "AirflowEngine":
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path = self.home / "standalone.log"
         self.process = subprocess.Popen(["airflow", "standalone"], env=self.env, cwd=REPO, start_new_session=True,
