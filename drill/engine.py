@@ -96,13 +96,13 @@ class AirflowEngine:
             # Only the runs the drill or test triggers: unpausing the maintenance DAG would otherwise start its
             # latest scheduled run too, which holds the DAG's one active run and races the failover for the PNs.
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__PARALLELISM": "4",  # two shared cores and SQLite
             # On a loaded machine the api-server (one worker, SQLite) can take more than the default 5 s to
             # start a task; a timeout there fails the try before the task even ran.
             "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             # Not the fixed defaults (8793, 8794): another Airflow on this machine may hold them.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),  # two shared cores and SQLite
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "KAIA_HA_REPORT_DIR": str(self.home / "reports"),
             "KAIA_HA_RETRY_DELAY_SECONDS": extra.get("KAIA_HA_RETRY_DELAY_SECONDS", "1"),
         })
@@ -112,8 +112,9 @@ class AirflowEngine:
     def start(self, timeout: float = 300) -> "AirflowEngine":
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path = self.home / "standalone.log"
-        self.process = subprocess.Popen(["airflow", "standalone"], env=self.env, cwd=REPO, start_new_session=True,
-                                        stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with self.log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(["airflow", "standalone"], env=self.env, cwd=REPO, start_new_session=True,
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self._wait_up(timeout)  # standalone migrates the new database itself
             self.ensure_pool(*POOL)
@@ -128,10 +129,10 @@ class AirflowEngine:
             if self.process.poll() is not None:
                 raise EngineError(f"airflow standalone exited ({self.process.returncode}); log: {self.log_path}\n{self.tail()}")
             try:
-                if self.session.get(f"{self.url}/api/v2/monitor/health", timeout=5).ok and self.password_file().exists():
-                    health = self.session.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
-                    if all((health.get(c) or {}).get("status") == "healthy" for c in ("scheduler", "dag_processor", "triggerer")):
-                        return
+                health = self.session.get(f"{self.url}/api/v2/monitor/health", timeout=5)
+                if health.ok and self.password_file().exists() and all(
+                        (health.json().get(c) or {}).get("status") == "healthy" for c in ("scheduler", "dag_processor", "triggerer")):
+                    return
             except requests.RequestException:
                 pass
             time.sleep(1)

@@ -13,12 +13,23 @@ import pytest
 
 from .conftest import TIMES
 from .enginekit import FAILOVER, MAINTENANCE, keys_of
+from drill.engine import EngineError
 
 FRESH_SNAPSHOT = {f"chain_data.fresh_snapshot.{t}" for t in ("reserve_pn", "stop_kpnd", "create_snapshot", "start_kpnd", "wait_snapshot")}
 RAN = {"preflight", "not_dry_run", "fence.fence", "fence.wait_stopped", "fence.confirm_fenced", "chain_data.chaindata_source",
        "chain_data.chaindata_snapshot", "chain_data.create_volume", "chain_data.volume_available", "launch.launch",
        "launch.wait_running", "launch.learn_host", "replace.attach_and_mount", "replace.prune", "replace.install_keys",
        "verify.move_ip", "verify.start_kcnd", "verify.in_sync", "report"}
+
+
+# Deferring tasks: Airflow 3.3 may count one extra try when the trigger fires before the scheduler has
+# processed the deferring try's exit (a stale executor event; apache/airflow#71580, #72716). Every other
+# task must have run exactly once.
+DEFERRING = {"cc-cloud.cn_image.create_image", "cc-cloud.pn_snapshot.wait_snapshot", "fence.wait_stopped", "launch.wait_running"}
+
+
+def ran_once(task_id: str, try_number: int) -> bool:
+    return try_number == 1 or (task_id in DEFERRING and try_number == 2)
 
 
 def snapshot_source_pn(cell) -> str:
@@ -48,7 +59,7 @@ def test_maintenance_ran_every_task_once(maintained):
     tis = maintained.engine.task_instances(MAINTENANCE, maintained.maintenance_run)
     assert maintained.maintenance_state == "success"
     assert {t["state"] for t in tis} <= {"success", "skipped"}
-    assert all(t["try_number"] == 1 for t in tis if t["state"] == "success")
+    assert all(ran_once(t["task_id"], t["try_number"]) for t in tis if t["state"] == "success"), tis
     assert "report" in {t["task_id"] for t in tis} and len(tis) >= 10
 
 
@@ -56,8 +67,10 @@ def test_failover_succeeds_with_one_retry_of_the_preflight(failover):
     *_, run_id, state, tis = failover
     assert state == "success", {k: v for k, v in tis.items() if v[0] != "success"}
     assert set(tis) == RAN | FRESH_SNAPSHOT
-    expected = {t: ("success", 1) for t in RAN} | {t: ("skipped", 0) for t in FRESH_SNAPSHOT} | {"preflight": ("success", 2)}
-    assert tis == expected
+    assert tis["preflight"] == ("success", 2)
+    assert {t: state for t, (state, _) in tis.items()} == {t: "success" for t in RAN} | {t: "skipped" for t in FRESH_SNAPSHOT}
+    assert all(tis[t][1] == 0 for t in FRESH_SNAPSHOT)
+    assert all(ran_once(t, tis[t][1]) for t in RAN - {"preflight"}), tis
 
 
 def test_the_failed_try_log_shows_the_dropped_ssh(failover):
@@ -92,16 +105,26 @@ def test_the_replacement_is_the_validator_with_its_ip(failover):
 
 
 def test_no_key_in_any_task_log(maintained, failover):
-    """Every try of every task of both runs, fetched through the API like the UI's log view."""
+    """Every try of every task of both runs, fetched through the API like the UI's log view; and every log
+    file Airflow wrote (also the triggerer's)."""
     engine, cell = maintained.engine, maintained.cell
     keys = keys_of(cell)
     fetched = 0
     for dag_id, run_id in ((MAINTENANCE, maintained.maintenance_run), (FAILOVER, failover[4])):
         for ti in engine.task_instances(dag_id, run_id):
             for attempt in range(1, ti["try_number"] + 1):
-                text = engine.log(dag_id, run_id, ti["task_id"], attempt, ti["map_index"])
+                try:
+                    text = engine.log(dag_id, run_id, ti["task_id"], attempt, ti["map_index"])
+                except EngineError as exc:  # the extra try of a deferring task has no history row (see DEFERRING)
+                    assert ti["task_id"] in DEFERRING and "404" in str(exc), exc
+                    continue
                 assert text.strip(), f"{dag_id} {ti['task_id']} try {attempt}: empty log"
                 fetched += 1
                 for key in keys:
                     assert key not in text and key.upper() not in text, f"a key leaked into {ti['task_id']} try {attempt}"
     assert fetched >= 30
+    files = [p for p in (engine.home / "logs").rglob("*") if p.is_file()]
+    assert len(files) >= fetched
+    for path in files:
+        data = path.read_bytes()
+        assert not any(key.encode() in data or key.upper().encode() in data for key in keys), f"a key leaked into {path}"

@@ -138,6 +138,7 @@ def test_trigger_form_shows_the_fields_and_runs_a_dry_run(maintained, browser):
     assert engine.wait(FAILOVER, run["dag_run_id"], timeout=300) == "success"
     time.sleep(2)  # the grid polls: let it show the finished run
     browser.save_screenshot(str(SHOTS / "trigger-form-after.png"))
+    assert all((SHOTS / name).stat().st_size > 10_000 for name in ("trigger-form.png", "trigger-form-after.png"))
 
     states = {t["task_id"]: t["state"] for t in engine.task_instances(FAILOVER, run["dag_run_id"])}
     assert states["preflight"] == "success" and states["not_dry_run"] == "success" and states["report"] == "success"
