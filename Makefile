@@ -6,10 +6,11 @@ PY := $(VENV)/bin/python
 RUN := source scripts/airflow-env.sh &&
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: help setup demo test bench faults simcell-up simcell-down simcell-status clean
+.PHONY: help setup demo drill test bench faults simcell-up simcell-down simcell-status clean
 
 help:
-	@echo "make demo            the simulated core cell and Airflow (UI) with the project's DAGs"
+	@echo "make demo            the drill, then the Airflow UI stays up (address and login printed) until Ctrl-C"
+	@echo "make drill           a failover drill through the real Airflow: maintenance, CN killed, failover, report"
 	@echo "make test            every test suite (sets everything up on first use)"
 	@echo "make bench           every benchmark (RUNS=5 more runs, CELLS=1,5 skip 20 cells) -> .artifacts/bench/*.json"
 	@echo "make faults          the full fault sweep; writes .artifacts/fault-matrix.md and .json"
@@ -39,7 +40,10 @@ faults: $(STAMP)
 	$(RUN) KAIA_HA_FULL_FAULTS=1 $(PY) -m pytest tests/faults -q -p no:cacheprovider -rs
 
 demo: $(STAMP)
-	$(RUN) bash scripts/demo.sh
+	$(RUN) $(PY) -m drill --stay
+
+drill: $(STAMP)
+	$(RUN) $(PY) -m drill
 
 simcell-up: $(STAMP)
 	$(RUN) $(PY) -m simcell up

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything `make demo` and `make test` need on a fresh Debian machine with Python 3.11:
-# Debian packages for the simulated hosts, the virtual environment with pinned packages, an Airflow home.
+# Debian packages for the simulated hosts and the browser tests, the virtual environment with pinned packages, an Airflow home.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,9 @@ command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The engine tests drive the Airflow UI in a real, headless browser: Debian's own, never a downloaded one.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,0 +1,147 @@
+"""``python -m drill [--stay]``: a failover drill through the real Airflow, as an operator would run it.
+
+A simulated core cell and Airflow (api-server, scheduler, dag-processor, triggerer) in a folder of their
+own; ``kaia_cn_maintenance`` through the REST API (key backup, CN image, PN snapshot); the active CN
+``cn-aws-1`` killed; ``kaia_cn_failover_cloud`` triggered through the REST API and followed phase by phase;
+the report printed. Exit status 0 only if the failover succeeded. ``--stay`` (``make demo``) then keeps
+the UI up with its address and login until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from drill.engine import REPO, AirflowEngine
+
+sys.path.insert(0, str(REPO / "tests"))
+from cellkit import Cell  # noqa: E402  (the cell's command line, shared with the tests)
+
+MAINTENANCE = "kaia_cn_maintenance"
+FAILOVER = "kaia_cn_failover_cloud"
+FAILED_CN = "cn-aws-1"
+PHASES = ("preflight", "fence", "chain_data", "launch", "replace", "verify", "report")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+class Progress:
+    """Prints each task's state changes, grouped by phase (the DAG's task groups), with time since trigger."""
+
+    def __init__(self, started: float):
+        self.started = started
+        self.seen: dict[str, str] = {}
+
+    @staticmethod
+    def phase(task_id: str) -> str:
+        head = task_id.split(".")[0]
+        return head if head in PHASES else "preflight" if head == "not_dry_run" else head
+
+    def __call__(self, task_instances: list[dict]) -> None:
+        for ti in sorted(task_instances, key=lambda t: (PHASES.index(self.phase(t["task_id"])) if self.phase(t["task_id"]) in PHASES else 99,
+                                                         t["task_id"])):
+            key = f"{ti['task_id']}[{ti['map_index']}]" if ti["map_index"] >= 0 else ti["task_id"]
+            state = ti["state"] or "none"
+            if self.seen.get(key) != state:
+                if state != "none":
+                    tries = f" (try {ti['try_number']})" if ti["try_number"] > 1 else ""
+                    say(f"  {time.monotonic() - self.started:7.1f}s  {self.phase(ti['task_id']):<10} {key:<45} {state}{tries}")
+                self.seen[key] = state
+
+
+def run_dag(engine: AirflowEngine, dag_id: str, conf: dict | None, timeout: float) -> tuple[str, str]:
+    started = time.monotonic()
+    run_id = engine.trigger(dag_id, conf)
+    say(f"{dag_id}: triggered {run_id} conf={conf or {}}")
+    state = engine.wait(dag_id, run_id, timeout, on_progress=Progress(started))
+    say(f"{dag_id}: {state.upper()} after {time.monotonic() - started:.1f}s")
+    return run_id, state
+
+
+def report_text(engine: AirflowEngine, dag_id: str, run_id: str) -> str:
+    """The Markdown report the run wrote; else the report task's log."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    path = Path(engine.env["KAIA_HA_REPORT_DIR"]) / dag_id / f"{stem}.md"
+    if path.exists():
+        return path.read_text()
+    report = next((t for t in engine.task_instances(dag_id, run_id) if t["task_id"] == "report"), None)
+    return engine.log(dag_id, run_id, "report", report["try_number"]) if report and report["try_number"] else "(no report)"
+
+
+def drill(engine: AirflowEngine, cell: Cell) -> bool:
+    for dag_id in (MAINTENANCE, FAILOVER):
+        engine.unpause(dag_id)
+    say("\n== 1. Maintenance: key backup, CN image, PN snapshot")
+    _, state = run_dag(engine, MAINTENANCE, None, timeout=900)
+    if state != "success":
+        return False
+    say(f"\n== 2. Incident: {FAILED_CN} killed")
+    cell.break_(FAILED_CN, "kill")
+    say(f"  {FAILED_CN} running: {cell.node(FAILED_CN)['running']}")
+    say(f"\n== 3. Failover: {FAILOVER} (phases: {', '.join(PHASES)})")
+    run_id, state = run_dag(engine, FAILOVER, {"failed_cn": FAILED_CN}, timeout=900)
+    say("\n== 4. Report\n")
+    say(report_text(engine, FAILOVER, run_id))
+    return state == "success"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m drill", description=__doc__.splitlines()[0])
+    parser.add_argument("--stay", action="store_true", help="keep the UI up after the drill until Ctrl-C (make demo)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("KAIA_HA_DEMO_PORT", "0")) or None,
+                        help="the UI's port (default: 8080 with --stay if free, else any free port)")
+    parser.add_argument("--keep", action="store_true", help="keep the drill's folder (Airflow home, logs, reports)")
+    args = parser.parse_args(argv)
+    if args.stay and not args.port and port_free(8080):
+        args.port = 8080  # the address an operator expects for a demo
+
+    work = Path(tempfile.mkdtemp(prefix="kaia-drill-"))
+    cell, engine, ok = Cell(work / "simcell"), None, False
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on kill too
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, also when started in the background
+    began = time.monotonic()
+    try:
+        say(f"drill: simulated core cell in {work / 'simcell'}")
+        cell.up()
+        engine = AirflowEngine(work / "airflow", cell.env, port=args.port)
+        say(f"drill: starting Airflow at {engine.url} (log: {engine.home / 'standalone.log'})")
+        engine.start()
+        say(f"drill: Airflow up after {time.monotonic() - began:.0f}s")
+        ok = drill(engine, cell)
+        say(f"\ndrill: {'PASSED' if ok else 'FAILED'} in {time.monotonic() - began:.0f}s")
+        if args.stay:
+            user, password = engine.login()
+            say(f"\n  Airflow UI:  {engine.url}\n  Login:       {user} / {password}\n"
+                f"  Simulated core cell: SIMCELL_DIR={cell.state_dir} python -m simcell status\n\nCtrl-C stops everything.")
+            while engine.process.poll() is None:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        say()
+    finally:
+        say("drill: stopping Airflow and the simulated core cell")
+        if engine:
+            engine.stop()
+        cell.down()
+        if not args.keep and ok:
+            shutil.rmtree(work, ignore_errors=True)
+        elif not ok:
+            say(f"drill: logs and reports kept in {work}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
