@@ -20,8 +20,12 @@ def test_bad_params_are_refused_before_anything_changes(own_cell_airflow):
         runner.run(DAG_ID, {"failed_cn": "cn-nope"})
     with pytest.raises(Exception, match="warmup"):
         runner.run(DAG_ID, {"failed_cn": "cn-aws-1", "warmup": "turbo"})
-    with pytest.raises(Exception, match="dryrun: not a parameter"):  # a typo must not mean "not a dry run"
-        runner.run(DAG_ID, {"failed_cn": "cn-aws-1", "dryrun": True})
+    # The form refuses what it knows is wrong; a misspelt key (via REST or the CLI) reaches the preflight,
+    # which fails the run saying so: a typo must not mean "not a dry run".
+    run_id, state, states = runner.run(DAG_ID, {"failed_cn": "cn-aws-1", "dryrun": True})
+    assert state == "failed" and states[("preflight", -1)] == ("failed", 1)
+    outcome = next(r["outcome"] for r in runner.report(DAG_ID, run_id)["timeline"] if r["task"] == "preflight")
+    assert "dryrun: not a parameter of this DAG" in outcome
     assert mutating_calls(cell, since) == []
 
 
