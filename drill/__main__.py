@@ -82,18 +82,22 @@ def report_text(engine: AirflowEngine, dag_id: str, run_id: str) -> str:
     return engine.log(dag_id, run_id, "report", report["try_number"]) if report and report["try_number"] else "(no report)"
 
 
-def drill(engine: AirflowEngine, cell: Cell) -> bool:
+def drill(engine: AirflowEngine, cell: Cell, profile: str = "instant", time_scale: float = 1.0, fresh: bool = False) -> bool:
     for dag_id in (MAINTENANCE, FAILOVER):
         engine.unpause(dag_id)
     say("\n== 1. Maintenance: key backup, CN image, PN snapshot")
     _, state = run_dag(engine, MAINTENANCE, None, timeout=900)
     if state != "success":
         return False
+    if profile != "instant":  # the cell was kept in instant time; the incident runs at AWS's pace
+        cell.cli("latency", "--profile", profile, "--time-scale", str(time_scale))
+        say(f"\n   AWS latency from now on: {profile} profile x{time_scale}")
     say(f"\n== 2. Incident: {FAILED_CN} killed")
     cell.break_(FAILED_CN, "kill")
     say(f"  {FAILED_CN} running: {cell.node(FAILED_CN)['running']}")
     say(f"\n== 3. Failover: {FAILOVER} (phases: {', '.join(PHASES)})")
-    run_id, state = run_dag(engine, FAILOVER, {"failed_cn": FAILED_CN}, timeout=900)
+    conf = {"failed_cn": FAILED_CN} | ({"use_presnapshot": False} if fresh else {})
+    run_id, state = run_dag(engine, FAILOVER, conf, timeout=3600)
     say("\n== 4. Report\n")
     say(report_text(engine, FAILOVER, run_id))
     return state == "success"
@@ -105,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("KAIA_HA_DEMO_PORT", "0")) or None,
                         help="the UI's port (default: 8080 with --stay if free, else any free port)")
     parser.add_argument("--keep", action="store_true", help="keep the drill's folder (Airflow home, logs, reports)")
+    parser.add_argument("--profile", choices=("instant", "aws"), default="instant",
+                        help="AWS latency during the incident (aws: instances pending 30 s, stopping 60 s, snapshots 300 s...)")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="with --profile aws: 1 is AWS's own pace")
+    parser.add_argument("--fresh", action="store_true", help="fail over from a fresh PN snapshot instead of the pre-taken one")
     args = parser.parse_args(argv)
     if args.stay and not args.port and port_free(8080):
         args.port = 8080  # the address an operator expects for a demo
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"drill: starting Airflow at {engine.url} (log: {engine.home / 'standalone.log'})")
         engine.start()
         say(f"drill: Airflow up after {time.monotonic() - began:.0f}s")
-        ok = drill(engine, cell)
+        ok = drill(engine, cell, args.profile, args.time_scale, args.fresh)
         say(f"\ndrill: {'PASSED' if ok else 'FAILED'} in {time.monotonic() - began:.0f}s")
         if args.stay:
             user, password = engine.login()
