@@ -211,6 +211,7 @@ def create_volume(plan: dict, snapshot: dict) -> str:
     )
 
 
+@step
 def volume_available(plan: dict, volume_id: str) -> bool:
     _, _, ec2 = _ctx(plan)
     return ec2.conn.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["State"] == "available"
