@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import ElementClickInterceptedException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
@@ -61,9 +61,23 @@ def open_section(driver, dialog, section: str):
 OPTION = ".//*[@role='option' or contains(@id, '-option-')]"
 
 
+def click(driver, element) -> None:
+    """Click as a person would: the field scrolled to the middle of the dialog first. A field's helper text can
+    lie over the control's hit point (a section still opening, a long description beside a switch): wait and
+    try again, then click the control itself (its own click handler, as a click on its visible part does)."""
+    for _ in range(4):
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        try:
+            element.click()
+            return
+        except ElementClickInterceptedException:
+            time.sleep(0.5)
+    driver.execute_script("arguments[0].click();", element)
+
+
 def choices(driver, dialog, title: str) -> list[str]:
     """The options a select field offers: open its menu, read them, close it (the field re-renders: find it anew)."""
-    field(dialog, title).find_element(By.CSS_SELECTOR, "input[role=combobox]").click()
+    click(driver, field(dialog, title).find_element(By.CSS_SELECTOR, "input[role=combobox]"))
     WebDriverWait(driver, 10).until(lambda _: field(dialog, title).find_elements(By.XPATH, OPTION))
     texts = [o.text for o in field(dialog, title).find_elements(By.XPATH, OPTION)]
     dialog.find_element(By.TAG_NAME, "h2").click()  # closes the menu (Escape would close the whole dialog)
@@ -73,7 +87,7 @@ def choices(driver, dialog, title: str) -> list[str]:
 
 def choose(driver, dialog, title: str, option: str) -> str:
     """Pick an option by its visible text; the value the form will send."""
-    field(dialog, title).find_element(By.CSS_SELECTOR, "input[role=combobox]").click()
+    click(driver, field(dialog, title).find_element(By.CSS_SELECTOR, "input[role=combobox]"))
     WebDriverWait(driver, 10).until(lambda _: [o for o in field(dialog, title).find_elements(By.XPATH, OPTION) if o.text == option])[0].click()
     return field(dialog, title).find_element(By.CSS_SELECTOR, "input[type=hidden]").get_attribute("value")
 
@@ -115,7 +129,7 @@ def test_trigger_form_shows_the_fields_and_runs_a_dry_run(maintained, browser):
         return field(dialog, "Dry run").find_element(By.CSS_SELECTOR, "input[type=checkbox]")
 
     assert not dry_run_box().is_selected()  # the default is a real failover
-    field(dialog, "Dry run").find_element(By.XPATH, ".//label[.//input[@type='checkbox']]").click()
+    click(browser, field(dialog, "Dry run").find_element(By.XPATH, ".//label[.//input[@type='checkbox']]"))
     WebDriverWait(browser, 10).until(lambda _: dry_run_box().is_selected())
     browser.save_screenshot(str(SHOTS / "trigger-form.png"))
 
