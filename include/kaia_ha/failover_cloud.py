@@ -20,8 +20,8 @@ from kaia_ha import tags as T
 from kaia_ha.alerts import notify
 from kaia_ha.inventory import CN, Cell, load_inventory
 from kaia_ha.report import step
-from kaia_ha.takeover import (FailoverInputError, Refused, TakeoverError, refuse_unknown_params, answers_ssh, failover_report, fence_kcnd, install_identity, load_backup,
-                              sync_check, verify_identity_on_disk)
+from kaia_ha.takeover import (FailoverInputError, Refused, TakeoverError, answers_ssh, failover_report, fence_kcnd,
+                              install_identity, load_backup, refuse_unknown_params, sync_check, verify_identity_on_disk)
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook, error_code
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 
@@ -323,7 +323,7 @@ def start_kcnd(plan: dict, host: dict) -> dict:
     left = set(node.run(f"sudo find {shlex.quote(data_dir)} -mindepth 1 -maxdepth 2", check=False).stdout.split())
     if left - allowed or f"{data_dir}/klay/chaindata" not in left:
         raise Refused(f"not starting {cn.service}: {data_dir} holds {sorted(left - allowed)} besides klay/chaindata and the keys"
-                            f"{'' if f'{data_dir}/klay/chaindata' in left else ' and no klay/chaindata'}: clear prune (and what follows) and run it again")
+                      f"{'' if f'{data_dir}/klay/chaindata' in left else ' and no klay/chaindata'}: clear prune (and what follows) and run it again")
     try:
         identity = verify_identity_on_disk(node, load_backup(cell, cn))
     except TakeoverError as exc:  # install_keys did not run or was undone: starting would make a new node
@@ -340,14 +340,14 @@ def in_sync(plan: dict, host: dict) -> dict | None:
     holder = ec2.address(plan["allocation_id"]).get("InstanceId")
     if holder != host["new_instance_id"]:  # PNs and other CNs accept the validator only at its known IP
         raise Refused(f"the Elastic IP {plan['public_ip']} is on {holder or 'no instance'}, not on the replacement "
-                            f"{host['new_instance_id']}: clear move_ip and what follows")
+                      f"{host['new_instance_id']}: clear move_ip and what follows")
     node = replacement(plan | host, cell, cn)
     state = node.service_state()
     if state == "activating":
         return None
     if state != "active":
         raise Refused(f"{cn.service} is {state} on the replacement, not running: see its log ({node.log_path()}); "
-                            "clear start_kcnd and what follows")
+                      "clear start_kcnd and what follows")
     verdict = sync_check(node, cell, load_backup(cell, cn))
     log.info("sync: %s", verdict.summary())
     if verdict.ok:

@@ -35,33 +35,32 @@ def step(fn):
     return wrapper
 
 
+def _record(ti, start: float, error: BaseException | None) -> None:
+    """Push the step's record (one shape for functions and operators): start, end, seconds, try, outcome."""
+    end = time.time()
+    ti.xcom_push(key=STEP_KEY, value={
+        "task": ti.task_id, "try": ti.try_number, "start": start, "end": end, "seconds": round(end - start, 2),
+        "outcome": "success" if error is None else f"failed: {type(error).__name__}: {str(error)[:300]}"})
+
+
 @contextmanager
 def step_record(context):
     """Record when a step ran and how it ended, also when it fails (the postmortem needs both)."""
-    ti = context["ti"]
-    record = {"task": ti.task_id, "try": ti.try_number, "start": time.time()}
+    start, error = time.time(), None
     try:
-        yield record
-        record["outcome"] = "success"
+        yield
     except BaseException as exc:
-        record["outcome"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+        error = exc
         raise
     finally:
-        record["end"] = time.time()
-        record["seconds"] = round(record["end"] - record["start"], 2)
-        ti.xcom_push(key=STEP_KEY, value=record)
+        _record(context["ti"], start, error)
 
 
 def record_task(context) -> None:
     """Task callback (success, retry, failure) that records an operator's or sensor's step the way ``@step``
     records a function's, so the timeline has every task: the waits for EC2 are often the critical path."""
     ti = context["ti"]
-    end = time.time()
-    error = context.get("exception")
-    ti.xcom_push(key=STEP_KEY, value={
-        "task": ti.task_id, "try": ti.try_number, "start": ti.start_date.timestamp() if ti.start_date else end, "end": end,
-        "seconds": round(end - ti.start_date.timestamp(), 2) if ti.start_date else 0.0,
-        "outcome": "success" if error is None else f"failed: {type(error).__name__}: {str(error)[:300]}"})
+    _record(ti, ti.start_date.timestamp() if ti.start_date else time.time(), context.get("exception"))
 
 
 def report_dir(dag_id: str) -> Path:
