@@ -138,7 +138,7 @@ def report(bench: Bench) -> None:
         if ok:
             say(f"critical path, {label} (run 1): " + " -> ".join(ok[0]["critical_path"]))
             if isinstance(ok[0].get("projected_path"), list):
-                say(f"  projected with real AWS durations: " + " -> ".join(ok[0]["projected_path"]))
+                say("  projected with real AWS durations: " + " -> ".join(ok[0]["projected_path"]))
 
 
 def main() -> None:

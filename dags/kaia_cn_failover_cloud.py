@@ -8,7 +8,7 @@ dry run. Use *dry run* first if you are unsure: it checks everything and changes
 What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest safe order):
 
 1. **Preflight** (changes nothing): the failed CN and its Elastic IP, the newest CN image, the nodekey
-   backup (its node ID must be the inventory's), the PN's DB flags and kpn version against the image,
+   backup (its node ID must be the inventory's `node_id`, when set), the PN's DB flags and kpn version against the image,
    permissions through `DryRun`.
 2. **Fence** the failed CN: kcnd stopped and disabled if its host answers, the instance stopped and
    confirmed stopped. Without confirmation the run stops: never two live nodes with one key.
@@ -28,9 +28,13 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
 The `report` task log says which step failed and why. A check that no retry can fix (a wrong key, a
 volume not mounted, the Elastic IP elsewhere, kcnd not running) fails its task at once, without
 retries. Fix the cause and **Clear** the failed task
-(with *Downstream*): every step finds what an earlier try made (the instance by ClientToken, the
-volume by ClientToken, the snapshot by its run tags) and never makes it twice. A PN stopped for a
-fresh snapshot is always started again.
+(with *Downstream*); do not trigger a new run instead: this run's replacement may already hold the
+validator key, and a new run's preflight refuses while it is not stopped. On a clear every step finds
+what an earlier try made (the instance by ClientToken, the volume by ClientToken, the snapshot by its
+run tags) and never makes it twice. A PN stopped for a
+fresh snapshot is always started again (`start_kpnd` is a teardown); should that fail for good, the
+report, the alert and the `report` task's error begin with "URGENT: kpnd on PN ... may still be
+stopped": start it by hand or clear `start_kpnd` first.
 """
 
 from __future__ import annotations
@@ -91,8 +95,9 @@ def chaindata_source(plan: dict) -> str:
 
 @task
 def reserve_pn(plan: dict) -> str:
-    """The setup that start_kpnd tears down: it changes nothing, so the teardown runs whatever fails after it."""
-    return plan["snapshot_pn"]
+    """The setup that start_kpnd tears down: it changes nothing (it checks the other PNs serve), so the teardown
+    runs whatever fails after it."""
+    return steps.reserve_pn(plan)
 
 
 @task(pool="kaia_pn_downtime")
@@ -182,7 +187,8 @@ def report() -> dict:
     doc_md=__doc__,
     **core_cell_dag(tags=["failover", "cloud"], retries=3),
     params={
-        "failed_cn": Param(CNS[0] if CNS else "", type="string", enum=CNS or None, title="Failed CN",
+        # No CN is preselected: pressing Trigger with the defaults must not fence a healthy validator.
+        "failed_cn": Param("", type="string", enum=["", *CNS], title="Failed CN", values_display={"": "Choose the failed CN"},
                            description="The CN that is down. Its nodekey and Elastic IP move to the replacement.",
                            section="What failed"),
         "fence": Param(True, type="boolean", title="Fence the failed CN",

@@ -15,12 +15,14 @@ in the inventory this DAG keeps:
    teardown: it runs whatever failed before it). The snapshot completes in the background.
 4. **Retention** - the newest images and snapshots are kept as the inventory says; the newest usable
    one and anything a failover run uses (`kaia:in-use-by`) are never deleted.
-5. **Report** - `$AIRFLOW_HOME/reports/kaia_cn_maintenance/<run>.md`, also in the `report` task log.
+5. **Report** - under `$AIRFLOW_HOME/reports/kaia_cn_maintenance/`, named after the run id made file-safe;
+   the `report` task log prints the path and the report.
 
 ## When it fails
 - Read the `report` task log: it names every failed task and why.
-- **A PN must never stay stopped**: if `start_kpnd` failed, start it by hand now
-  (`sudo systemctl start kpnd` on that PN) and check it syncs.
+- **A PN must never stay stopped**: if `start_kpnd` failed, the report and the alert begin with
+  "URGENT: kpnd on PN ... may still be stopped". Start it by hand now (`sudo systemctl start kpnd` on
+  that PN) or clear `start_kpnd`, and check it syncs.
 - Fix the cause, then *Clear* the failed task: every task finds what an earlier try made
   (images by name, snapshots by run tags, secrets by value) and does not make it twice.
 """
@@ -30,7 +32,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
 
-from kaia_ha import maintenance
+from kaia_ha import failover_cloud, maintenance
 from kaia_ha.inventory import load_inventory
 from kaia_ha_airflow.dag_defaults import core_cell_dag
 from kaia_ha_airflow.operators.ec2 import (
@@ -41,7 +43,10 @@ from kaia_ha_airflow.operators.ec2 import (
     EC2DeregisterImageOperator,
 )
 
-PN_DOWNTIME_POOL = "kaia_pn_downtime"  # one PN of any cell down at a time, across DAGs
+# One kpnd *stop* at a time, across cells and DAGs. The slot is not held while the PN is down: what keeps two PNs
+# of a cell from being down together is the health check of the other PNs before each stop (plan, reserve_pn)
+# and maintenance leaving the PNs alone while a cloud failover runs.
+PN_DOWNTIME_POOL = "kaia_pn_downtime"
 
 inventory = load_inventory()
 
@@ -68,7 +73,9 @@ def image_needed(create: bool) -> bool:
 
 @task(task_id="plan", multiple_outputs=True)
 def pn_snapshot_plan(cell_name: str) -> dict:
-    return maintenance.pn_snapshot_plan(cell_name, _run()[0])
+    context = get_current_context()
+    running = context["ti"].get_dr_count(dag_id=failover_cloud.DAG_ID, states=["running"])
+    return maintenance.pn_snapshot_plan(cell_name, context["run_id"], failover_running=running > 0)
 
 
 @task(task_id="stop_kpnd", pool=PN_DOWNTIME_POOL)
@@ -144,7 +151,7 @@ def kaia_cn_maintenance():
                 # stop is a setup too: clearing a failed create_snapshot stops kpnd again first (else the clear would
                 # snapshot the PN the teardown restarted: a dirty snapshot tagged clean-stop).
                 start = start_kpnd(cell.name, snap_plan).as_teardown(setups=[snap_plan, stop], on_failure_fail_dagrun=True)
-                stop >> snapshot >> start >> kpnd_back(cell.name, snap_plan)
+                stop >> snapshot >> start >> kpnd_back(cell.name, snap_plan) >> final  # the report says if the PN is down
                 wait = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **aws)
                 done = snapshot_done(wait.output)
             with TaskGroup("retention"):

@@ -15,13 +15,17 @@ For every bare-metal core cell in the inventory, read-only over SSH, every hour.
 | starts at boot | kcnd enabled: a rebooted standby keeps syncing |
 
 Drift fails the standby's task and sends an SNS alert naming the check and the fix. The report
-(`$AIRFLOW_HOME/reports/kaia_cn_standby_readiness/<run>.md`, also in the `report` task log) lists
-every check of every standby.
+(`$AIRFLOW_HOME/reports/kaia_cn_standby_readiness/`, named after the run id made file-safe; the `report`
+task log prints the path and the report) lists every check of every standby.
 
 ## When it fails
 Read the `report` task log, fix what it names on the standby, then *Clear* the failed task. The DAG
 changes nothing, so clearing is always safe. If the **active** does not answer, it may be down: fail
 over with `kaia_cn_failover_standby`.
+
+**After a failover, pause this DAG until the inventory is updated**: until then it takes the promoted
+standby (now the validator) for a standby running the active's key and tells you to stop it. Do not:
+that would take the validator down.
 """
 
 from __future__ import annotations

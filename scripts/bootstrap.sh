@@ -31,5 +31,5 @@ fi
 . scripts/airflow-env.sh
 mkdir -p "$AIRFLOW_HOME"
 .venv/bin/airflow db migrate >/dev/null
-.venv/bin/airflow pools set kaia_pn_downtime 1 "Kaia: at most one PN stopped at a time" >/dev/null
+.venv/bin/airflow pools set kaia_pn_downtime 1 "Kaia: one kpnd stop at a time" >/dev/null
 echo "bootstrap: ready (.venv, $AIRFLOW_HOME)"

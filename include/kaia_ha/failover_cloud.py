@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import botocore.exceptions
 
-from kaia_ha import compat
+from kaia_ha import compat, maintenance
 from kaia_ha import tags as T
 from kaia_ha.alerts import notify
 from kaia_ha.inventory import CN, Cell, load_inventory
@@ -89,16 +89,33 @@ def _dry_run(call, what: str) -> str:
     return "not checked (no DryRun answer)"
 
 
+LIVE = ("pending", "running", "stopping", "shutting-down")
+
+
+def other_live_replacements(ec2: CoreCellEC2Hook, cell: Cell, cn: CN, run_id: str) -> None:
+    """Refuse while a replacement an earlier run launched for this CN is not stopped: it holds (or may hold) the
+    validator key, and a second replacement would be a second live node with it. IAM: ec2:DescribeInstances."""
+    live = [i for i in ec2.find_instances({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_REPLACEMENT_CN}, LIVE)
+            if i["InstanceId"] != cn.instance_id and T.tag_dict(i).get(T.RUN_ID) != run_id]
+    if live:
+        found = ", ".join(f"{i['InstanceId']} ({i['State']['Name']}, run {T.tag_dict(i).get(T.RUN_ID)})" for i in live)
+        raise Refused(f"failed_cn: {cn.name} already has a replacement from an earlier run that is not stopped: {found}. It may hold "
+                      "the validator key. Go on with that run (clear its failed task), or stop or terminate that instance "
+                      "first, then trigger again")
+
+
 @step
 def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
     """Check everything the failover needs, changing nothing; return the plan.
 
     IAM: ec2:DescribeInstances, ec2:DescribeAddresses, ec2:DescribeImages, ec2:DescribeSnapshots,
     ec2:DescribeSubnets, secretsmanager:GetSecretValue, and DryRun of ec2:RunInstances, ec2:CreateVolume,
-    ec2:AssociateAddress, ec2:StopInstances.
+    ec2:AttachVolume, ec2:CreateTags, ec2:AssociateAddress, ec2:StopInstances (and ec2:CreateSnapshot when a fresh
+    snapshot is needed). DryRun checks the permission, not every parameter: RunInstances is tried without tags.
     """
     plan = _check_params(conf)
     cell, cn, ec2 = _ctx(plan)
+    other_live_replacements(ec2, cell, cn, run_id)
     backup = load_backup(cell, cn)
     failed = ec2.instance(cn.instance_id)
     eip = ec2.address(cn.elastic_ip_allocation_id)
@@ -130,7 +147,15 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
         "AssociateAddress": _dry_run(lambda: ec2.conn.associate_address(AllocationId=cn.elastic_ip_allocation_id, InstanceId=cn.instance_id,
                                                                         AllowReassociation=True, DryRun=True), "ec2:AssociateAddress"),
         "StopInstances": _dry_run(lambda: ec2.conn.stop_instances(InstanceIds=[cn.instance_id], DryRun=True), "ec2:StopInstances"),
+        "CreateVolume": _dry_run(lambda: ec2.conn.create_volume(AvailabilityZone=zone, DryRun=True, **(
+            {"SnapshotId": snapshot["SnapshotId"]} if snapshot else {"Size": 1})), "ec2:CreateVolume"),
+        "AttachVolume": _dry_run(lambda: ec2.conn.attach_volume(VolumeId=pn.data_volume_id, InstanceId=cn.instance_id,
+                                                                Device=cn.data_device, DryRun=True), "ec2:AttachVolume"),
+        "CreateTags": _dry_run(lambda: ec2.conn.create_tags(Resources=[image["ImageId"]], Tags=[{"Key": T.IN_USE_BY, "Value": run_id}],
+                                                            DryRun=True), "ec2:CreateTags"),
     }
+    if not snapshot:
+        permissions["CreateSnapshot"] = _dry_run(lambda: ec2.conn.create_snapshot(VolumeId=pn.data_volume_id, DryRun=True), "ec2:CreateSnapshot")
     plan |= {
         "cell": cell.name, "run_id": run_id, "failed_instance_id": cn.instance_id, "failed_state": failed["State"]["Name"],
         "expected_node_id": backup.node_id, "image_id": image["ImageId"], "image_created": image.get("CreationDate"),
@@ -178,6 +203,20 @@ def confirm_fenced(plan: dict) -> dict:
 
 
 # ----- 3. chain data --------------------------------------------------------------------------------------------
+@step
+def reserve_pn(plan: dict) -> str:
+    """Before a PN goes down for a fresh snapshot, every other PN of the cell must serve: never two PNs of a
+    cell down at once (the replacement would have no PN to sync from). Changes nothing."""
+    cell, _, _ = _ctx(plan)
+    for other in cell.pns:
+        if other.name != plan["snapshot_pn"]:
+            ok, detail = maintenance.pn_healthy(other)
+            if not ok:
+                raise TakeoverError(f"snapshot_pn: {other.name} is not healthy ({detail}), so {plan['snapshot_pn']} must stay up. "
+                                    f"Use a pre-taken snapshot (use_presnapshot on), or choose {other.name} once it serves again")
+    return plan["snapshot_pn"]
+
+
 def needs_fresh_snapshot(plan: dict) -> bool:
     return plan["snapshot_id"] is None
 
@@ -315,7 +354,8 @@ def move_ip(plan: dict, host: dict) -> dict:
 
 @step
 def start_kcnd(plan: dict, host: dict) -> dict:
-    cell, cn, _ = _ctx(plan)
+    cell, cn, ec2 = _ctx(plan)
+    other_live_replacements(ec2, cell, cn, plan["run_id"])  # again: another run may have started one since preflight
     node = replacement(plan | host, cell, cn)
     data_dir = cn.data_dir.rstrip("/")
     # What prune and install_keys must have left: a node started with anything else is not the validator.
@@ -368,18 +408,33 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
         "chain data snapshot": f"{(snapshot or {}).get('snapshot_id')} ({(snapshot or {}).get('source')}; {plan.get('snapshot_why')})",
         "data volume": volume_id, "node ID": (plan.get("expected_node_id") or "")[:16] + "…", "dry run": plan.get("dry_run"),
     }
+    fenced = ti.xcom_pull(task_ids="fence.fence", default=None) or {}
+    keys_left = "fencing by stopping the instance" in str(fenced.get("host", ""))  # SSH did not answer: kcnd and the keys are still there
     todo = [
-        f"terminate the fenced instance {plan.get('failed_instance_id')} once the cause is understood (it is stopped, not deleted)",
+        f"terminate the fenced instance {plan.get('failed_instance_id')} once the cause is understood (it is stopped, not deleted)"
+        + ("; do NOT start it before: kcnd is still enabled there and the validator keys are on its data volume "
+           "(detach that volume first)" if keys_left else ""),
         "update the inventory: instance_id of the CN is now " + str(host.get("new_instance_id")),
         f"remove the tag {T.IN_USE_BY} from snapshot {(snapshot or {}).get('snapshot_id')} when the replacement is accepted",
         "run kaia_cn_maintenance: back up the keys and image the new CN",
     ]
+    states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id]).get(dag_run.run_id, {})
+    fresh = "chain_data.fresh_snapshot."
+    launched = host.get("new_instance_id") or ti.xcom_pull(task_ids="launch.launch", default=None)
+    if launched and any(s in ("failed", "upstream_failed") for s in states.values()):
+        todo.insert(0, f"the replacement {launched} may hold the validator key: go on with this run (clear its failed task), "
+                       "or stop or terminate it before triggering a new run (a new run refuses while it is not stopped)")
+    pn_down = maintenance.kpnd_left_stopped(states, fresh + "stop_kpnd", fresh + "start_kpnd")
+    if pn_down:  # first in the list: a PN down hurts the cell now
+        todo.insert(0, maintenance.kpnd_urgent(plan.get("snapshot_pn", "?"), fresh + "start_kpnd"))
     data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task="verify.in_sync", facts=facts,
                            todo=[] if plan.get("dry_run") else todo, dry_run=bool(plan.get("dry_run")))
     cell = load_inventory().cell(plan["cell"]) if plan.get("cell") else None
     if cell:
-        subject = f"[kaia-ha] failover of {plan['failed_cn']} {'succeeded' if data['ok'] else 'FAILED'}"
+        subject = (f"[kaia-ha] URGENT: PN {plan.get('snapshot_pn')} may be DOWN; " if pn_down else "[kaia-ha] ") + (
+            f"failover of {plan['failed_cn']} {'succeeded' if data['ok'] else 'FAILED'}")
         notify(cell, subject, f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Report: {data['files']['markdown']}")
     if not data["ok"]:
-        raise TakeoverError(f"failover not complete: {data['failed_tasks'] or 'the CN is not in sync'} (report {data['files']['markdown']})")
+        raise TakeoverError("; ".join((todo[:1] if pn_down else []) + [
+            f"failover not complete: {data['failed_tasks'] or 'the CN is not in sync'} (report {data['files']['markdown']})"]))
     return {"ok": data["ok"], "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]}

@@ -203,7 +203,7 @@ def check_failed_active(plan: dict) -> dict:
     facts = host_state(failed_host(failed), cell.floating_ip)
     if facts["reachable"]:
         facts["fence"] = ("over SSH: stop kcnd, disable it, release the IP, keys aside" if plan["fence"]
-                          else "fencing off: the run stops if kcnd runs there" if facts["kcnd"] == "active" else "fencing off; kcnd not running")
+                          else "fencing off: the run stops if kcnd runs there" if facts["kcnd"] in KCND_UP else "fencing off; kcnd not running")
     else:
         facts["fence"] = "declared dead by the host_known_dead param" if plan["known_dead"] else "the run will ask you to confirm it is down"
     return facts
@@ -225,6 +225,10 @@ def check_floating_ip(plan: dict) -> dict:
 
 
 # ----- 2. fence the failed active --------------------------------------------------------------------------------
+# `systemctl is-active` answers that mean kcnd runs or is about to (a crash loop shows "activating").
+KCND_UP = ("active", "activating", "reloading", "deactivating")
+
+
 def fence_path(plan: dict) -> str:
     """Which way to fence (the branch): over SSH if the host answers, else the operator's word."""
     cell, failed, _ = _ctx(plan)
@@ -232,7 +236,7 @@ def fence_path(plan: dict) -> str:
     if host["reachable"]:
         if plan["fence"]:
             return FENCE_OVER_SSH
-        if host["kcnd"] == "active":
+        if host["kcnd"] in KCND_UP:
             raise TakeoverError(f"fence_failed_active is off but kcnd is running on {failed.name}: two live nodes with one key "
                                 "double-sign. Stop it yourself, or trigger again with fencing on")
         return DECLARED_DOWN
@@ -291,7 +295,7 @@ def verify_fenced(plan: dict) -> dict:
     host = host_state(failed_host(failed), fip, attempts=2)
     reachable = host["reachable"]
     if reachable:
-        if host["kcnd"] == "active":
+        if host["kcnd"] in KCND_UP:
             raise TakeoverError(f"kcnd runs on {failed.name} again: not fenced. Stop and disable it, then clear this task")
         if host["holds_floating_ip"]:
             raise TakeoverError(f"{failed.name} still holds {fip.ip}: release it there (`{fip.command('del')}`), then clear this task")
@@ -491,6 +495,8 @@ def _todo(plan: dict, fence: dict, identity: dict) -> list[str]:
     if plan.get("dry_run"):
         return ["nothing was changed: to fail over, trigger again with dry run off"]
     todo = [
+        f"pause kaia_cn_standby_readiness until the inventory is updated: until then it takes {standby} (now the validator) for a "
+        "standby holding the active's key and tells you to stop it, which would take the validator down",
         f"build a new standby for {cell}: a host with a NEW nodekey (never {failed}'s), its static-nodes.json listing the cell's PNs, "
         "in sync; add it to the inventory as role: standby and check it with kaia_cn_standby_readiness",
         f"update the inventory: {standby} becomes role: active with node_id = the validator node ID above and nodekey_secret_id of "
@@ -504,8 +510,9 @@ def _todo(plan: dict, fence: dict, identity: dict) -> list[str]:
                     "delete them (shred) once the failover is accepted, before the host is reused")
     else:
         todo.append(f"{failed} was NOT fenced over SSH (fencing: {fence['path']}): it still holds the validator's nodekey and may start kcnd at boot. "
-                    "Before it is powered on or reconnected: boot it off the network, `systemctl disable kcnd`, move DATA_DIR/klay/nodekey "
-                    f"away, and make sure it does not configure {plan.get('floating_ip')} at boot")
+                    "Before it is powered on or reconnected: boot it off the network, `systemctl disable kcnd`, set AUTO_RESTART_NODE=0 in "
+                    "kcnd.conf, move DATA_DIR/nodekey, DATA_DIR/klay/nodekey, both bls-nodekey files and any --nodekey file of "
+                    f"ADDITIONAL away, and make sure it does not configure {plan.get('floating_ip')} at boot")
     if not plan.get("gateway"):
         todo.append(f"the inventory names no floating_ip.gateway, so outbound connections from {standby} leave from its own address, "
                     f"not {plan.get('floating_ip')}: if other operators' firewalls filter by source address, set it")

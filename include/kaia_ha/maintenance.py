@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timedelta
 
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
+from airflow.sdk.exceptions import AirflowSkipException
 from airflow.sdk.log import mask_secret
 
 from kaia_ha import compat, retention
@@ -151,7 +152,7 @@ def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
 
 
 # ----- 3. PN pre-snapshot ---------------------------------------------------------------------------------
-def _pn_healthy(pn) -> tuple[bool, str]:
+def pn_healthy(pn) -> tuple[bool, str]:
     node = KaiaNodeHook(pn)
     try:
         if node.service_state() != "active":
@@ -165,9 +166,10 @@ def _pn_healthy(pn) -> tuple[bool, str]:
 
 
 @step
-def pn_snapshot_plan(cell_name: str, run_id: str) -> dict:
+def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False) -> dict:
     """Pick the PN to snapshot (the inventory's choice, else the one with the oldest snapshot) and
-    make sure every PN of the cell is healthy first: never two PNs of a cell down at once.
+    make sure every PN of the cell is healthy first: never two PNs of a cell down at once. While a cloud
+    failover runs (it may take a fresh snapshot of a PN itself) no PN is taken down: the group is skipped.
 
     IAM: ec2:DescribeSnapshots.
     """
@@ -179,6 +181,8 @@ def pn_snapshot_plan(cell_name: str, run_id: str) -> dict:
         newest[pn.name] = snaps[0]["StartTime"].isoformat() if snaps else ""
     # A retry of this run keeps the PN its first try chose (the snapshot tagged with this run).
     this_run = [pn for pn in cell.pns if ec2.find_snapshots({T.RUN_ID: run_id, T.NODE: pn.name, T.KIND: T.KIND_PN_CHAINDATA})]
+    if failover_running and not this_run:
+        raise AirflowSkipException("a cloud failover is running: no PN goes down for a pre-taken snapshot meanwhile; the next run takes it")
     if this_run:
         pn, why = this_run[0], "chosen by an earlier try of this run"
     elif cell.maintenance.snapshot_pn:
@@ -187,7 +191,7 @@ def pn_snapshot_plan(cell_name: str, run_id: str) -> dict:
         pn = min(cell.pns, key=lambda p: newest[p.name])
         why = f"oldest snapshot ({newest[pn.name] or 'none yet'})"
     for other in cell.pns:
-        ok, detail = _pn_healthy(other)
+        ok, detail = pn_healthy(other)
         if not ok and not this_run:
             raise MaintenanceError(f"{other.name} is not healthy ({detail}); not taking {pn.name} of {cell.name} down now")
     tags = T.base_tags(cell.name, T.KIND_PN_CHAINDATA, run_id, DAG_ID, pn.name) | {T.CLEAN_STOP: "true", "Name": f"{pn.name}-chaindata"}
@@ -226,6 +230,17 @@ def start_pn(cell_name: str, pn_name: str) -> dict:
         raise MaintenanceError(f"{pn_name}: kpnd is {state} after `systemctl start`; the PN is DOWN, look at its log now")
     log.info("kpnd on %s started", pn_name)
     return {"pn": pn_name, "started_at": time.time()}
+
+
+def kpnd_left_stopped(states: dict[str, str], stop_task: str, start_task: str) -> bool:
+    """This run stopped kpnd (or tried to: a failed stop may have stopped it) and did not start it again.
+    The teardown normally makes this impossible; when it fails for good the PN is down and must lead the report."""
+    return states.get(stop_task) not in (None, "skipped", "upstream_failed", "removed") and states.get(start_task) != "success"
+
+
+def kpnd_urgent(pn_name: str, start_task: str) -> str:
+    return (f"URGENT: kpnd on PN {pn_name} may still be stopped (this run stopped it and {start_task} did not succeed): "
+            f"check `systemctl is-active kpnd` on {pn_name} and start it, or clear {start_task}")
 
 
 def pn_is_back(cell_name: str, pn_name: str) -> dict | None:
@@ -286,8 +301,11 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
                               "image_id": pull(prefix + "cn_image.create_image"), "fingerprint": plan.get("fingerprint")}
             stop, start = pull(prefix + "pn_snapshot.stop_kpnd"), pull(prefix + "pn_snapshot.start_kpnd")
             done = pull(prefix + "pn_snapshot.snapshot_done")
+            pn_name = (pull(prefix + "pn_snapshot.plan") or {}).get("pn")
+            if kpnd_left_stopped(states, prefix + "pn_snapshot.stop_kpnd", prefix + "pn_snapshot.start_kpnd"):
+                entry["urgent"] = kpnd_urgent(pn_name or "?", prefix + "pn_snapshot.start_kpnd")
             entry["pn_snapshot"] = {
-                "pn": (pull(prefix + "pn_snapshot.plan") or {}).get("pn"),
+                "pn": pn_name,
                 "snapshot_id": pull(prefix + "pn_snapshot.create_snapshot"),
                 "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2) if stop and start else None,
                 "snapshot_complete_seconds": round(done["completed_at"] - stop["stopped_at"], 2) if stop and done else None,
@@ -297,11 +315,13 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
         entry["tasks"] = {t[len(prefix):]: s for t, s in sorted(states.items()) if t.startswith(prefix)}
         cells.append(entry)
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
-    return {"dag_id": dag_id, "run_id": run_id, "ok": not failed, "failed_tasks": failed, "cells": cells, "steps": steps}
+    urgent = [c["urgent"] for c in cells if c.get("urgent")]
+    return {"dag_id": dag_id, "run_id": run_id, "ok": not failed, "failed_tasks": failed, "urgent": urgent, "cells": cells, "steps": steps}
 
 
 def render_report(report: dict) -> str:
-    lines = [f"# Kaia CN maintenance: {report['run_id']}", "", f"Result: {'OK' if report['ok'] else 'FAILED: ' + ', '.join(report['failed_tasks'])}", ""]
+    lines = [f"# Kaia CN maintenance: {report['run_id']}", ""] + [f"**{u}**" for u in report["urgent"]] + [
+        f"Result: {'OK' if report['ok'] else 'FAILED: ' + ', '.join(report['failed_tasks'])}", ""]
     for cell in report["cells"]:
         lines += [f"## {cell['cell']} ({cell['scheme']})", ""]
         key = cell.get("nodekey") or {}
@@ -325,6 +345,10 @@ def report(ti, dag_id: str, run_id: str) -> dict:
     text = render_report(data)
     paths = write(dag_id, run_id, data, text)
     log.info("Maintenance report (%s):\n%s", paths["markdown"], text)
+    for entry in data["cells"]:  # the run's failure alert names only a failed task: a PN down gets its own
+        if entry.get("urgent"):
+            notify(_cell(entry["cell"]), f"[kaia-ha] URGENT: a PN of {entry['cell']} may be DOWN after maintenance",
+                   f"{entry['urgent']}. Report: {paths['markdown']}")
     if not data["ok"]:
-        raise MaintenanceError(f"maintenance run {run_id} failed: {', '.join(data['failed_tasks'])} (report {paths['markdown']})")
+        raise MaintenanceError("; ".join(data["urgent"] + [f"maintenance run {run_id} failed: {', '.join(data['failed_tasks'])} (report {paths['markdown']})"]))
     return {"ok": data["ok"], "report": paths["markdown"]}

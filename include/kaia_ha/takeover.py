@@ -230,7 +230,7 @@ def failover_report(ti, dag_run, *, title: str, synced_task: str, facts: dict, t
         "facts": facts, "checks": checks or [], "todo": todo,
         "timeline": [r | {"t_start": round(r["start"] - started, 1), "t_end": round(r["end"] - started, 1)} for r in steps],
     }
-    lines = [f"# {title}: {dag_run.run_id}", "",
+    lines = [f"# {title}: {dag_run.run_id}", ""] + [f"**{t}**" for t in todo if t.startswith("URGENT")] + [
              "Result: " + (("DRY RUN, preflight passed; nothing was changed" if report["ok"] else "DRY RUN, preflight FAILED: " + ", ".join(failed))
                            if dry_run else "OK, validator back in sync" if report["ok"] else "FAILED: " + (", ".join(failed) or "not in sync")),
              f"RTO (trigger to synced): {report['rto_seconds']} s", "", "## Facts", ""]

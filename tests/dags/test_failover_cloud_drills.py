@@ -37,7 +37,9 @@ def test_a_dry_run_checks_permissions_and_changes_nothing(own_cell_airflow):
     assert states[("launch.launch", -1)][0] == "skipped"
     assert mutating_calls(cell, since) == []
     dry = {c["action"] for c in cell.calls()[since:] if c["dry_run"]}
-    assert {"RunInstances", "AssociateAddress", "StopInstances"} <= dry
+    assert {"RunInstances", "AssociateAddress", "StopInstances", "CreateVolume", "AttachVolume", "CreateTags"} <= dry
+    plan = runner.report(DAG_ID, run_id)
+    assert plan["ok"] and plan["dry_run"]
     assert cell.node("cn-aws-1")["running"]
 
 
@@ -50,6 +52,18 @@ def test_fencing_off_with_the_failed_cn_still_running_is_refused(own_cell_airflo
     assert start in ("upstream_failed", "skipped")
     assert cell.status()["double_signing_events"] == []
     assert cell.node("cn-aws-1")["running"]  # nothing touched the live CN
+    # The run launched a replacement beside the refused fence, and it may hold the key: triggering again (even a
+    # dry run) is refused until the operator goes on with that run or stops the instance.
+    ec2 = cell.client("ec2")
+    left = [i["InstanceId"] for r in ec2.describe_instances(Filters=[{"Name": "tag:kaia:run-id", "Values": [run_id]}])["Reservations"]
+            for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
+    assert len(left) == 1
+    again, state, states = runner.run(DAG_ID, {"failed_cn": "cn-aws-1", "dry_run": True})
+    assert state == "failed" and states[("preflight", -1)] == ("failed", 1)
+    outcome = next(r["outcome"] for r in runner.report(DAG_ID, again)["timeline"] if r["task"] == "preflight")
+    assert f"already has a replacement from an earlier run that is not stopped: {left[0]}" in outcome, outcome
+    ec2.stop_instances(InstanceIds=left)
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=left, WaiterConfig={"Delay": 0.5})
 
 
 def test_faults_at_every_step_end_in_one_replacement_and_a_running_pn(own_cell_airflow):

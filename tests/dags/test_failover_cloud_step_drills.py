@@ -34,8 +34,9 @@ def run_drill(cell, runner, stop_replacement: bool = True):
     ec2 = cell.client("ec2")
     mine = [i["InstanceId"] for r in ec2.describe_instances(Filters=[{"Name": "tag:kaia:run-id", "Values": [run_id]}])["Reservations"]
             for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
-    if mine and stop_replacement:
+    if mine and stop_replacement:  # the next run's preflight refuses while it is not stopped
         ec2.stop_instances(InstanceIds=mine)
+        ec2.get_waiter("instance_stopped").wait(InstanceIds=mine, WaiterConfig={"Delay": 0.5})
     assert cell.status()["double_signing_events"] == []
     return state, {task: s for (task, _), s in states.items()}, runner.report(DAG_ID, run_id)
 

@@ -129,3 +129,43 @@ def test_retention_keeps_the_newest_and_whatever_a_failover_uses(first_run, airf
     assert made[0] in after  # in use by a failover
     assert len(after - {made[0]}) == 3  # keep_snapshots
     assert before - after  # something old was deleted
+
+
+def test_a_pn_left_down_leads_the_report_and_a_clear_brings_it_back(first_run, airflow, cell):
+    """The teardown start_kpnd failing for good is the one way a PN stays down: the report must say so first."""
+    cell.fault("ssh:*", "--kind", "drop", "--times", "1", "--match", "systemctl start kpnd")  # before it runs: kpnd stays down
+    run_id, state, states = airflow.run(DAG_ID, retries=0)
+    assert state == "failed" and states[("cc-cloud.pn_snapshot.start_kpnd", -1)][0] == "failed", states
+    down = [n["name"] for n in cell.status()["nodes"] if n["service"] == "kpnd" and not n["running"]]
+    assert len(down) == 1, cell.status()["nodes"]
+    report = airflow.report(DAG_ID, run_id)
+    assert report["urgent"] and report["urgent"][0].startswith(f"URGENT: kpnd on PN {down[0]} may still be stopped")
+    assert "clear cc-cloud.pn_snapshot.start_kpnd" in report["urgent"][0]
+    assert any(c["params"].get("Subject", "").startswith("[kaia-ha] URGENT: a PN of cc-cloud may be DOWN") for c in cell.calls("Publish"))
+    _, state, states = airflow.clear_and_rerun(DAG_ID, run_id)
+    assert state == "success", states
+    assert all(n["running"] for n in cell.status()["nodes"] if n["service"] == "kpnd")
+    assert airflow.report(DAG_ID, run_id)["urgent"] == []
+
+
+def test_no_pn_goes_down_while_a_cloud_failover_runs(first_run, airflow, cell):
+    """A failover may take a fresh snapshot of a PN itself: maintenance then leaves every PN up."""
+    import pendulum
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+
+    with create_session() as session:  # what the scheduler holds while an operator's failover runs
+        session.add(DagRun(dag_id="kaia_cn_failover_cloud", run_id="incident", run_type="manual", state=DagRunState.RUNNING,
+                           run_after=pendulum.now("UTC"), start_date=pendulum.now("UTC")))
+    try:
+        run_id, state, states = airflow.run(DAG_ID)
+    finally:
+        with create_session() as session:
+            session.query(DagRun).filter(DagRun.dag_id == "kaia_cn_failover_cloud", DagRun.run_id == "incident").delete()
+    assert state == "success", states
+    assert states[("cc-cloud.pn_snapshot.plan", -1)][0] == "skipped"
+    assert states[("cc-cloud.pn_snapshot.stop_kpnd", -1)][0] == "skipped"
+    assert snapshots(cell, run_id) == []
+    assert all(n["running"] for n in cell.status()["nodes"] if n["service"] == "kpnd")
+    assert airflow.report(DAG_ID, run_id)["cells"][0]["nodekey"]["action"]  # the rest of the run went on

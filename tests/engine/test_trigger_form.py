@@ -113,7 +113,7 @@ def test_trigger_form_shows_the_fields_and_runs_a_dry_run(maintained, browser):
 
     open_section(browser, dialog, "What failed")
     assert "The CN that is down" in field(dialog, "Failed CN").text
-    assert choices(browser, dialog, "Failed CN") == ["cn-aws-1"]  # the inventory's cloud CNs
+    assert choices(browser, dialog, "Failed CN") == ["Choose the failed CN", "cn-aws-1"]  # none preselected, then the inventory's cloud CNs
     assert choose(browser, dialog, "Failed CN", "cn-aws-1") == "cn-aws-1"
     assert field(dialog, "Fence the failed CN").find_element(By.CSS_SELECTOR, "input[type=checkbox]").is_selected()
 

@@ -87,6 +87,8 @@ def drive_in_rounds(cell, runner, dag_id, conf, rounds, matrix, pn_down_when=())
         assert not duplicates(made), made
         assert status["double_signing_events"] == []
         assert stopped == (["pn-aws-1"] if set(expected) & set(pn_down_when) else []), stopped
+        if stopped:  # the report leads with it, and the alert says so
+            assert report["todo"][0].startswith("URGENT: kpnd on PN pn-aws-1 may still be stopped"), report["todo"]
         leaks, _ = runner.leak_scan.findings()
         assert not leaks, "validator keys leaked:\n  " + "\n  ".join(leaks)
         if expected:

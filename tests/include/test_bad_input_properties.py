@@ -130,10 +130,10 @@ def test_the_trigger_forms_refuse_wrong_types_and_choices_naming_the_param(trigg
         form.validate()
     except ParamValidationError as exc:
         assert f"param {field}:" in str(exc), str(exc)
-    else:  # what the form lets through, the step checks above refuse: NaN or infinite hours, and the bare-metal
-        # form's empty "choose the failed active CN" entry
+    else:  # what the form lets through, the step checks above refuse: NaN or infinite hours, and the forms'
+        # empty "choose the failed CN" entry
         assert ((field == "max_snapshot_age_hours" and not math.isfinite(conf[field]))
-                or (dag_id == failover_standby.DAG_ID and field == "failed_cn" and conf[field] == "")), conf
+                or (field == "failed_cn" and conf[field] == "")), conf
 
 
 # ----- inventory files -----------------------------------------------------------------------------------

@@ -108,6 +108,12 @@ class CoreCellEC2Hook(EC2Hook):
         snapshots = [s for page in pages for s in page["Snapshots"]]
         return sorted(snapshots, key=lambda s: s["StartTime"], reverse=True)
 
+    def find_instances(self, tags: dict[str, str], states: tuple[str, ...]) -> list[dict]:
+        """Instances with all ``tags`` in one of ``states``. IAM: ec2:DescribeInstances."""
+        filters = T.filters(tags) + [{"Name": "instance-state-name", "Values": list(states)}]
+        pages = self.conn.get_paginator("describe_instances").paginate(Filters=filters)
+        return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
     # ----- create ----------------------------------------------------------------------------------------
     def create_image(self, *, instance_id: str, name: str, exclude_devices: list[str], tags: dict[str, str],
                      no_reboot: bool, description: str = "") -> tuple[str, bool]:

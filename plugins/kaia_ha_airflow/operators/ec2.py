@@ -6,6 +6,7 @@ waiter-based trigger, and lists the IAM actions it needs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +46,7 @@ class EC2CreateImageOperator(AwsBaseOperator[CoreCellEC2Hook]):
 
     def __init__(self, *, instance_id: str, image_name: str, exclude_devices: Sequence[str] = (),
                  image_tags: dict[str, str] | None = None, no_reboot: bool = True, wait_for_completion: bool = True,
-                 deferrable: bool = True, waiter_delay: int = 30, waiter_max_attempts: int = 240, **kwargs):
+                 deferrable: bool = True, waiter_delay: int = 30, max_wait_hours: float = 6, **kwargs):
         super().__init__(**kwargs)
         self.instance_id = instance_id
         self.image_name = image_name
@@ -55,7 +56,8 @@ class EC2CreateImageOperator(AwsBaseOperator[CoreCellEC2Hook]):
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
         self.waiter_delay = waiter_delay
-        self.waiter_max_attempts = waiter_max_attempts
+        # The image's root-volume snapshot is a first, full one on a new CN: it can take an hour or more.
+        self.waiter_max_attempts = attempts(max_wait_hours, waiter_delay)
 
     def execute(self, context) -> str:
         image_id, created = self.hook.create_image(
@@ -114,6 +116,11 @@ class EBSCreateSnapshotOperator(AwsBaseOperator[CoreCellEC2Hook]):
         return snapshot["SnapshotId"]
 
 
+def attempts(hours: float, delay: int) -> int:
+    """Polls of a waiter that wait ``hours`` in all (a budget in time: a shorter poll must not mean a shorter wait)."""
+    return max(1, math.ceil(hours * 3600 / delay))
+
+
 class EBSSnapshotCompletedSensor(AwsBaseSensor[CoreCellEC2Hook]):
     """Wait for a snapshot to complete, deferred so that no worker slot is held for hours.
 
@@ -127,12 +134,13 @@ class EBSSnapshotCompletedSensor(AwsBaseSensor[CoreCellEC2Hook]):
     IAM_ACTIONS = ("ec2:DescribeSnapshots",)
 
     def __init__(self, *, snapshot_id: str, deferrable: bool = True, waiter_delay: int = 30,
-                 waiter_max_attempts: int = 960, **kwargs):
+                 max_wait_hours: float = 48, **kwargs):
         super().__init__(**kwargs)
         self.snapshot_id = snapshot_id
         self.deferrable = deferrable
         self.waiter_delay = waiter_delay
-        self.waiter_max_attempts = waiter_max_attempts
+        # A PN's first snapshot copies the whole volume: ~33 h for 4,000 GiB at the README's modelled rate.
+        self.waiter_max_attempts = attempts(max_wait_hours, waiter_delay)
 
     def poke(self, context) -> bool:
         snapshot = self.hook.conn.describe_snapshots(SnapshotIds=[self.snapshot_id])["Snapshots"][0]
