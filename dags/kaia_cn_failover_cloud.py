@@ -95,19 +95,18 @@ def chaindata_source(plan: dict) -> str:
 
 @task
 def reserve_pn(plan: dict) -> str:
-    """The setup that start_kpnd tears down: it changes nothing (it checks the other PNs serve), so the teardown
-    runs whatever fails after it."""
-    return steps.reserve_pn(plan)
+    """The setup that start_kpnd tears down: it changes nothing, so the teardown runs whatever fails after it."""
+    return plan["snapshot_pn"]
 
 
 @task(pool="kaia_pn_downtime")
 def stop_kpnd(plan: dict) -> dict:
-    return maintenance.stop_pn(plan["cell"], plan["snapshot_pn"])
+    return maintenance.stop_pn(plan["cell"], plan["snapshot_pn"], ti=_ctx()["ti"])
 
 
 @task(retries=5)
 def start_kpnd(plan: dict) -> dict:
-    return maintenance.start_pn(plan["cell"], plan["snapshot_pn"])
+    return maintenance.start_pn(plan["cell"], plan["snapshot_pn"], ti=_ctx()["ti"], stop_task="chain_data.fresh_snapshot.stop_kpnd")
 
 
 @task(trigger_rule="none_failed_min_one_success")

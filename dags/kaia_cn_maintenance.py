@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from kaia_ha import failover_cloud, maintenance
 from kaia_ha.inventory import load_inventory
@@ -43,9 +44,9 @@ from kaia_ha_airflow.operators.ec2 import (
     EC2DeregisterImageOperator,
 )
 
-# One kpnd *stop* at a time, across cells and DAGs. The slot is not held while the PN is down: what keeps two PNs
-# of a cell from being down together is the health check of the other PNs before each stop (plan, reserve_pn)
-# and maintenance leaving the PNs alone while a cloud failover runs.
+# One kpnd *stop* at a time, across cells and DAGs. The slot is not held while the PN is down: inside it, each stop
+# checks that the cell's other PNs serve and that kpnd is running (maintenance.stop_pn), and maintenance leaves the
+# PNs alone while a cloud failover runs. So two PNs of a cell are never down together.
 PN_DOWNTIME_POOL = "kaia_pn_downtime"
 
 inventory = load_inventory()
@@ -71,21 +72,26 @@ def image_needed(create: bool) -> bool:
     return create
 
 
+def _failover_running() -> bool:
+    return get_current_context()["ti"].get_dr_count(dag_id=failover_cloud.DAG_ID, states=["running"]) > 0
+
+
 @task(task_id="plan", multiple_outputs=True)
 def pn_snapshot_plan(cell_name: str) -> dict:
-    context = get_current_context()
-    running = context["ti"].get_dr_count(dag_id=failover_cloud.DAG_ID, states=["running"])
-    return maintenance.pn_snapshot_plan(cell_name, context["run_id"], failover_running=running > 0)
+    return maintenance.pn_snapshot_plan(cell_name, _run()[0], failover_running=_failover_running())
 
 
 @task(task_id="stop_kpnd", pool=PN_DOWNTIME_POOL)
 def stop_kpnd(cell_name: str, plan: dict) -> dict:
-    return maintenance.stop_pn(cell_name, plan["pn"])
+    ti = get_current_context()["ti"]
+    if ti.try_number == 1 and _failover_running():  # again, in the pool slot: a failover may have begun since the plan
+        raise AirflowSkipException("a cloud failover began: no PN goes down for a pre-taken snapshot meanwhile")
+    return maintenance.stop_pn(cell_name, plan["pn"], ti=ti)
 
 
 @task(task_id="start_kpnd", retries=5)
 def start_kpnd(cell_name: str, plan: dict) -> dict:
-    return maintenance.start_pn(cell_name, plan["pn"])
+    return maintenance.start_pn(cell_name, plan["pn"], ti=get_current_context()["ti"], stop_task=f"{cell_name}.pn_snapshot.stop_kpnd")
 
 
 @task.sensor(task_id="kpnd_back", poke_interval=5, timeout=900, mode="reschedule")

@@ -9,11 +9,13 @@ import shlex
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
 
 REPO = Path(__file__).resolve().parent.parent
+STARTED = datetime.now(timezone.utc)  # this test session's start: runs begun before it are not this session's
 
 
 class Cell:
@@ -145,8 +147,10 @@ class AirflowRunner:
         from airflow.utils.session import create_session
         from airflow.utils.state import DagRunState
 
+        ours = [p.stem for p in (REPO / "dags").glob("kaia_*.py")]  # each DAG file is named after its DAG
         with create_session() as session:
-            session.query(DagRun).filter(DagRun.state == DagRunState.RUNNING).update({DagRun.state: DagRunState.FAILED})
+            session.query(DagRun).filter(DagRun.state == DagRunState.RUNNING, DagRun.dag_id.in_(ours),
+                                         DagRun.start_date < STARTED).update({DagRun.state: DagRunState.FAILED})
 
     def __exit__(self, *exc):
         os.environ.clear()

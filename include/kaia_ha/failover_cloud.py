@@ -151,8 +151,9 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
             {"SnapshotId": snapshot["SnapshotId"]} if snapshot else {"Size": 1})), "ec2:CreateVolume"),
         "AttachVolume": _dry_run(lambda: ec2.conn.attach_volume(VolumeId=pn.data_volume_id, InstanceId=cn.instance_id,
                                                                 Device=cn.data_device, DryRun=True), "ec2:AttachVolume"),
-        "CreateTags": _dry_run(lambda: ec2.conn.create_tags(Resources=[image["ImageId"]], Tags=[{"Key": T.IN_USE_BY, "Value": run_id}],
-                                                            DryRun=True), "ec2:CreateTags"),
+        "CreateTags": _dry_run(lambda: ec2.conn.create_tags(  # what chaindata_snapshot tags: the snapshot (the image if none yet)
+            Resources=[snapshot["SnapshotId"] if snapshot else image["ImageId"]], Tags=[{"Key": T.IN_USE_BY, "Value": run_id}], DryRun=True),
+            "ec2:CreateTags"),
     }
     if not snapshot:
         permissions["CreateSnapshot"] = _dry_run(lambda: ec2.conn.create_snapshot(VolumeId=pn.data_volume_id, DryRun=True), "ec2:CreateSnapshot")
@@ -203,20 +204,6 @@ def confirm_fenced(plan: dict) -> dict:
 
 
 # ----- 3. chain data --------------------------------------------------------------------------------------------
-@step
-def reserve_pn(plan: dict) -> str:
-    """Before a PN goes down for a fresh snapshot, every other PN of the cell must serve: never two PNs of a
-    cell down at once (the replacement would have no PN to sync from). Changes nothing."""
-    cell, _, _ = _ctx(plan)
-    for other in cell.pns:
-        if other.name != plan["snapshot_pn"]:
-            ok, detail = maintenance.pn_healthy(other)
-            if not ok:
-                raise TakeoverError(f"snapshot_pn: {other.name} is not healthy ({detail}), so {plan['snapshot_pn']} must stay up. "
-                                    f"Use a pre-taken snapshot (use_presnapshot on), or choose {other.name} once it serves again")
-    return plan["snapshot_pn"]
-
-
 def needs_fresh_snapshot(plan: dict) -> bool:
     return plan["snapshot_id"] is None
 
@@ -337,7 +324,8 @@ def prune(plan: dict, host: dict) -> dict:
 
 @step
 def install_keys(plan: dict, host: dict) -> dict:
-    cell, cn, _ = _ctx(plan)
+    cell, cn, ec2 = _ctx(plan)
+    other_live_replacements(ec2, cell, cn, plan["run_id"])  # the key goes to one replacement only
     return install_identity(replacement(plan | host, cell, cn), load_backup(cell, cn))
 
 
@@ -346,6 +334,7 @@ def install_keys(plan: dict, host: dict) -> dict:
 def move_ip(plan: dict, host: dict) -> dict:
     """The failed CN's Elastic IP onto the replacement: other operators' firewalls and peers know that IP."""
     cell, cn, ec2 = _ctx(plan)
+    other_live_replacements(ec2, cell, cn, plan["run_id"])  # never take the IP off another run's live replacement
     address = ec2.move_address(allocation_id=plan["allocation_id"], instance_id=host["new_instance_id"])
     if address.get("InstanceId") != host["new_instance_id"]:
         raise TakeoverError(f"the Elastic IP {plan['public_ip']} is on {address.get('InstanceId')}, not on the replacement")
@@ -355,7 +344,7 @@ def move_ip(plan: dict, host: dict) -> dict:
 @step
 def start_kcnd(plan: dict, host: dict) -> dict:
     cell, cn, ec2 = _ctx(plan)
-    other_live_replacements(ec2, cell, cn, plan["run_id"])  # again: another run may have started one since preflight
+    other_live_replacements(ec2, cell, cn, plan["run_id"])  # again before kcnd runs: another run may have begun since
     node = replacement(plan | host, cell, cn)
     data_dir = cn.data_dir.rstrip("/")
     # What prune and install_keys must have left: a node started with anything else is not the validator.

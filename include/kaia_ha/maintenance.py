@@ -203,13 +203,32 @@ def _pn(cell: Cell, name: str):
     return next(p for p in cell.pns if p.name == name)
 
 
+NOT_OURS = "kpnd_not_ours"  # XCom key of a stop task that found kpnd already down: its start is not this run's to do
+
+
 @step
-def stop_pn(cell_name: str, pn_name: str) -> dict:
+def stop_pn(cell_name: str, pn_name: str, ti=None) -> dict:
     """Stop kpnd and prove it stopped cleanly (process gone, clean-stop log lines): an unclean stop
-    leaves chain data a CN cannot open, so then there is no snapshot."""
+    leaves chain data a CN cannot open, so then there is no snapshot.
+
+    First, inside the ``kaia_pn_downtime`` pool slot that serialises every kpnd stop across DAGs: every
+    other PN of the cell serves (never two PNs of a cell down), and on a first try kpnd is running (if it is
+    not, another run or a person stopped it, and their snapshot may not be taken yet: ``ti`` records
+    that this run's start task must leave it to them)."""
     cell = _cell(cell_name)
+    for other in cell.pns:
+        if other.name != pn_name:
+            ok, detail = pn_healthy(other)
+            if not ok:
+                raise MaintenanceError(f"{other.name} is not healthy ({detail}): not taking {pn_name} down too, "
+                                       f"{cell.name} would have no PN serving (a failover can use a pre-taken snapshot instead)")
+    node = KaiaNodeHook(_pn(cell, pn_name))
+    if ti is not None and ti.try_number == 1 and (state := node.service_state()) != "active":
+        ti.xcom_push(key=NOT_OURS, value=state)
+        raise MaintenanceError(f"kpnd on {pn_name} is {state} before this run stopped it: another run or a person did, and "
+                               "starting it again is theirs to do (this run will not). Let them finish, then clear this task")
     began = time.time()
-    stopped = KaiaNodeHook(_pn(cell, pn_name)).stop_service()
+    stopped = node.stop_service()
     if not stopped["clean"]:
         raise MaintenanceError(
             f"{pn_name}: kpnd did not stop cleanly (no 'Blockchain manager stopped' then 'Database closed'; killed after "
@@ -220,8 +239,12 @@ def stop_pn(cell_name: str, pn_name: str) -> dict:
 
 
 @step
-def start_pn(cell_name: str, pn_name: str) -> dict:
-    """Start kpnd again (the teardown: it runs whatever failed before it)."""
+def start_pn(cell_name: str, pn_name: str, ti=None, stop_task: str | None = None) -> dict:
+    """Start kpnd again (the teardown: it runs whatever failed before it), unless this run's stop found it
+    already down (``stop_task``'s ``NOT_OURS`` record): then whoever stopped it starts it after their snapshot."""
+    if ti is not None and stop_task and (found := ti.xcom_pull(task_ids=stop_task, key=NOT_OURS, default=None)):
+        log.warning("kpnd on %s was already %s when this run came to stop it: not this run's to start", pn_name, found)
+        return {"pn": pn_name, "started": False, "why": f"kpnd was already {found} before this run stopped it"}
     cell = _cell(cell_name)
     node = KaiaNodeHook(_pn(cell, pn_name))
     node.start_service()
@@ -307,7 +330,7 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
             entry["pn_snapshot"] = {
                 "pn": pn_name,
                 "snapshot_id": pull(prefix + "pn_snapshot.create_snapshot"),
-                "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2) if stop and start else None,
+                "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2) if stop and start and "started_at" in start else None,
                 "snapshot_complete_seconds": round(done["completed_at"] - stop["stopped_at"], 2) if stop and done else None,
             }
             entry["retention"] = {"images": pull(prefix + "retention.images_to_delete"),

@@ -169,3 +169,49 @@ def test_no_pn_goes_down_while_a_cloud_failover_runs(first_run, airflow, cell):
     assert snapshots(cell, run_id) == []
     assert all(n["running"] for n in cell.status()["nodes"] if n["service"] == "kpnd")
     assert airflow.report(DAG_ID, run_id)["cells"][0]["nodekey"]["action"]  # the rest of the run went on
+
+
+class StopTry:
+    """The few task-instance members the PN stop and start use (the rest of each run is real: SSH to the cell)."""
+
+    def __init__(self, try_number: int = 1):
+        self.try_number, self.xcom = try_number, {}
+
+    def xcom_push(self, key, value):
+        self.xcom[key] = value
+
+    def xcom_pull(self, task_ids, key, default=None):
+        return self.xcom.get(key, default)
+
+
+def kpnd_running(cell, pn: str) -> bool:
+    return cell.ssh(pn, "systemctl is-active kpnd", check=False).stdout.strip() == "active"
+
+
+def test_a_pn_is_not_stopped_while_another_pn_of_its_cell_is_down(first_run, airflow, cell):
+    from kaia_ha import maintenance
+
+    cell.ssh("pn-aws-2", "sudo systemctl stop kpnd")
+    try:
+        with pytest.raises(maintenance.MaintenanceError, match="pn-aws-2 is not healthy .*not taking pn-aws-1 down too"):
+            maintenance.stop_pn("cc-cloud", "pn-aws-1", ti=StopTry())
+        assert kpnd_running(cell, "pn-aws-1")
+    finally:
+        cell.ssh("pn-aws-2", "sudo systemctl start kpnd")
+
+
+def test_a_pn_someone_else_stopped_is_left_for_them_to_start(first_run, airflow, cell):
+    """Their snapshot may not be taken yet: starting kpnd under it would make it dirty."""
+    from kaia_ha import maintenance
+
+    cell.ssh("pn-aws-1", "sudo systemctl stop kpnd")  # another run's stop, its CreateSnapshot not sent yet
+    try:
+        ti = StopTry()
+        with pytest.raises(maintenance.MaintenanceError, match="kpnd on pn-aws-1 is inactive before this run stopped it"):
+            maintenance.stop_pn("cc-cloud", "pn-aws-1", ti=ti)
+        started = maintenance.start_pn("cc-cloud", "pn-aws-1", ti=ti, stop_task="stop_kpnd")  # this run's teardown
+        assert started["started"] is False and not kpnd_running(cell, "pn-aws-1")
+        assert maintenance.start_pn("cc-cloud", "pn-aws-1", ti=StopTry(), stop_task="stop_kpnd")["started_at"]  # its own stop: started
+        assert kpnd_running(cell, "pn-aws-1")
+    finally:
+        cell.ssh("pn-aws-1", "sudo systemctl start kpnd")
