@@ -99,7 +99,7 @@ def reserve_pn(plan: dict) -> str:
     return plan["snapshot_pn"]
 
 
-@task(pool="kaia_pn_downtime")
+@task(pool=maintenance.PN_DOWNTIME_POOL)
 def stop_kpnd(plan: dict) -> dict:
     return maintenance.stop_pn(plan["cell"], plan["snapshot_pn"], ti=_ctx()["ti"])
 

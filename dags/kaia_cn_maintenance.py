@@ -44,11 +44,6 @@ from kaia_ha_airflow.operators.ec2 import (
     EC2DeregisterImageOperator,
 )
 
-# One kpnd *stop* at a time, across cells and DAGs. The slot is not held while the PN is down: inside it, each stop
-# checks that the cell's other PNs serve and that kpnd is running (maintenance.stop_pn), and maintenance leaves the
-# PNs alone while a cloud failover runs. So two PNs of a cell are never down together.
-PN_DOWNTIME_POOL = "kaia_pn_downtime"
-
 inventory = load_inventory()
 
 
@@ -81,7 +76,7 @@ def pn_snapshot_plan(cell_name: str) -> dict:
     return maintenance.pn_snapshot_plan(cell_name, _run()[0], failover_running=_failover_running())
 
 
-@task(task_id="stop_kpnd", pool=PN_DOWNTIME_POOL)
+@task(task_id="stop_kpnd", pool=maintenance.PN_DOWNTIME_POOL)
 def stop_kpnd(cell_name: str, plan: dict) -> dict:
     ti = get_current_context()["ti"]
     if ti.try_number == 1 and _failover_running():  # again, in the pool slot: a failover may have begun since the plan

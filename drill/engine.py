@@ -23,7 +23,7 @@ from typing import Callable
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
-POOL = ("kaia_pn_downtime", 1, "Kaia: at most one PN stopped at a time")
+POOL = ("kaia_pn_downtime", 1, "Kaia: one kpnd stop at a time")  # as scripts/bootstrap.sh and the compose init
 FINISHED = {"success", "failed"}
 MARKER = "KAIA_HA_ENGINE_ID"
 

@@ -207,11 +207,14 @@ class Seeder:
         if result.returncode != 0:
             raise RuntimeError(f"seeding: {node['service']} on {name} did not start: {result.stderr.strip()}")
 
+    def cloud_cell(self, cell: str, cn: str, pns: list[str]) -> None:
+        for name in pns:
+            self.ec2_node(name, cell, "pn", "kpnd")
+        self.ec2_node(cn, cell, "cn-active", "kcnd")
+
     def seed(self) -> None:
         self.network()
-        cell, cn, pns = self.cloud_cells[0]
-        for name, role, service in ((pns[0], "pn", "kpnd"), (pns[1], "pn", "kpnd"), (cn, "cn-active", "kcnd")):
-            self.ec2_node(name, cell, role, service)
+        self.cloud_cell(*self.cloud_cells[0])
         self.metal_node("pn-metal-1", "cc-metal", "pn", "kpnd", f"127.{self.net}.2.21", "10.50.0.21")
         self.metal_node("cn-metal-a", "cc-metal", "cn-active", "kcnd", f"127.{self.net}.2.11", "10.50.0.11")
         self.metal_node("cn-metal-b", "cc-metal", "cn-standby", "kcnd", f"127.{self.net}.2.12", "10.50.0.12")
@@ -220,9 +223,8 @@ class Seeder:
             "ip route replace default via 10.50.0.1 dev eth0 src 10.50.0.100",
         )
         self.nodes["cn-metal-a"]["ip"] = "10.50.0.100"
-        for cell, cn, pns in self.cloud_cells[1:]:  # after the default world's nodes, which stay as they were
-            for name, role, service in ((pns[0], "pn", "kpnd"), (pns[1], "pn", "kpnd"), (cn, "cn-active", "kcnd")):
-                self.ec2_node(name, cell, role, service)
+        for extra in self.cloud_cells[1:]:  # after the default world's nodes, which stay as they were
+            self.cloud_cell(*extra)
         self.identities()
         for _, cn, pns in self.cloud_cells:
             for pn in pns:

@@ -9,13 +9,11 @@ import shlex
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
 
 REPO = Path(__file__).resolve().parent.parent
-STARTED = datetime.now(timezone.utc)  # this test session's start: runs begun before it are not this session's
 
 
 class Cell:
@@ -125,6 +123,19 @@ class Cell:
             time.sleep(0.2)
 
 
+def end_interrupted_runs() -> None:
+    """Mark failed the project's DAG runs an interrupted test session left running in the shared metadata DB
+    (``dag.test()`` runs end before it returns): a "running" cloud failover makes the maintenance DAG leave
+    the PNs alone, as it should in production. Called once, when a test session starts."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+
+    ours = [p.stem for p in (REPO / "dags").glob("kaia_*.py")]  # each DAG file is named after its DAG
+    with create_session() as session:
+        session.query(DagRun).filter(DagRun.state == DagRunState.RUNNING, DagRun.dag_id.in_(ours)).update({DagRun.state: DagRunState.FAILED})
+
+
 class AirflowRunner:
     def __init__(self, cell, report_dir: Path):
         self.cell = cell
@@ -135,22 +146,7 @@ class AirflowRunner:
         os.environ.update({k: v for k, v in self.cell.env.items() if k != "AIRFLOW_HOME"})
         os.environ["KAIA_HA_REPORT_DIR"] = str(self.report_dir)
         os.environ["KAIA_HA_RETRY_DELAY_SECONDS"] = "1"
-        self.end_interrupted_runs()
         return self
-
-    @staticmethod
-    def end_interrupted_runs() -> None:
-        """Mark failed what an interrupted test session left running in the shared metadata DB (``dag.test()`` runs
-        end before it returns, so nothing of this session is running now): a "running" cloud failover makes the
-        maintenance DAG leave the PNs alone, as it should in production."""
-        from airflow.models.dagrun import DagRun
-        from airflow.utils.session import create_session
-        from airflow.utils.state import DagRunState
-
-        ours = [p.stem for p in (REPO / "dags").glob("kaia_*.py")]  # each DAG file is named after its DAG
-        with create_session() as session:
-            session.query(DagRun).filter(DagRun.state == DagRunState.RUNNING, DagRun.dag_id.in_(ours),
-                                         DagRun.start_date < STARTED).update({DagRun.state: DagRunState.FAILED})
 
     def __exit__(self, *exc):
         os.environ.clear()

@@ -5,7 +5,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/cellkit.py
 
-from cellkit import Cell  # noqa: E402
+from cellkit import Cell, end_interrupted_runs  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_runs_left_running():
+    end_interrupted_runs()
 
 
 @pytest.fixture(scope="session")

@@ -183,15 +183,19 @@ def fence(plan: dict) -> dict:
                                 "double-sign. Stop it yourself or trigger again with fence on.")
         return {"fenced": False, "instance_state": state}
     node = KaiaNodeHook(cn)
+    over_ssh = False  # kcnd disabled and the keys set aside on the host itself; else they stay on its disk
     try:  # a dead host is the usual case: then the instance stop alone fences it
         up, why = answers_ssh(node, attempts=2, pause=1.0)
-        host = fence_kcnd(node, plan["run_id"]) if up else f"host not reachable over SSH ({why}); fencing by stopping the instance"
+        if up:
+            host, over_ssh = fence_kcnd(node, plan["run_id"]), True
+        else:
+            host = f"host not reachable over SSH ({why}); fencing by stopping the instance"
     except (TakeoverError, NodeCommandError) as exc:
         host = f"kcnd not fenced over SSH ({exc}); fencing by stopping the instance"
     finally:
         node.close()
     before = ec2.stop_instance(cn.instance_id)
-    return {"fenced": True, "instance_state_before": before, "host": host}
+    return {"fenced": True, "instance_state_before": before, "host": host, "over_ssh": over_ssh}
 
 
 @step
@@ -398,7 +402,7 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
         "data volume": volume_id, "node ID": (plan.get("expected_node_id") or "")[:16] + "…", "dry run": plan.get("dry_run"),
     }
     fenced = ti.xcom_pull(task_ids="fence.fence", default=None) or {}
-    keys_left = "fencing by stopping the instance" in str(fenced.get("host", ""))  # SSH did not answer: kcnd and the keys are still there
+    keys_left = fenced.get("fenced") and not fenced.get("over_ssh")  # only the instance stopped: kcnd and the keys are still there
     todo = [
         f"terminate the fenced instance {plan.get('failed_instance_id')} once the cause is understood (it is stopped, not deleted)"
         + ("; do NOT start it before: kcnd is still enabled there and the validator keys are on its data volume "
@@ -413,17 +417,17 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
     if launched and any(s in ("failed", "upstream_failed") for s in states.values()):
         todo.insert(0, f"the replacement {launched} may hold the validator key: go on with this run (clear its failed task), "
                        "or stop or terminate it before triggering a new run (a new run refuses while it is not stopped)")
-    pn_down = maintenance.kpnd_left_stopped(states, fresh + "stop_kpnd", fresh + "start_kpnd")
-    if pn_down:  # first in the list: a PN down hurts the cell now
-        todo.insert(0, maintenance.kpnd_urgent(plan.get("snapshot_pn", "?"), fresh + "start_kpnd"))
+    urgent = ([maintenance.kpnd_urgent(plan.get("snapshot_pn", "?"), fresh + "start_kpnd")]
+              if maintenance.kpnd_left_stopped(states, fresh + "stop_kpnd", fresh + "start_kpnd") else [])
+    todo = urgent + todo  # first in the list: a PN down hurts the cell now
     data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task="verify.in_sync", facts=facts,
-                           todo=[] if plan.get("dry_run") else todo, dry_run=bool(plan.get("dry_run")))
+                           todo=[] if plan.get("dry_run") else todo, urgent=urgent, dry_run=bool(plan.get("dry_run")))
     cell = load_inventory().cell(plan["cell"]) if plan.get("cell") else None
     if cell:
-        subject = (f"[kaia-ha] URGENT: PN {plan.get('snapshot_pn')} may be DOWN; " if pn_down else "[kaia-ha] ") + (
+        subject = (f"[kaia-ha] URGENT: PN {plan.get('snapshot_pn')} may be DOWN; " if urgent else "[kaia-ha] ") + (
             f"failover of {plan['failed_cn']} {'succeeded' if data['ok'] else 'FAILED'}")
         notify(cell, subject, f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Report: {data['files']['markdown']}")
     if not data["ok"]:
-        raise TakeoverError("; ".join((todo[:1] if pn_down else []) + [
+        raise TakeoverError("; ".join(urgent + [
             f"failover not complete: {data['failed_tasks'] or 'the CN is not in sync'} (report {data['files']['markdown']})"]))
     return {"ok": data["ok"], "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]}

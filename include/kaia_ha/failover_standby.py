@@ -47,6 +47,8 @@ FENCE_OVER_SSH, CONFIRM_DOWN, DECLARED_DOWN = "fence.fence_over_ssh", "fence.con
 SYNCED_TASK = "start.standby_synced"
 IPC_WAIT = 30  # seconds for kcnd's console to open after `systemctl start`
 PARAMS = ("failed_cn", "standby_cn", "fence_failed_active", "host_known_dead", "dry_run")
+# `systemctl is-active` answers that mean kcnd runs or is about to (a crash loop shows "activating").
+KCND_UP = ("active", "activating", "reloading", "deactivating")
 
 
 def metal_actives() -> list[str]:
@@ -225,10 +227,6 @@ def check_floating_ip(plan: dict) -> dict:
 
 
 # ----- 2. fence the failed active --------------------------------------------------------------------------------
-# `systemctl is-active` answers that mean kcnd runs or is about to (a crash loop shows "activating").
-KCND_UP = ("active", "activating", "reloading", "deactivating")
-
-
 def fence_path(plan: dict) -> str:
     """Which way to fence (the branch): over SSH if the host answers, else the operator's word."""
     cell, failed, _ = _ctx(plan)

@@ -28,6 +28,10 @@ from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_maintenance"
+# One kpnd *stop* at a time, across cells and DAGs (the slot is not held while the PN is down): inside it each stop
+# checks that the cell's other PNs serve and that kpnd is running (stop_pn), and maintenance leaves the PNs alone
+# while a cloud failover runs. So two PNs of a cell are never down together. Created by bootstrap and compose.
+PN_DOWNTIME_POOL = "kaia_pn_downtime"
 
 
 class MaintenanceError(RuntimeError):
@@ -165,6 +169,15 @@ def pn_healthy(pn) -> tuple[bool, str]:
     return True, f"block {probe.block}, {probe.peer_total} peers"
 
 
+def first_unhealthy(pns) -> tuple[str, str] | None:
+    """(name, why) of the first PN that does not serve, or None: before any PN goes down, the others must serve."""
+    for pn in pns:
+        ok, detail = pn_healthy(pn)
+        if not ok:
+            return pn.name, detail
+    return None
+
+
 @step
 def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False) -> dict:
     """Pick the PN to snapshot (the inventory's choice, else the one with the oldest snapshot) and
@@ -190,10 +203,9 @@ def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False
     else:
         pn = min(cell.pns, key=lambda p: newest[p.name])
         why = f"oldest snapshot ({newest[pn.name] or 'none yet'})"
-    for other in cell.pns:
-        ok, detail = pn_healthy(other)
-        if not ok and not this_run:
-            raise MaintenanceError(f"{other.name} is not healthy ({detail}); not taking {pn.name} of {cell.name} down now")
+    sick = None if this_run else first_unhealthy(cell.pns)
+    if sick:
+        raise MaintenanceError(f"{sick[0]} is not healthy ({sick[1]}); not taking {pn.name} of {cell.name} down now")
     tags = T.base_tags(cell.name, T.KIND_PN_CHAINDATA, run_id, DAG_ID, pn.name) | {T.CLEAN_STOP: "true", "Name": f"{pn.name}-chaindata"}
     log.info("PN snapshot of %s: %s (%s)", cell.name, pn.name, why)
     return {"pn": pn.name, "volume_id": pn.data_volume_id, "why": why, "tags": tags}
@@ -216,12 +228,10 @@ def stop_pn(cell_name: str, pn_name: str, ti=None) -> dict:
     not, another run or a person stopped it, and their snapshot may not be taken yet: ``ti`` records
     that this run's start task must leave it to them)."""
     cell = _cell(cell_name)
-    for other in cell.pns:
-        if other.name != pn_name:
-            ok, detail = pn_healthy(other)
-            if not ok:
-                raise MaintenanceError(f"{other.name} is not healthy ({detail}): not taking {pn_name} down too, "
-                                       f"{cell.name} would have no PN serving (a failover can use a pre-taken snapshot instead)")
+    sick = first_unhealthy(p for p in cell.pns if p.name != pn_name)
+    if sick:
+        raise MaintenanceError(f"{sick[0]} is not healthy ({sick[1]}): not taking {pn_name} down too, "
+                               f"{cell.name} would have no PN serving (a failover can use a pre-taken snapshot instead)")
     node = KaiaNodeHook(_pn(cell, pn_name))
     if ti is not None and ti.try_number == 1 and (state := node.service_state()) != "active":
         ti.xcom_push(key=NOT_OURS, value=state)
@@ -252,7 +262,7 @@ def start_pn(cell_name: str, pn_name: str, ti=None, stop_task: str | None = None
     if state != "active":
         raise MaintenanceError(f"{pn_name}: kpnd is {state} after `systemctl start`; the PN is DOWN, look at its log now")
     log.info("kpnd on %s started", pn_name)
-    return {"pn": pn_name, "started_at": time.time()}
+    return {"pn": pn_name, "started": True, "started_at": time.time()}
 
 
 def kpnd_left_stopped(states: dict[str, str], stop_task: str, start_task: str) -> bool:
@@ -330,7 +340,7 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
             entry["pn_snapshot"] = {
                 "pn": pn_name,
                 "snapshot_id": pull(prefix + "pn_snapshot.create_snapshot"),
-                "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2) if stop and start and "started_at" in start else None,
+                "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2) if stop and start and start["started"] else None,
                 "snapshot_complete_seconds": round(done["completed_at"] - stop["stopped_at"], 2) if stop and done else None,
             }
             entry["retention"] = {"images": pull(prefix + "retention.images_to_delete"),

@@ -216,10 +216,11 @@ def fence_kcnd(node: KaiaNodeHook, run_id: str) -> dict:
 
 # ----- the report --------------------------------------------------------------------------------------------
 def failover_report(ti, dag_run, *, title: str, synced_task: str, facts: dict, todo: list[str],
-                    checks: list[dict] | None = None, dry_run: bool = False) -> dict:
+                    checks: list[dict] | None = None, dry_run: bool = False, urgent: list[str] = ()) -> dict:
     """Postmortem-ready: timeline (every step's start, end, try), RTO from trigger to synced, facts, the
-    final sync checks (``SyncVerdict.checks``), to-do. Synced means the synced task ended in success (a
-    sensor's poke that found it not yet in sync also records a step, but its task did not succeed)."""
+    final sync checks (``SyncVerdict.checks``), to-do; ``urgent`` lines go above the result. Synced means
+    the synced task ended in success (a sensor's poke that found it not yet in sync also records a step,
+    but its task did not succeed)."""
     steps, states = timeline(ti, dag_run.dag_id, dag_run.run_id)
     started = dag_run.start_date.timestamp() if dag_run.start_date else (steps[0]["start"] if steps else time.time())
     synced = next((r for r in steps if r["task"] == synced_task and r.get("outcome") == "success" and r.get("state") == "success"), None)
@@ -230,7 +231,7 @@ def failover_report(ti, dag_run, *, title: str, synced_task: str, facts: dict, t
         "facts": facts, "checks": checks or [], "todo": todo,
         "timeline": [r | {"t_start": round(r["start"] - started, 1), "t_end": round(r["end"] - started, 1)} for r in steps],
     }
-    lines = [f"# {title}: {dag_run.run_id}", ""] + [f"**{t}**" for t in todo if t.startswith("URGENT")] + [
+    lines = [f"# {title}: {dag_run.run_id}", ""] + [f"**{u}**" for u in urgent] + [
              "Result: " + (("DRY RUN, preflight passed; nothing was changed" if report["ok"] else "DRY RUN, preflight FAILED: " + ", ".join(failed))
                            if dry_run else "OK, validator back in sync" if report["ok"] else "FAILED: " + (", ".join(failed) or "not in sync")),
              f"RTO (trigger to synced): {report['rto_seconds']} s", "", "## Facts", ""]

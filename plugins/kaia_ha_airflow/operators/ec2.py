@@ -27,6 +27,11 @@ def _complete(event: dict[str, Any] | None, key: str) -> str:
     return event[key]
 
 
+def attempts(hours: float, delay: int) -> int:
+    """Polls of a waiter that wait ``hours`` in all (a budget in time: a shorter poll must not mean a shorter wait)."""
+    return max(1, math.ceil(hours * 3600 / delay))
+
+
 class EC2CreateImageOperator(AwsBaseOperator[CoreCellEC2Hook]):
     """Create an AMI of an instance, leaving out the listed devices, and wait until it is available.
 
@@ -114,11 +119,6 @@ class EBSCreateSnapshotOperator(AwsBaseOperator[CoreCellEC2Hook]):
         self.log.info("%s snapshot %s of %s (%s)", "Created" if created else "Found", snapshot["SnapshotId"],
                       self.volume_id, snapshot.get("State"))
         return snapshot["SnapshotId"]
-
-
-def attempts(hours: float, delay: int) -> int:
-    """Polls of a waiter that wait ``hours`` in all (a budget in time: a shorter poll must not mean a shorter wait)."""
-    return max(1, math.ceil(hours * 3600 / delay))
 
 
 class EBSSnapshotCompletedSensor(AwsBaseSensor[CoreCellEC2Hook]):
