@@ -31,6 +31,7 @@ REGION = "us-east-1"
 VERSION = "v2.2.1"
 AZ = "us-east-1a"
 SNS_TOPIC = "kaia-ha-alerts"
+STATE_BUCKET = "kaia-ha-state"  # the live placement's home (inventory state.url)
 
 CONF = """\
 # kcnd.conf / kpnd.conf (sourced by /etc/init.d/{service})
@@ -238,6 +239,7 @@ class Seeder:
         for name in self.nodes:
             self.start(name)
         self.topic = aws_client("sns", self.endpoint).create_topic(Name=SNS_TOPIC)["TopicArn"]
+        aws_client("s3", self.endpoint).create_bucket(Bucket=STATE_BUCKET)
         self.wait_in_sync(timeout=max(30, 2 * len(self.nodes)))  # many cells on a small machine peer more slowly
 
     def wait_in_sync(self, timeout: float = 30) -> None:
@@ -275,6 +277,7 @@ class Seeder:
 
         return {
             "version": 1,
+            "state": {"url": f"s3://{STATE_BUCKET}/simcell", "aws_conn_id": "kaia_aws", "region": REGION},
             "cells": [
                 cloud(*self.cloud_cells[0]),
                 {
