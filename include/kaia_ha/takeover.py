@@ -15,6 +15,7 @@ from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHoo
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.log import mask_secret
 
+from kaia_ha import compat
 from kaia_ha.health import SyncVerdict, assess_sync
 from kaia_ha.inventory import CN, Cell
 from kaia_ha.keys import KeyBackup
@@ -85,13 +86,14 @@ def keep_aside(node: KaiaNodeHook, run_id: str) -> str | None:
     """
     data_dir = node.node.data_dir
     aside = aside_dir(data_dir, run_id)
+    flag = compat.nodekey_file(node.conf().get("ADDITIONAL", ""))  # a key read from outside DATA_DIR goes aside too
     files = [p for p in node.existing([f"{data_dir}/{n}" for n in ("nodekey", "bls-nodekey")]
-                                      + [f"{data_dir}/klay/{n}" for n in ("nodekey", "bls-nodekey")])]
+                                      + [f"{data_dir}/klay/{n}" for n in ("nodekey", "bls-nodekey")] + ([flag] if flag else []))]
     if not files:
         return None
     moves = " && ".join(
         f"{{ [ -e {shlex.quote(dst)} ] || mv {shlex.quote(p)} {shlex.quote(dst)}; }}"
-        for p in files for dst in [aside + "/" + p[len(data_dir) + 1:].replace("/", "_")]
+        for p in files for dst in [aside + "/" + (p[len(data_dir) + 1:] if p.startswith(data_dir + "/") else p.lstrip("/")).replace("/", "_")]
     )
     node.run(f"sudo sh -c {shlex.quote(f'umask 077 && mkdir -p {shlex.quote(aside)} && {moves} && chmod 600 {shlex.quote(aside)}/*')}")
     return aside
@@ -204,7 +206,8 @@ def fence_kcnd(node: KaiaNodeHook, run_id: str) -> dict:
     node.run(f"sudo systemctl disable {cn.service} && sudo sed -i 's/^AUTO_RESTART_NODE=.*/AUTO_RESTART_NODE=0/' {conf}")
     stopped = node.stop_service()
     aside = keep_aside(node, run_id)
-    keys = " ".join(shlex.quote(p) for p in node.key_paths("nodekey") + node.key_paths("bls-nodekey"))
+    flag = compat.nodekey_file(node.conf().get("ADDITIONAL", ""))
+    keys = " ".join(shlex.quote(p) for p in node.key_paths("nodekey") + node.key_paths("bls-nodekey") + ([flag] if flag else []))
     script = (f"systemctl is-active {cn.service}; systemctl is-enabled {cn.service}; "
               f". {conf}; echo AUTO_RESTART_NODE=${{AUTO_RESTART_NODE:-0}}; for p in {keys}; do [ -e $p ] && echo $p; done; true")
     state, enabled, restart, *left = node.run(f"sudo bash -c {shlex.quote(script)}").stdout.split()
