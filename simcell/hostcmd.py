@@ -290,9 +290,8 @@ def mount(args: list[str]) -> int:
 def umount(args: list[str]) -> int:
     mountpoint = [a for a in args if not a.startswith("-")][0]
     reply = coord("/host/mount", {"host": os.environ["SIMCELL_HOST"], "op": "umount", "mountpoint": mountpoint})
-    if reply.get("error") and os.path.ismount(mountpoint):  # a bind mount, not a volume
-        subprocess.run(["/usr/bin/umount", "-l", mountpoint], check=False)
-        return 0
+    if reply.get("error") and subprocess.run(["/usr/bin/umount", "-l", mountpoint], capture_output=True).returncode == 0:
+        return 0  # a bind mount (not a volume the coordinator knows)
     if reply.get("error"):
         return die(f"umount: {mountpoint}: {reply['error']}", 32)
     subprocess.run(["/usr/bin/umount", "-l", mountpoint], check=False)

@@ -143,7 +143,8 @@ def root_disk_key_material(node: KaiaNodeHook, data_dir: str, additional: str) -
     outside = [flag] if flag and not flag.startswith(data_dir.rstrip("/") + "/") else []
     under = " ".join(shlex.quote(f"{data_dir}/{name}") for name in KEY_FILES)
     aside = shlex.quote(data_dir.rstrip("/") + ".keys-aside")
-    script = (f'set -e; d=$(mktemp -d); trap \'umount "$d" 2>/dev/null; rmdir "$d"\' EXIT; mount --bind / "$d"; '
+    # Not `set -e`: a test that finds nothing is not an error; a bind that fails is (exit 3).
+    script = (f'd=$(mktemp -d) || exit 3; trap \'umount "$d" 2>/dev/null; rmdir "$d"\' EXIT; mount --bind / "$d" || exit 3; '
               f'for p in {under}; do [ -e "$d$p" ] && echo "$p (under the DATA_DIR mount point)"; done; '
               f'[ -d "$d"{aside} ] && find "$d"{aside} -type f | sed "s|^$d||; s|$| (set aside)|"; '
               + "".join(f'[ -e {shlex.quote(p)} ] && echo {shlex.quote(p + " (--nodekey in ADDITIONAL)")}; ' for p in outside)
