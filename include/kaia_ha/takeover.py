@@ -81,8 +81,9 @@ def aside_dir(data_dir: str, run_id: str) -> str:
 def keep_aside(node: KaiaNodeHook, run_id: str) -> str | None:
     """Move the node's own key files out of DATA_DIR (for a later fail-back), mode 0600. Idempotent.
 
-    Never overwrites: a file already kept aside by an earlier try stays as it is (a retry after the new
-    identity was installed must not replace the node's own key with the new one).
+    Never overwrites: a file already kept aside by an earlier try stays as it is; a different file found later under
+    the same name (a key kcnd generated when someone started it by hand) goes beside it with a suffix, and a copy of
+    what is aside already is removed. Every key file leaves DATA_DIR.
     """
     data_dir = node.node.data_dir
     aside = aside_dir(data_dir, run_id)
@@ -92,7 +93,8 @@ def keep_aside(node: KaiaNodeHook, run_id: str) -> str | None:
     if not files:
         return None
     moves = " && ".join(
-        f"{{ [ -e {shlex.quote(dst)} ] || mv {shlex.quote(p)} {shlex.quote(dst)}; }}"
+        f"{{ if [ ! -e {shlex.quote(dst)} ]; then mv {shlex.quote(p)} {shlex.quote(dst)}; elif cmp -s {shlex.quote(p)} {shlex.quote(dst)}; "
+        f"then rm -f {shlex.quote(p)}; else mv {shlex.quote(p)} {shlex.quote(dst)}.$(date +%s%N); fi; }}"
         for p in files for dst in [aside + "/" + (p[len(data_dir) + 1:] if p.startswith(data_dir + "/") else p.lstrip("/")).replace("/", "_")]
     )
     node.run(f"sudo sh -c {shlex.quote(f'umask 077 && mkdir -p {shlex.quote(aside)} && {moves} && chmod 600 {shlex.quote(aside)}/*')}")
