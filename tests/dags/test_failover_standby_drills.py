@@ -82,8 +82,9 @@ def test_bad_params_are_refused_before_anything_changes(drill):
     cell, runner, before = drill
     with pytest.raises(Exception, match="failed_cn"):
         runner.run(DAG_ID, {"failed_cn": "cn-metal-b"})  # a standby, not an active
-    with pytest.raises(Exception, match="standby_cn"):
-        runner.run(DAG_ID, {"failed_cn": "cn-metal-a", "standby_cn": "cn-metal-a"})
+    run_id, state, _ = runner.run(DAG_ID, {"failed_cn": "cn-metal-a", "standby_cn": "cn-metal-a"})  # the active itself
+    assert state == "failed"
+    assert "standby_cn: 'cn-metal-a' is not a standby of cc-metal now" in runner.report(DAG_ID, run_id)["timeline"][0]["outcome"]
     run_id, state, states = runner.run(DAG_ID, {})  # nothing chosen: the form's default
     assert state == "failed" and states[("preflight.validate", -1)] == ("failed", 1)  # not retried: bad input stays bad
     assert "failed_cn: choose the active CN that failed" in runner.report(DAG_ID, run_id)["timeline"][0]["outcome"]
