@@ -4,14 +4,17 @@
 Runs every minute, read only. For each core cell it judges the CN that runs the validator **now** (the live
 placement: after a failover the new node is watched) from independent views: the CN over SSH and its console
 (answers, kcnd running, node ID, peers, head), its PNs (their head, their CN peers) and, for the cloud, EC2
-(instance state and status checks). A few rounds per run, `watchdog.round_seconds` apart (15 s), each a short
+(instance state and status checks). A few rounds per run, `watchdog.round_seconds` apart (10 s), each a short
 reschedule-mode poke: no worker slot is held between rounds.
 
 | verdict | when | what happens |
 |---|---|---|
 | healthy | every view agrees | nothing |
-| degraded | a bad round not yet repeated, or a PN gives no view (e.g. a maintenance pre-snapshot) | logged |
-| dead | `watchdog.dead_after_rounds` (3) consecutive bad rounds | SNS alert with the evidence, and a run of `kaia_cn_failover_approval` asking "fail over VALIDATOR now?" in *Required actions* |
+| degraded | a bad round not yet repeated, or a PN gives no view (a pre-snapshot) | logged |
+| dead | `watchdog.dead_after_rounds` (3) consecutive bad rounds | an approval run (below) |
+
+On dead: a run of `kaia_cn_failover_approval` sends the SNS alert with the evidence and asks "Fail over VALIDATOR
+now?" in *Required actions*.
 
 Raised at once by SNS (no rounds): the CN runs another node ID than its validator's (a regenerated key), it has PN
 peers but no CN peers (the other validators do not accept it), a fenced node is alive again.

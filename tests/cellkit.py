@@ -145,7 +145,8 @@ def answer_when_asked(dag_id: str, task_id: str, option: str, seen: dict, timeou
                 with create_session() as session:
                     ti = session.scalars(select(TaskInstance).where(
                         TaskInstance.dag_id == dag_id, TaskInstance.task_id == task_id,
-                        TaskInstance.state == TaskInstanceState.AWAITING_INPUT, TaskInstance.start_date >= since)).first()
+                        TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+                        TaskInstance.start_date >= since)).first()
                     if ti is not None:
                         detail = session.get(HITLDetail, ti.id)
                         seen.update(state=str(ti.state), run_id=ti.run_id, subject=detail.subject, body=detail.body,
@@ -154,7 +155,8 @@ def answer_when_asked(dag_id: str, task_id: str, option: str, seen: dict, timeou
                         detail.responded_at = datetime.now(timezone.utc)
                         detail.chosen_options = [option]
                         detail.params_input = {}
-                        handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti, session=session)
+                        handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti,
+                                            session=session)
                         return
             except Exception as exc:  # e.g. the metadata database busy: ask again
                 seen.setdefault("errors", []).append(repr(exc)[:200])

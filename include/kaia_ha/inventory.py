@@ -164,7 +164,7 @@ class Watchdog(_Model):
 
     # Consecutive bad rounds before "dead": one dropped SSH session or one slow probe is one bad round at most.
     dead_after_rounds: int = Field(default=3, ge=1, le=100)
-    round_seconds: float = Field(default=15, ge=1, le=300)  # between rounds inside a watchdog run
+    round_seconds: float = Field(default=10, ge=1, le=300)  # between rounds (plus a poke's own time)
     max_head_lag: int = Field(default=10, ge=1)  # blocks the CN may trail its PNs' head (~1 block/s)
     auto_failover: bool = False  # True: the failover starts without an approval (the alert still goes out)
     repeat_alert_minutes: float = Field(default=30, gt=0)  # while still dead (or an immediate alert still holds)

@@ -5,7 +5,7 @@ rather than a long-lived deferrable watch: a round needs SSH and the node consol
 must not run in the triggerer's event loop; a reschedule-mode poke runs on a worker for a few seconds and gives the
 slot back between rounds (the scheduler only re-queues it), and each run ends within its minute, so a stuck round,
 a restarted scheduler or a changed inventory costs one run, not a watch that has to be revived. Rounds every
-``watchdog.round_seconds`` (15 s) inside the run keep the time to notice under a minute with the default
+``watchdog.round_seconds`` (10 s) inside the run keep the time to notice under a minute with the default
 ``dead_after_rounds`` (3), which one round per minute could not.
 
 Views of the active CN (the live placement's, so a new node is watched once a failover records it):
@@ -71,7 +71,8 @@ def _probe(node: KaiaNodeHook, tries: int = 2) -> dict:
     for _ in range(tries):
         try:
             probe = node.probe()
-            return {"answers": True, "running": True, "node_id": probe.node_id, "block": probe.block, "peers": probe.peers}
+            return {"answers": True, "running": True, "node_id": probe.node_id, "block": probe.block,
+                    "peers": probe.peers}
         except HostUnreachable as exc:
             why = f"SSH: {exc}"
         except (NodeCommandError, ProbeError) as exc:
@@ -155,11 +156,13 @@ def judge(cell: Cell, placement: Placement, views: dict) -> dict:
         if int(peers.get("total", 0)) == 0:
             bad.append(f"{placement.validator} has no peers")
         if pn_blocks and max(pn_blocks) - cn["block"] > cfg.max_head_lag:
-            bad.append(f"its head {cn['block']} trails its PNs' {max(pn_blocks)} by more than {cfg.max_head_lag} blocks")
+            bad.append(f"its head {cn['block']} trails its PNs' {max(pn_blocks)} "
+                       f"by more than {cfg.max_head_lag} blocks")
         expected = cell.validator.node_id
         if expected and cn["node_id"] != expected:
-            immediate.append(("identity", f"{placement.validator} on {where} runs node ID {cn['node_id'][:16]}…, not its "
-                              f"validator's {expected[:16]}… (a regenerated or wrong nodekey: it signs nothing)"))
+            immediate.append(("identity", f"{placement.validator} on {where} runs node ID {cn['node_id'][:16]}…, "
+                              f"not its validator's {expected[:16]}… (a regenerated or wrong nodekey: it signs "
+                              "nothing)"))
         if int(peers.get("pn", 0)) > 0 and int(peers.get("cn", 0)) == 0:
             immediate.append(("isolated", f"{placement.validator} on {where} has PN peers but no CN peers: the other "
                               "validators do not accept it (its node ID or IP is not the registered one)"))
@@ -170,7 +173,8 @@ def judge(cell: Cell, placement: Placement, views: dict) -> dict:
             degraded.append(f"PN {name} gives no view ({p.get('detail')})")
     if "ec2" in views:
         ec2 = views["ec2"]
-        evidence.append(f"EC2 {ec2['instance_id']}: {ec2['state'] or ec2.get('detail')} {ec2.get('checks') or ''}".rstrip())
+        state = ec2["state"] or ec2.get("detail")
+        evidence.append(f"EC2 {ec2['instance_id']}: {state} {ec2.get('checks') or ''}".rstrip())
         if ec2["state"] and ec2["state"] != "running":
             bad.append(f"EC2 says instance {ec2['instance_id']} is {ec2['state']}")
         elif any(v not in ("ok", "initializing") for v in (ec2.get("checks") or {}).values()):
@@ -185,14 +189,18 @@ def _since(iso: str | None) -> float:
 
 # ----- a round ---------------------------------------------------------------------------------------------------
 def watch_round(cell_name: str, run_id: str) -> dict:
-    """One round for one cell: observe, judge, count, alert at once what needs no rounds. Returns the verdict (JSON-safe,
-    no key material: node IDs are public)."""
+    """One round for one cell: observe, judge, count, alert at once what needs no rounds. Returns the verdict
+    (JSON-safe, no key material: node IDs are public)."""
     cell = load_inventory().cell(cell_name)
     st = live.store()
     placement = live.current(cell, st)
     found = judge(cell, placement, observe(cell, placement))
     record = load_record(cell, st)
     now = _now().isoformat(timespec="seconds")
+    active = placement.active.instance_id or placement.active.host
+    if record.get("active") not in (None, active):  # a failover moved the validator: the new node starts afresh
+        record.pop("bad_rounds", None)
+        record.pop("bad_since", None)
     if found["bad"]:
         record["bad_rounds"] = record.get("bad_rounds", 0) + 1
         record.setdefault("bad_since", now)
@@ -200,25 +208,25 @@ def watch_round(cell_name: str, run_id: str) -> dict:
         record.pop("bad_rounds", None)
         record.pop("bad_since", None)
     record["run_rounds"] = record.get("run_rounds", 0) + 1 if record.get("run_id") == run_id else 1
-    record |= {"run_id": run_id, "last_round": now, "validator": placement.validator,
-               "active": placement.active.instance_id or placement.active.host}
+    record |= {"run_id": run_id, "last_round": now, "validator": placement.validator, "active": active}
     rounds = record.get("bad_rounds", 0)
     verdict = ("dead" if rounds >= cell.watchdog.dead_after_rounds
                else "degraded" if rounds or found["degraded"] else "healthy")
     alerts = record.setdefault("alerts", {})
     raised = []
-    for kind, text in found["immediate"]:
+    for kind, what in found["immediate"]:
         if _since(alerts.get(kind)) >= cell.watchdog.repeat_alert_minutes * 60:
-            notify(cell, f"[kaia-ha] {cell.name}: {text[:60]}", text + "\n\nEvidence:\n" + "\n".join(found["evidence"]))
+            notify(cell, f"[kaia-ha] {cell.name}: {what[:60]}", what + "\n\nEvidence:\n" + "\n".join(found["evidence"]))
             alerts[kind] = now
             raised.append(kind)
     for kind in [k for k in alerts if k not in {k for k, _ in found["immediate"]}]:
         del alerts[kind]  # cleared: the next occurrence alerts at once
     save_record(cell, record, st)
     result = {"cell": cell.name, "validator": placement.validator, "active": record["active"], "verdict": verdict,
-              "bad_rounds": rounds, "dead_after_rounds": cell.watchdog.dead_after_rounds, "run_rounds": record["run_rounds"],
+              "bad_rounds": rounds, "dead_after_rounds": cell.watchdog.dead_after_rounds,
+              "run_rounds": record["run_rounds"],
               "bad_since": record.get("bad_since"), "reasons": found["bad"], "degraded": found["degraded"],
-              "immediate": [text for _, text in found["immediate"]], "alerted": raised, "evidence": found["evidence"]}
+              "immediate": [what for _, what in found["immediate"]], "alerted": raised, "evidence": found["evidence"]}
     log.info("%s: %s (%d/%d bad rounds) %s", cell.name, verdict, rounds, cell.watchdog.dead_after_rounds,
              "; ".join(found["bad"] + found["degraded"]) or "all views agree")
     return result
@@ -271,8 +279,8 @@ def decide(verdict: dict, ti) -> dict | None:
     stamp = (verdict["bad_since"] or "").replace("-", "").replace(":", "").replace("+0000", "Z")
     n = approval.get("n", 0) + 1 if approval.get("since") == verdict["bad_since"] else 1
     run_id = f"watchdog__{verdict['validator']}__{stamp}__{n}"
-    record["approval"] = {"run_id": run_id, "opened_at": _now().isoformat(timespec="seconds"), "since": verdict["bad_since"],
-                          "n": n}
+    record["approval"] = {"run_id": run_id, "opened_at": _now().isoformat(timespec="seconds"),
+                          "since": verdict["bad_since"], "n": n}
     record.pop("reminded_at", None)
     save_record(cell, record, st)
     return _request(cell, verdict, run_id)
@@ -288,9 +296,10 @@ def _run_state(ti, dag_id: str, run_id: str) -> str | None:
 
 
 def _request(cell: Cell, verdict: dict, run_id: str) -> dict:
-    return {"run_id": run_id, "conf": {"cell": cell.name, "validator": verdict["validator"], "failover_dag_id": failover_dag(cell),
-                                       "evidence": text(verdict), "auto_failover": cell.watchdog.auto_failover,
-                                       "failover_conf": {"failed_cn": verdict["validator"]}}}
+    conf = {"cell": cell.name, "validator": verdict["validator"], "failover_dag_id": failover_dag(cell),
+            "evidence": text(verdict), "auto_failover": cell.watchdog.auto_failover,
+            "failover_conf": {"failed_cn": verdict["validator"]}}  # host_known_dead never: the failover asks itself
+    return {"run_id": run_id, "conf": conf}
 
 
 def text(verdict: dict) -> str:

@@ -5,7 +5,7 @@
   stop-instance (cloud, then started again), cut-ssh (bare metal), kill (cloud; a killed node's database stays dirty,
   so it comes last);
 - a CN running another node ID is alerted at the first round;
-- reject: nothing is triggered, and no second approval is opened at once;
+- reject: nothing is triggered, and no second approval is opened at once; auto_failover: no question asked;
 - approve: the right failover DAG run is created with ``failed_cn``; the watchdog stays quiet while it is queued.
 
 Rounds are one per run (``rounds_per_run: 1``) and ``dead_after_rounds: 2`` (the inventory's watchdog block).
@@ -77,7 +77,8 @@ def rounds(runner) -> dict[str, dict]:
                 dag_id=WATCH, run_id=run_id, key="return_value").filter(XComModel.task_id.like("%.watch")):
             verdict = json.loads(value) if isinstance(value, str) else value
             cell_name = task_id.split(".")[0]
-            verdicts[cell_name] = verdict | {"states": {k[0]: v[0] for k, v in states.items() if k[0].startswith(cell_name)}}
+            mine = {k[0]: v[0] for k, v in states.items() if k[0].startswith(cell_name)}
+            verdicts[cell_name] = verdict | {"states": mine}
     return verdicts
 
 
@@ -111,7 +112,8 @@ def test_a_healthy_cell_with_a_dropped_ssh_session_raises_nothing(watch):
     cell.fault("ssh:cn-metal-a", "--kind", "drop")
     for _ in range(ROUNDS + 1):
         verdicts = rounds(runner)
-        assert {name: v["verdict"] for name, v in verdicts.items()} == {"cc-cloud": "healthy", "cc-metal": "healthy"}, verdicts
+        judged = {name: v["verdict"] for name, v in verdicts.items()}
+        assert judged == {"cc-cloud": "healthy", "cc-metal": "healthy"}, verdicts
     assert cell.status()["pending_faults"]["ssh"] == {}  # the drops happened, and were not counted
     assert set(runs(APPROVAL)) == approvals and published(cell, sent) == []
 
@@ -124,8 +126,11 @@ def test_a_stopped_cloud_instance_is_dead_after_the_rounds(watch):
     end(APPROVAL, verdict["approval"])
     instance = cell.node("cn-aws-1")["instance_id"]
     ec2 = cell.client("ec2")
-    cell.wait_for(lambda: ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
-                  == "stopped", timeout=60, what="stopped")
+
+    def stopped():
+        return ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"] == "stopped"
+
+    cell.wait_for(stopped, timeout=60, what="stopped")
     ec2.start_instances(InstanceIds=[instance])
     cell.wait_for(lambda: round_(runner, "cc-cloud")["verdict"] == "healthy", timeout=90, what="cn-aws-1 healthy again")
 
@@ -143,7 +148,8 @@ def test_a_regenerated_node_id_is_alerted_at_the_first_round(watch):
         assert len(alerts) == 1 and alerts[0]["Subject"].startswith("[kaia-ha] cc-metal: cn-metal-a")
     finally:
         cell.ssh("cn-metal-a", f"sudo systemctl stop kcnd && sudo mv -f {key}.aside {key} && sudo systemctl start kcnd")
-    cell.wait_for(lambda: round_(runner, "cc-metal")["verdict"] == "healthy", timeout=60, what="cn-metal-a healthy again")
+    cell.wait_for(lambda: round_(runner, "cc-metal")["verdict"] == "healthy", timeout=60,
+                  what="cn-metal-a healthy again")
 
 
 def test_a_metal_cn_with_ssh_cut_is_dead_after_the_rounds_and_a_rejection_starts_nothing(watch):
@@ -152,7 +158,7 @@ def test_a_metal_cn_with_ssh_cut_is_dead_after_the_rounds_and_a_rejection_starts
     failovers = set(runs("kaia_cn_failover_standby"))
     verdict = dead_after_rounds(runner, "cc-metal")
     assert any("does not answer over SSH" in r for r in verdict["reasons"]), verdict
-    assert any("kcnd may still run" in e for e in verdict["evidence"]), verdict  # the PNs still see it: the human is told
+    assert any("kcnd may still run" in e for e in verdict["evidence"]), verdict  # the PNs still see it: said so
     assert runs(APPROVAL)[verdict["approval"]]["conf"]["failover_dag_id"] == "kaia_cn_failover_standby"
     seen: dict = {}
     operator = cellkit.answer_when_asked(APPROVAL, "approve", "Reject", seen)
@@ -163,7 +169,19 @@ def test_a_metal_cn_with_ssh_cut_is_dead_after_the_rounds_and_a_rejection_starts
     # Still dead: no new approval until the repeat (30 min by default).
     verdict = round_(runner, "cc-metal")
     assert verdict["verdict"] == "dead" and verdict["states"]["cc-metal.open_approval"] == "skipped"
-    assert not [r for r, run in runs(APPROVAL).items() if r.startswith("watchdog__cn-metal-a") and run["state"] == "queued"]
+    assert not [r for r, run in runs(APPROVAL).items()
+                if r.startswith("watchdog__cn-metal-a") and run["state"] == "queued"]
+
+
+def test_with_auto_failover_the_approval_run_starts_the_failover_without_asking(watch):
+    cell, runner = watch
+    conf = {"cell": "cc-metal", "validator": "cn-metal-a", "failover_dag_id": "kaia_cn_failover_standby",
+            "evidence": "cn-metal-a: DEAD (test)", "auto_failover": True, "failover_conf": {"failed_cn": "cn-metal-a"}}
+    run_id, state, states = runner.run(APPROVAL, conf)
+    assert state == "success" and states[("approve", -1)][0] == "skipped", states
+    failover = runs("kaia_cn_failover_standby")[f"approved__{run_id}"]
+    assert failover["conf"] == {"failed_cn": "cn-metal-a"}
+    end("kaia_cn_failover_standby", f"approved__{run_id}")
 
 
 def test_a_killed_cloud_cn_is_dead_after_the_rounds_and_approval_starts_its_failover(watch):

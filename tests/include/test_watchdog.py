@@ -23,9 +23,10 @@ def cloud():
 def views(cn=None, pns=None, ec2_state="running", fenced=()):
     node_id = load_inventory(EXAMPLE).cell("cc-cloud").validator.node_id
     return {
-        "cn": cn or {"answers": True, "running": True, "node_id": node_id, "block": 100, "peers": {"cn": 5, "pn": 2, "total": 7}},
-        "pns": pns or {"pn-1": {"answers": True, "running": True, "block": 101, "peers": {"cn": 1, "pn": 3, "total": 4}},
-                       "pn-2": {"answers": True, "running": True, "block": 101, "peers": {"cn": 1, "pn": 3, "total": 4}}},
+        "cn": cn or {"answers": True, "running": True, "node_id": node_id, "block": 100,
+                     "peers": {"cn": 5, "pn": 2, "total": 7}},
+        "pns": pns or {name: {"answers": True, "running": True, "block": 101, "peers": {"cn": 1, "pn": 3, "total": 4}}
+                       for name in ("pn-1", "pn-2")},
         "ec2": {"instance_id": "i-0123456789abcdef0", "state": ec2_state, "checks": {}},
         "fenced_alive": list(fenced),
     }
@@ -92,3 +93,58 @@ def test_a_round_is_done_on_dead_or_after_its_share():
     assert watchdog.round_done({"verdict": "dead", "run_rounds": 1}, 3)
     assert not watchdog.round_done({"verdict": "degraded", "run_rounds": 2}, 3)
     assert watchdog.round_done({"verdict": "healthy", "run_rounds": 3}, 3)
+
+
+@pytest.fixture
+def rounds(tmp_path, monkeypatch, cloud):
+    """watch_round with the views given by the test and the counter in a file store (no hosts, no AWS)."""
+    from kaia_ha import live
+    from kaia_ha_airflow.hooks.state import StateStore
+
+    cell, placement = cloud
+    st = StateStore(f"file://{tmp_path}/state")
+    sent = []
+    state = {"views": views(), "placement": placement}
+    monkeypatch.setattr(live, "store", lambda: st)
+    monkeypatch.setattr(live, "current", lambda c, s=None: state["placement"])
+    monkeypatch.setattr(watchdog, "observe", lambda c, p: state["views"])
+    monkeypatch.setattr(watchdog, "load_inventory", lambda: load_inventory(EXAMPLE))
+    monkeypatch.setattr(watchdog, "notify", lambda c, subject, message: sent.append(subject))
+    return state, sent, lambda run="r1": watchdog.watch_round(cell.name, run)
+
+
+def test_dead_only_after_consecutive_bad_rounds_and_a_good_round_starts_over(rounds):
+    state, sent, watch_round = rounds
+    down = views(cn={"answers": False, "running": None, "detail": "SSH: refused"})
+    state["views"] = down
+    assert [watch_round()["verdict"] for _ in range(2)] == ["degraded", "degraded"]
+    state["views"] = views()  # one good round between: the count starts over
+    assert watch_round()["verdict"] == "healthy"
+    state["views"] = down
+    verdicts = [watch_round() for _ in range(3)]
+    assert [v["verdict"] for v in verdicts] == ["degraded", "degraded", "dead"]
+    assert verdicts[-1]["bad_since"] == verdicts[0]["bad_since"] and sent == []  # dead opens an approval, no alert here
+
+
+def test_a_new_active_after_a_failover_is_judged_afresh(rounds, cloud):
+    from kaia_ha.placement import Active
+
+    state, _, watch_round = rounds
+    state["views"] = views(cn={"answers": False, "running": None, "detail": "SSH: refused"})
+    assert [watch_round()["verdict"] for _ in range(2)] == ["degraded", "degraded"]
+    state["placement"] = cloud[1].model_copy(update={"active": Active(host="cn-1", instance_id="i-0bbbbbbbbbbbbbbbb")})
+    verdict = watch_round()
+    assert (verdict["active"], verdict["bad_rounds"]) == ("i-0bbbbbbbbbbbbbbbb", 1)
+
+
+def test_an_immediate_alert_is_sent_once_while_it_holds(rounds):
+    state, sent, watch_round = rounds
+    state["views"] = views()
+    state["views"]["cn"]["node_id"] = "ab" * 64
+    watch_round(), watch_round()
+    assert len(sent) == 1 and sent[0].startswith("[kaia-ha] cc-cloud: cn-1 on i-0123456789abcdef0 runs node ID")
+    state["views"] = views()
+    watch_round()  # cleared
+    state["views"]["cn"]["node_id"] = "ab" * 64
+    watch_round()
+    assert len(sent) == 2
