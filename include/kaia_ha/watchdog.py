@@ -201,7 +201,7 @@ def watch_round(cell_name: str, run_id: str) -> dict:
     if record.get("active") not in (None, active):  # a failover moved the validator: the new node starts afresh
         record.pop("bad_rounds", None)
         record.pop("bad_since", None)
-    if found["bad"]:
+    if found["bad"]:  # a retried poke is one more look at the node: it counts as a round like any other
         record["bad_rounds"] = record.get("bad_rounds", 0) + 1
         record.setdefault("bad_since", now)
     else:
