@@ -4,7 +4,7 @@
 - each way of breaking the active CN is "dead" only after the configured rounds, and then opens one approval:
   stop-instance (cloud, then started again), cut-ssh (bare metal), kill (cloud; a killed node's database stays dirty,
   so it comes last);
-- a CN running another node ID is alerted at the first round;
+- a CN running another node ID, and a fenced host running kcnd, are alerted at the first round;
 - reject: nothing is triggered, and no second approval is opened at once; auto_failover: no question asked;
 - approve: the right failover DAG run is created with ``failed_cn``; the watchdog stays quiet while it is queued.
 
@@ -128,7 +128,8 @@ def test_a_stopped_cloud_instance_is_dead_after_the_rounds(watch):
     ec2 = cell.client("ec2")
 
     def stopped():
-        return ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"] == "stopped"
+        found = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
+        return found["State"]["Name"] == "stopped"
 
     cell.wait_for(stopped, timeout=60, what="stopped")
     ec2.start_instances(InstanceIds=[instance])
@@ -211,3 +212,21 @@ def test_a_killed_cloud_cn_is_dead_after_the_rounds_and_approval_starts_its_fail
     assert verdict["verdict"] == "dead" and verdict["states"]["cc-cloud.open_approval"] == "skipped"
     assert set(runs(APPROVAL)) == approvals
     end("kaia_cn_failover_cloud", f"approved__{run_id}")
+
+
+def test_a_fenced_host_running_kcnd_is_alerted_at_the_first_round(watch):
+    from kaia_ha import live
+    from kaia_ha.inventory import load_inventory
+    from kaia_ha.placement import Fenced
+
+    cell, runner = watch
+    metal = load_inventory().cell("cc-metal")
+    # As if a failover had fenced cn-metal-b and someone started kcnd there again (it runs: the standby).
+    record = Fenced(host="cn-metal-b", run_id="test", dag_id="test", at=live.now(), how="over SSH")
+    live.update(metal, lambda p: p.next(fenced=[*p.fenced, record]), dag_id="test", run_id="fence-cn-metal-b",
+                why="watchdog test: a fenced host alive")
+    sent = len(cell.calls("Publish"))
+    verdict = round_(runner, "cc-metal")
+    assert "fenced host cn-metal-b runs kcnd again" in verdict["immediate"], verdict
+    subjects = [p["Subject"] for p in published(cell, sent)]
+    assert subjects == ["[kaia-ha] cc-metal: fenced host cn-metal-b runs kcnd again"]
