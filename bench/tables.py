@@ -11,7 +11,8 @@ from pathlib import Path
 
 from common import OUT
 
-ORDER = ["failover_rto", "failover_standby_rto", "maintenance_downtime", "dag_parse", "maintenance_scale"]
+ORDER = ["failover_rto", "failover_standby_rto", "maintenance_downtime", "dag_parse", "maintenance_scale", "watchdog",
+         "watchdog_soak"]
 
 
 def render(data: dict) -> str:

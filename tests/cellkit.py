@@ -123,6 +123,50 @@ class Cell:
             time.sleep(0.2)
 
 
+def answer_when_asked(dag_id: str, task_id: str, option: str, seen: dict, timeout: float = 180):
+    """Play the operator: when the task waits for input (Required actions), answer it as the UI's API does.
+    Returns the thread; ``seen`` gets the question (state, run_id, subject, body, options) and when it was asked."""
+    import threading
+    from datetime import datetime, timezone
+
+    def run():
+        from sqlalchemy import select
+
+        from airflow.models.hitl import HITLDetail
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.models.trigger import handle_event_submit
+        from airflow.triggers.base import TriggerEvent
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+
+        since, deadline = datetime.now(timezone.utc), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with create_session() as session:
+                    ti = session.scalars(select(TaskInstance).where(
+                        TaskInstance.dag_id == dag_id, TaskInstance.task_id == task_id,
+                        TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+                        TaskInstance.start_date >= since)).first()
+                    if ti is not None:
+                        detail = session.get(HITLDetail, ti.id)
+                        seen.update(state=str(ti.state), run_id=ti.run_id, subject=detail.subject, body=detail.body,
+                                    options=detail.options, asked_at=time.time())
+                        detail.responded_by = {"id": "drill", "name": "drill-operator"}
+                        detail.responded_at = datetime.now(timezone.utc)
+                        detail.chosen_options = [option]
+                        detail.params_input = {}
+                        handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti,
+                                            session=session)
+                        return
+            except Exception as exc:  # e.g. the metadata database busy: ask again
+                seen.setdefault("errors", []).append(repr(exc)[:200])
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def end_interrupted_runs() -> None:
     """Mark failed the project's DAG runs an interrupted test session left running in the shared metadata DB
     (``dag.test()`` runs end before it returns): a "running" cloud failover makes the maintenance DAG leave
@@ -213,6 +257,25 @@ class AirflowRunner:
                 return dag.test(logical_date=logical_date, run_after=run_after)
 
         return self._drive(dag_id, drive, retries)
+
+    def run_existing(self, dag_id: str, run_id: str):
+        """Run a queued run that another DAG triggered (what the scheduler would do), with ``dag.test()``'s loop
+        driving that run instead of a new one. Returns what ``run`` returns."""
+        from unittest import mock
+
+        from airflow.models.dagrun import DagRun
+
+        from airflow.utils import timezone
+        from airflow.utils.state import DagRunState
+
+        def this_run(*, session, dag, **_):
+            dr = session.query(DagRun).filter_by(dag_id=dag_id, run_id=run_id).one()
+            dr.dag = dag
+            dr.state, dr.start_date = DagRunState.RUNNING, timezone.utcnow()  # the scheduler starts a queued run
+            return dr
+
+        with mock.patch("airflow.models.dagrun.get_or_create_dagrun", this_run):
+            return self._drive(dag_id, lambda dag: dag.test())
 
     def _drive(self, dag_id: str, go, retries: int | None = None):
         import contextlib

@@ -159,6 +159,18 @@ class Maintenance(_Model):
     snapshot_pn: str | None = None  # which PN to snapshot; None rotates through the cell's PNs
 
 
+class Watchdog(_Model):
+    """How ``kaia_cn_watchdog`` judges the cell's active CN and what it does when the CN is dead."""
+
+    # Consecutive bad rounds before "dead": one dropped SSH session or one slow probe is one bad round at most.
+    dead_after_rounds: int = Field(default=3, ge=1, le=100)
+    round_seconds: float = Field(default=10, ge=1, le=300)  # between rounds (plus a poke's own time)
+    max_head_lag: int = Field(default=10, ge=1)  # blocks the CN may trail its PNs' head (~1 block/s)
+    auto_failover: bool = False  # True: the failover starts without an approval (the alert still goes out)
+    repeat_alert_minutes: float = Field(default=30, gt=0)  # while still dead (or an immediate alert still holds)
+    approval_timeout_minutes: float = Field(default=60, gt=0)
+
+
 class State(_Model):
     """Where the live placement is kept: one home every worker sees (see kaia_ha.live).
 
@@ -182,6 +194,7 @@ class Cell(_Model):
     floating_ip: FloatingIP | None = None
     launch: Launch | None = None
     maintenance: Maintenance = Maintenance()
+    watchdog: Watchdog = Watchdog()
 
     @model_validator(mode="after")
     def _shape(self) -> Cell:

@@ -10,11 +10,9 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from datetime import datetime, timezone
-
 import pytest
+
+import cellkit
 
 from kaia_ha import failover_standby as steps
 from kaia_ha.inventory import load_inventory
@@ -40,42 +38,8 @@ def assert_standby_untouched(cell, before: dict) -> None:
     assert cell.status()["double_signing_events"] == []
 
 
-def answer_when_asked(task_id: str, option: str, seen: dict, timeout: float = 180) -> threading.Thread:
-    """Play the operator: when the task waits for input (Required actions), answer it as the UI's API does."""
-
-    def run():
-        from sqlalchemy import select
-
-        from airflow.models.hitl import HITLDetail
-        from airflow.models.taskinstance import TaskInstance
-        from airflow.models.trigger import handle_event_submit
-        from airflow.triggers.base import TriggerEvent
-        from airflow.utils.session import create_session
-        from airflow.utils.state import TaskInstanceState
-
-        since, deadline = datetime.now(timezone.utc), time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with create_session() as session:
-                    ti = session.scalars(select(TaskInstance).where(
-                        TaskInstance.dag_id == DAG_ID, TaskInstance.task_id == task_id,
-                        TaskInstance.state == TaskInstanceState.AWAITING_INPUT, TaskInstance.start_date >= since)).first()
-                    if ti is not None:
-                        detail = session.get(HITLDetail, ti.id)
-                        seen.update(state=str(ti.state), run_id=ti.run_id, subject=detail.subject, body=detail.body, options=detail.options)
-                        detail.responded_by = {"id": "drill", "name": "drill-operator"}
-                        detail.responded_at = datetime.now(timezone.utc)
-                        detail.chosen_options = [option]
-                        detail.params_input = {}
-                        handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti, session=session)
-                        return
-            except Exception as exc:  # e.g. the metadata database busy: ask again
-                seen.setdefault("errors", []).append(repr(exc)[:200])
-            time.sleep(0.5)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+def answer_when_asked(task_id: str, option: str, seen: dict, timeout: float = 180):
+    return cellkit.answer_when_asked(DAG_ID, task_id, option, seen, timeout)
 
 
 def test_bad_params_are_refused_before_anything_changes(drill):

@@ -64,6 +64,19 @@ class StateStore:
             found += [o["Key"][strip:] for o in page.get("Contents", [])]
         return sorted(found)
 
+    def put(self, name: str, doc: dict) -> None:
+        """Write ``doc`` at ``name``, replacing what is there (small records one writer owns, e.g. a watch counter)."""
+        body = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        if self.scheme == "file":
+            path = self.root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "w") as f:
+                f.write(body)
+            os.replace(tmp, path)  # atomic: a reader sees the old record or the new one
+            return
+        self._s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=body.encode(), ContentType="application/json")
+
     def create(self, name: str, doc: dict) -> None:
         """Write ``doc`` at ``name`` only if nothing is there yet; AlreadyExists otherwise."""
         body = json.dumps(doc, indent=2, sort_keys=True) + "\n"
