@@ -159,7 +159,8 @@ def judge(cell: Cell, placement: Placement, views: dict) -> dict:
             bad.append(f"its head {cn['block']} trails its PNs' {max(pn_blocks)} "
                        f"by more than {cfg.max_head_lag} blocks")
         expected = cell.validator.node_id
-        if expected and cn["node_id"] != expected:
+        if expected and cn["node_id"] != expected:  # the validator does not run there: a bad round too
+            bad.append(f"{placement.validator} on {where} runs another node ID ({cn['node_id'][:16]}…)")
             immediate.append(("identity", f"{placement.validator} on {where} runs node ID {cn['node_id'][:16]}…, "
                               f"not its validator's {expected[:16]}… (a regenerated or wrong nodekey: it signs "
                               "nothing)"))
