@@ -21,6 +21,7 @@ SOURCE_VOLUME = "kaia:source-volume"
 CLEAN_STOP = "kaia:clean-stop"
 KCN_VERSION = "kaia:kcn-version"
 DB_FLAGS = "kaia:db-flags"  # e.g. dbtype=LevelDB,shards=4,live-pruning=off,single=off
+HEAD_BLOCK = "kaia:head-block"  # the PN's head when kpnd was stopped for the snapshot: the lag a CN will catch up
 IN_USE_BY = "kaia:in-use-by"  # a failover run using this image or snapshot; retention spares it
 
 KIND_CN_IMAGE = "cn-image"
