@@ -165,9 +165,10 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
         "zone": zone, "allocation_id": cn.elastic_ip_allocation_id, "public_ip": eip["PublicIp"],
         "eip_holder": eip.get("InstanceId"), "snapshot_id": snapshot["SnapshotId"] if snapshot else None,
         "snapshot_why": why, "snapshot_pn": pn.name, "pn_volume_id": pn.data_volume_id, "permissions": permissions,
-        # For a fresh snapshot: the chosen PN first, then the others whose chain data fits the image (pn_stop).
-        "snapshot_pns": [] if snapshot else [
-            pn.name, *pn_stop.fitting(cell, pn_stop.candidates(cell, pn.name)[1:], image_tags)],
+        # For a fresh snapshot: the chosen PN first, then the others whose chain data fits the image and whose volume
+        # was snapshotted before (pn_stop).
+        "snapshot_pns": [] if snapshot else [pn.name, *pn_stop.incremental(
+            cell, pn_stop.fitting(cell, pn_stop.candidates(cell, pn.name)[1:], image_tags))],
         "snapshot_tags": T.base_tags(cell.name, T.KIND_PN_CHAINDATA, run_id, DAG_ID, pn.name) | {T.CLEAN_STOP: "true"},
     }
     log.info("Failover plan for %s: image %s, chain data %s (%s), EIP %s, node %s…", cn.name, image["ImageId"],

@@ -103,6 +103,23 @@ def fitting(cell: Cell, names: list[str], image_tags: dict[str, str]) -> list[st
     return fit
 
 
+def incremental(cell: Cell, names: list[str]) -> list[str]:
+    """Those of ``names`` whose data volume has a completed snapshot already: a fresh one is then incremental
+    (minutes). A volume's first snapshot copies all of it (4,000 GiB: many hours), longer than any failover can
+    wait, so such a PN is no fallback; the pre-taken snapshot is. IAM: ec2:DescribeSnapshots."""
+    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    keep = []
+    for name in names:
+        volume = next(p for p in cell.pns if p.name == name).data_volume_id
+        found = ec2.conn.describe_snapshots(OwnerIds=["self"], Filters=[
+            {"Name": "volume-id", "Values": [volume]}, {"Name": "status", "Values": ["completed"]}])["Snapshots"]
+        if found:
+            keep.append(name)
+        else:
+            log.warning("%s is no fallback for a fresh snapshot: its volume %s has no snapshot yet", name, volume)
+    return keep
+
+
 def restart_and_prove(cell: Cell, pn, limit: float) -> tuple[bool, str]:
     """Start kpnd again once its flush has ended (never a kill) and prove it serves: peers, head rising."""
     node = KaiaNodeHook(pn)

@@ -179,12 +179,13 @@ class KaiaNodeHook:
         ``STOP_TIMEOUT=${STOP_TIMEOUT-10}``): SIGTERM, then SIGKILL after STOP_TIMEOUT, so a flush longer than 10 s
         is killed. ``systemctl kill`` signals the unit's processes without its ExecStop; once the node has exited,
         ``systemctl stop`` only settles the unit (pid and lock files). Past ``limit`` the node is left to finish its
-        flush: ``exited`` is False."""
+        flush: ``exited`` is False. Assumes systemd tracks kpn as the unit's main process (AUTO_RESTART_NODE=0): with
+        the init script's auto-restart daemon as main process, its exit would run ExecStop, whose killproc kills."""
         service = self.node.service
         started = time.time()
         self.run(f"sudo systemctl kill --signal=SIGTERM {service}")
         wait = f'while [ "$(systemctl is-active {service})" = active ]; do sleep 0.5; done'
-        rc = self.run(f"timeout {limit:.0f} sh -c {shlex.quote(wait)}", timeout=limit + 60, check=False).rc
+        rc = self.run(f"timeout {max(1, round(limit))} sh -c {shlex.quote(wait)}", timeout=limit + 60, check=False).rc
         exited = rc == 0
         if exited:
             self.run(f"sudo systemctl stop {service}", timeout=120)
