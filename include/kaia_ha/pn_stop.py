@@ -22,7 +22,7 @@ from kaia_ha.alerts import notify
 from kaia_ha.health import ProbeError
 from kaia_ha.inventory import Cell
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
-from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError, shutdown_was_clean
+from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError, shutdown_was_clean, shutting_down
 
 log = logging.getLogger(__name__)
 STOPPED_KEY = "kpnd_stopped"
@@ -168,14 +168,15 @@ def stop_for_snapshot(cell: Cell, names: list[str], ti, tags: dict[str, str]) ->
             continue
         node = KaiaNodeHook(pn)
         state = node.service_state()
-        if state != "active" and ti.try_number > 1:  # this task's earlier try sent the SIGTERM: its outcome stands
-            if shutdown_was_clean(node.log_tail()):
-                stopped.append(name)
+        if ti.try_number > 1 and (state != "active" or shutting_down(node.log_tail(50))):
+            # This task's earlier try sent the SIGTERM (its answer lost, or the try died): that stop's outcome stands.
+            stopped.append(name)
+            record()
+            if node.wait_exited(limit) and node.service_state() != "active" and shutdown_was_clean(node.log_tail()):
                 attempts.append({"pn": name, "outcome": "stopped cleanly", "why": "by an earlier try of this task"})
                 record()
                 return _stopped(pn, tags, attempts, time.time(), 0.0, None)
-            stopped.append(name)
-            state = "left by an earlier try"
+            state = "was not stopped cleanly by an earlier try of this task"
         elif state != "active":
             attempts.append({"pn": name, "outcome": "not stopped", "why": f"kpnd on {name} is {state} before this run "
                              "stopped it: another run or a person did, and starting it again is theirs to do (this run "

@@ -113,3 +113,33 @@ def test_a_failover_where_no_pn_stops_uses_the_older_pretaken_snapshot_and_warns
     assert all(kpnds(cell).values())
     for pn in ("pn-aws-1", "pn-aws-2"):
         never_killed(cell, pn)
+
+
+class Try:
+    """The task-instance members the stop and start use, for a retry (the rest is real: SSH to the cell)."""
+
+    def __init__(self, try_number: int):
+        self.try_number, self.xcom = try_number, {}
+
+    def xcom_push(self, key, value):
+        self.xcom[key] = value
+
+    def xcom_pull(self, task_ids, key, default=None):
+        return self.xcom.get(key, default)
+
+
+def test_a_retry_after_a_lost_answer_keeps_the_earlier_tries_stop_and_starts_that_pn(slow):
+    """The first try's SIGTERM went out and its answer was lost while kpnd still flushed: the retry waits for that
+    stop, snapshots that PN (no second PN down), and the teardown starts it."""
+    from kaia_ha import maintenance
+
+    cell, _ = slow
+    cell.fault("slow-stop:pn-aws-1", "--times", "2")
+    cell.ssh("pn-aws-1", "sudo systemctl kill --signal=SIGTERM kpnd")  # what the first try did
+    retry = Try(2)
+    stopped = maintenance.stop_pn("cc-cloud", "pn-aws-1", ti=retry, tags={})
+    assert stopped["pn"] == "pn-aws-1" and stopped["attempts"][0]["why"] == "by an earlier try of this task"
+    assert kpnds(cell) == {"pn-aws-1": False, "pn-aws-2": True}
+    assert maintenance.start_pn("cc-cloud", ti=retry, stop_task="stop_kpnd")["pns"] == ["pn-aws-1"]
+    assert all(kpnds(cell).values())
+    never_killed(cell, "pn-aws-1")
