@@ -16,7 +16,10 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
    its root volume) is detached, tagged `kaia:fenced-by` and kept, so that starting the instance later can
    never bring the validator key back; stopped replacements of earlier runs get the same.
 3. **Chain data**: the newest pre-taken PN snapshot, or a fresh one (kpnd stopped cleanly, snapshot,
-   kpnd started again as a teardown), then a volume from it in the replacement's zone.
+   kpnd started again as a teardown), then a volume from it in the replacement's zone. kpnd gets a SIGTERM
+   and the inventory's `pn_stop_limit_seconds` to stop on its own, never a kill; a PN that does not is
+   started again at once and the next healthy PN of the cell is tried; when none stops, the newest
+   pre-taken snapshot is used whatever its age (the report warns, with the blocks the CN must catch up).
 4. **Launch** the replacement from the CN image, at the same time as 3.
 5. **Attach and mount** the volume at DATA_DIR; the host key comes from the console output (EC2 API).
 6. **Prune** everything but `klay/chaindata`; DATA_DIR in kcnd.conf checked.
@@ -50,7 +53,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
 
 from kaia_ha import failover_cloud as steps
-from kaia_ha import maintenance
+from kaia_ha import maintenance, pn_stop
 from kaia_ha.inventory import load_inventory
 from kaia_ha.report import record_task
 from kaia_ha_airflow.dag_defaults import core_cell_dag
@@ -105,22 +108,24 @@ def reserve_pn(plan: dict) -> str:
     return plan["snapshot_pn"]
 
 
-@task(pool=maintenance.PN_DOWNTIME_POOL)
+@task(pool=maintenance.PN_DOWNTIME_POOL, multiple_outputs=True)
 def stop_kpnd(plan: dict) -> dict:
-    return maintenance.stop_pn(plan["cell"], plan["snapshot_pn"], ti=_ctx()["ti"])
+    return steps.stop_snapshot_pn(plan, _ctx()["ti"])
 
 
 @task(retries=5)
 def start_kpnd(plan: dict) -> dict:
-    return maintenance.start_pn(plan["cell"], plan["snapshot_pn"], ti=_ctx()["ti"], stop_task="chain_data.fresh_snapshot.stop_kpnd")
+    return maintenance.start_pn(plan["cell"], ti=_ctx()["ti"], stop_task="chain_data.fresh_snapshot.stop_kpnd")
 
 
 @task(trigger_rule="none_failed_min_one_success")
 def chaindata_snapshot(plan: dict) -> dict:
     if plan["dry_run"]:  # its trigger rule would otherwise let it run after the dry-run gate skipped its inputs
         raise AirflowSkipException("dry run")
-    fresh = _ctx()["ti"].xcom_pull(task_ids="chain_data.fresh_snapshot.wait_snapshot", default=None)
-    return steps.chaindata_snapshot(plan, fresh)
+    ti = _ctx()["ti"]
+    fresh = ti.xcom_pull(task_ids="chain_data.fresh_snapshot.wait_snapshot", default=None)
+    tried = ti.xcom_pull(task_ids="chain_data.fresh_snapshot.stop_kpnd", key=pn_stop.ATTEMPTS_KEY, default=None)
+    return steps.chaindata_snapshot(plan, fresh, tried)
 
 
 @task
@@ -244,8 +249,9 @@ def kaia_cn_failover_cloud():
         with TaskGroup("fresh_snapshot"):
             reserved = reserve_pn(plan)
             stop = stop_kpnd(plan)
-            snapshot = EBSCreateSnapshotOperator(task_id="create_snapshot", volume_id=plan["pn_volume_id"],
-                                                 snapshot_tags=plan["snapshot_tags"], description="Kaia PN chain data for a failover", **RECORDED, **AWS)
+            snapshot = EBSCreateSnapshotOperator(  # of the PN that stopped: the chosen one, or the next
+                task_id="create_snapshot", volume_id=stop["volume_id"], snapshot_tags=stop["tags"],
+                description="Kaia PN chain data for a failover", **RECORDED, **AWS)
             start = start_kpnd(plan)
             source >> reserved >> stop >> snapshot >> start
             # stop_kpnd is a setup too: clearing a failed create_snapshot then stops kpnd again first. Without it the

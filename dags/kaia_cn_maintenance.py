@@ -10,9 +10,11 @@ in the inventory this DAG keeps:
    incident of its own).
 2. **CN image** (cloud cells) - a new AMI when `kcnd.conf` or the kcn version changed, or the newest
    image is too old. The DATA_DIR volume is left out (`NoDevice`); the CN is not rebooted.
-3. **PN pre-snapshot** (cloud cells) - one PN at a time: `kpnd` is stopped, its clean stop proven, the
-   DATA_DIR volume snapshotted, and `kpnd` started again as soon as the snapshot is pending (a
-   teardown: it runs whatever failed before it). The snapshot completes in the background.
+3. **PN pre-snapshot** (cloud cells) - one PN at a time: `kpnd` gets a SIGTERM and up to the inventory's
+   `pn_stop_limit_seconds` to stop on its own (never killed), its clean stop proven, the DATA_DIR volume
+   snapshotted, and `kpnd` started again as soon as the snapshot is pending (a teardown: it runs whatever
+   failed before it). The snapshot completes in the background. A PN that does not stop in time is
+   started again at once, skipped this round with an SNS alert, and the next PN of the cell is snapshotted.
 4. **Retention** - the newest images and snapshots are kept as the inventory says; the newest usable
    one and anything a failover run uses (`kaia:in-use-by`) are never deleted.
 5. **Report** - under `$AIRFLOW_HOME/reports/kaia_cn_maintenance/`, named after the run id made file-safe;
@@ -76,22 +78,23 @@ def pn_snapshot_plan(cell_name: str) -> dict:
     return maintenance.pn_snapshot_plan(cell_name, _run()[0], failover_running=_failover_running())
 
 
-@task(task_id="stop_kpnd", pool=maintenance.PN_DOWNTIME_POOL)
+@task(task_id="stop_kpnd", pool=maintenance.PN_DOWNTIME_POOL, multiple_outputs=True)
 def stop_kpnd(cell_name: str, plan: dict) -> dict:
     ti = get_current_context()["ti"]
     if ti.try_number == 1 and _failover_running():  # again, in the pool slot: a failover may have begun since the plan
         raise AirflowSkipException("a cloud failover began: no PN goes down for a pre-taken snapshot meanwhile")
-    return maintenance.stop_pn(cell_name, plan["pn"], ti=ti)
+    return maintenance.stop_pn(cell_name, plan["pn"], ti=ti, tags=plan["tags"])
 
 
 @task(task_id="start_kpnd", retries=5)
-def start_kpnd(cell_name: str, plan: dict) -> dict:
-    return maintenance.start_pn(cell_name, plan["pn"], ti=get_current_context()["ti"], stop_task=f"{cell_name}.pn_snapshot.stop_kpnd")
+def start_kpnd(cell_name: str) -> dict:
+    ti = get_current_context()["ti"]
+    return maintenance.start_pn(cell_name, ti=ti, stop_task=f"{cell_name}.pn_snapshot.stop_kpnd")
 
 
 @task.sensor(task_id="kpnd_back", poke_interval=5, timeout=900, mode="reschedule")
-def kpnd_back(cell_name: str, plan: dict) -> PokeReturnValue:
-    back = maintenance.pn_is_back(cell_name, plan["pn"])
+def kpnd_back(cell_name: str, started: dict) -> PokeReturnValue:
+    back = maintenance.pns_back(cell_name, started)
     return PokeReturnValue(is_done=back is not None, xcom_value=back)
 
 
@@ -145,14 +148,15 @@ def kaia_cn_maintenance():
             with TaskGroup("pn_snapshot"):
                 snap_plan = pn_snapshot_plan(cell.name)
                 stop = stop_kpnd(cell.name, snap_plan)
-                snapshot = EBSCreateSnapshotOperator(
-                    task_id="create_snapshot", volume_id=snap_plan["volume_id"], snapshot_tags=snap_plan["tags"],
+                snapshot = EBSCreateSnapshotOperator(  # of the PN the stop chose: the plan's, or the next one
+                    task_id="create_snapshot", volume_id=stop["volume_id"], snapshot_tags=stop["tags"],
                     description=f"Kaia PN chain data ({cell.name})", **aws,
                 )
                 # stop is a setup too: clearing a failed create_snapshot stops kpnd again first (else the clear would
                 # snapshot the PN the teardown restarted: a dirty snapshot tagged clean-stop).
-                start = start_kpnd(cell.name, snap_plan).as_teardown(setups=[snap_plan, stop], on_failure_fail_dagrun=True)
-                stop >> snapshot >> start >> kpnd_back(cell.name, snap_plan) >> final  # the report says if the PN is down
+                start = start_kpnd(cell.name)
+                start.as_teardown(setups=[snap_plan, stop], on_failure_fail_dagrun=True)
+                stop >> snapshot >> start >> kpnd_back(cell.name, start) >> final  # the report says if the PN is down
                 wait = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **aws)
                 done = snapshot_done(wait.output)
             with TaskGroup("retention"):

@@ -143,11 +143,22 @@ class Unit:
         return 0 if state == "active" else 3
 
 
+    def kill(self, signame: str) -> int:
+        """``systemctl kill``: the signal to the unit's processes, nothing else (the unit is not stopped)."""
+        pid = self.pid()
+        if pid:
+            os.kill(pid, getattr(signal, signame if signame.startswith("SIG") else "SIG" + signame))
+        return 0
+
+
 def systemctl(args: list[str]) -> int:
     now = "--now" in args  # enable --now also starts the unit, disable --now also stops it (systemctl(1))
-    args = [a for a in args if not a.startswith("--")]
+    signame = next((a.split("=", 1)[1] for a in args if a.startswith("--signal=")), "SIGTERM")
+    if "-s" in args:
+        signame = args.pop(args.index("-s") + 1)
+    args = [a for a in args if not a.startswith("-")]
     if len(args) < 2:
-        return die("usage: systemctl start|stop|restart|status|is-active|enable|disable|is-enabled UNIT")
+        return die("usage: systemctl start|stop|restart|kill|status|is-active|enable|disable|is-enabled UNIT")
     verb, names = args[0], args[1:]
     rc = 0
     for name in names:
@@ -161,6 +172,8 @@ def systemctl(args: list[str]) -> int:
             rc |= unit.stop()
         elif verb == "restart":
             rc |= unit.stop() or unit.start()
+        elif verb == "kill":
+            rc |= unit.kill(signame)
         elif verb == "status":
             rc |= unit.status()
         elif verb == "is-active":

@@ -6,10 +6,11 @@ a clean stop on SIGTERM (``Blockchain manager stopped``, ``Database closed``), D
 checked at start, and an IPC socket ``$DATA_DIR/klay.ipc`` that ``kcn attach`` talks to.
 
 Chain data is ``klay/chaindata/`` with one directory per table; ``misc/CURRENT.json`` holds the head
-the node last flushed and whether it was closed cleanly. A running node flushes every few seconds
-and marks the database dirty, so a copy taken while it runs (a snapshot, or a kill) lacks the newest
-blocks and cannot be opened as is: the node refuses it, as a real node does after a crash that
-lost its state trie.
+the node last flushed, the newest block whose state trie is on disk (``state``) and whether the
+database was closed cleanly. As in the real node, the state trie reaches the disk only every
+``STATE_INTERVAL`` blocks while it runs, and at the head on a clean stop. A copy taken while it runs (a
+snapshot) or a kill therefore lacks the head's state: on start the node rewinds to the last block with
+state and imports the rest again; it refuses only when not even the genesis state is there.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ TABLES = ("misc", "header", "body", "receipts", "txlookup", "snapshot")
 FLUSH_SECONDS = 2.0
 TICK = 0.25
 CATCH_UP_PER_SECOND = 2000  # blocks a node with peers imports per second when behind
+# kaiachain/kaia blockchain/blockchain.go: DefaultBlockInterval = 128, "Block interval to flush the trie. Each
+# interval state trie will be flushed into disk"; Stop() writes the head's cached state ("Writing cached state
+# to disk").
+STATE_INTERVAL = 128
 
 
 def schema_of(version: str) -> int:
@@ -163,6 +168,7 @@ class Node:
             self.db = {
                 "head": 0,
                 "clean": True,
+                "state": 0,
                 "dbtype": self.flags["dbtype"],
                 "statetrie_shards": self.flags["statetrie_shards"],
                 "live_pruning": self.flags["live_pruning"],
@@ -171,11 +177,6 @@ class Node:
             self.log("INFO", f"Initialised chain configuration genesis=0 database={chaindata}")
         else:
             self.db = json.loads(current.read_text())
-            if not self.db.get("clean"):
-                raise Fatal(
-                    "Error starting protocol stack: missing trie node "
-                    f"(head state at block {self.db['head']} was not flushed: unclean shutdown)"
-                )
             if self.db["schema"] > mine:
                 raise Fatal(f"database version is v{self.db['schema']}, {self.binary} {self.version} only supports v{mine}")
             if self.db["dbtype"] != self.flags["dbtype"]:
@@ -187,11 +188,30 @@ class Node:
                 )
             if self.db["live_pruning"] and not self.flags["live_pruning"]:
                 self.log("INFO", "Live pruning is enabled in the database; inheriting it")
+            self._repair(chaindata)
         self.current = current
         self.height = self.db["head"]
 
+    def _repair(self, chaindata: Path) -> None:
+        """What NewBlockChain does when the head block's state is missing (kaiachain/kaia blockchain/blockchain.go:
+        "Head state missing, repairing chain", then setHeadBeyondRoot(head, common.Hash{}, true) walks back parent
+        by parent to the newest block whose state opens). It fails only at block 0 without state: "rewound to
+        block number 0, but repair failed"."""
+        head = self.db["head"]
+        state = self.db.get("state", head if self.db.get("clean") else head - head % STATE_INTERVAL)
+        if state >= head:
+            return
+        self.log("WARN", f"Head state missing, repairing chain number={head}")
+        tries = chaindata / "statetrie"
+        if not tries.is_dir() or not any(tries.iterdir()):  # no state at all, not even the genesis block's
+            raise Fatal("Error starting protocol stack: rewound to block number 0, but repair failed")
+        self.db.update(head=state, state=state)
+        self.log("INFO", f"Loaded most recent local full block number={state}")
+
     def _flush(self, clean: bool) -> None:
-        self.db.update(head=self.height, clean=clean)
+        # The state trie is on disk at the last STATE_INTERVAL block passed, and at the head after a clean stop.
+        state = self.height if clean else max(self.db.get("state", 0), self.height - self.height % STATE_INTERVAL)
+        self.db.update(head=self.height, state=min(state, self.height), clean=clean)
         tmp = self.current.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.db))
         os.replace(tmp, self.current)
@@ -335,11 +355,12 @@ class Node:
     def shutdown(self) -> None:
         delay = float(self.net.get("stop_seconds", 0.5))
         self.log("INFO", "Got interrupt, shutting down...")
+        self.ipc.close()  # the node stops its IPC endpoint before its services
         time.sleep(delay)
+        self.log("INFO", f"Writing cached state to disk block={self.height}")
         self.log("INFO", "Blockchain manager stopped")
         self._flush(clean=True)
         self.log("INFO", "Database closed")
-        self.ipc.close()
         (self.data_dir / "klay.ipc").unlink(missing_ok=True)
         try:
             self.heartbeat(stopped=True)

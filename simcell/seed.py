@@ -76,7 +76,8 @@ def write_chaindata(data_dir: Path, head: int) -> None:
     for shard in range(4):
         (chaindata / "statetrie" / str(shard)).mkdir(parents=True, exist_ok=True)
     (chaindata / "misc" / "CURRENT.json").write_text(
-        json.dumps({"head": head, "clean": True, "dbtype": "LevelDB", "statetrie_shards": 4, "live_pruning": False, "schema": schema_of(VERSION)})
+        json.dumps({"head": head, "state": head, "clean": True, "dbtype": "LevelDB", "statetrie_shards": 4,
+                    "live_pruning": False, "schema": schema_of(VERSION)})
     )
     os.chmod(data_dir / "klay", 0o700)
 

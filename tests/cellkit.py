@@ -3,6 +3,7 @@ project's DAGs against it for real (DagBag parse, ``dag.test()``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -57,6 +58,22 @@ class Cell:
 
     def fault(self, *args: str) -> None:
         self.cli("fault", *args)
+
+    @contextlib.contextmanager
+    def maintenance_settings(self, cell_name: str, **settings):
+        """The inventory's ``maintenance`` of one cell changed for the block (the DAGs read it again: mtime), then put
+        back; e.g. short PN stop limits, so a slow stop need not last a minute."""
+        import yaml
+
+        path = Path(self.env["KAIA_HA_INVENTORY"])
+        before = path.read_text()
+        data = yaml.safe_load(before)
+        next(c for c in data["cells"] if c["name"] == cell_name)["maintenance"].update(settings)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        try:
+            yield
+        finally:
+            path.write_text(before)
 
     def break_(self, node: str, how: str) -> None:
         self.cli("break", node, "--how", how)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import shlex
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import botocore.exceptions
 
-from kaia_ha import compat, live, maintenance
+from airflow.sdk.exceptions import AirflowSkipException
+
+from kaia_ha import compat, live, maintenance, pn_stop
 from kaia_ha import tags as T
 from kaia_ha.alerts import notify
 from kaia_ha.inventory import CN, Cell, load_inventory
@@ -181,6 +183,10 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
         "zone": zone, "allocation_id": cn.elastic_ip_allocation_id, "public_ip": eip["PublicIp"],
         "eip_holder": eip.get("InstanceId"), "snapshot_id": snapshot["SnapshotId"] if snapshot else None,
         "snapshot_why": why, "snapshot_pn": pn.name, "pn_volume_id": pn.data_volume_id, "permissions": permissions,
+        # For a fresh snapshot: the chosen PN first, then the others whose chain data fits the image and whose volume
+        # was snapshotted before (pn_stop).
+        "snapshot_pns": [] if snapshot else [pn.name, *pn_stop.incremental(
+            cell, pn_stop.fitting(cell, pn_stop.candidates(cell, pn.name)[1:], image_tags))],
         "snapshot_tags": T.base_tags(cell.name, T.KIND_PN_CHAINDATA, run_id, DAG_ID, pn.name) | {T.CLEAN_STOP: "true"},
     }
     log.info("Failover plan for %s: image %s, chain data %s (%s), EIP %s, node %s…", cn.name, image["ImageId"],
@@ -269,17 +275,48 @@ def needs_fresh_snapshot(plan: dict) -> bool:
 
 
 @step
-def chaindata_snapshot(plan: dict, fresh_snapshot_id: str | None) -> dict:
-    """The snapshot this run uses, tagged in use so that retention spares it. IAM: ec2:CreateTags, ec2:DescribeSnapshots."""
+def stop_snapshot_pn(plan: dict, ti) -> dict:
+    """kpnd stopped cleanly on its own on the chosen PN, else on the next healthy one that fits (``pn_stop``). None
+    stops: this step is skipped, and chaindata_snapshot falls back to the newest pre-taken snapshot."""
+    cell = load_inventory().cell(plan["cell"])
+    names = plan.get("snapshot_pns") or [plan["snapshot_pn"]]
+    result = pn_stop.stop_for_snapshot(cell, names, ti, plan["snapshot_tags"])
+    if result["pn"] is None:
+        raise AirflowSkipException(f"no PN stopped cleanly ({pn_stop.why_none(result)}): "
+                                   "the newest pre-taken snapshot is used")
+    return result
+
+
+def pretaken_fallback(cell: Cell, attempts: list[dict] | None) -> tuple[str, str, str]:
+    """(snapshot id, source, warning) when no PN stopped cleanly: the newest pre-taken snapshot whatever its age."""
+    why = pn_stop.why_none({"attempts": attempts or []})
+    found = pn_stop.pretaken_fallback(cell, datetime.now(timezone.utc))
+    if not found:
+        raise TakeoverError(f"no PN of {cell.name} stopped cleanly for a fresh snapshot ({why}) and there is no "
+                            "completed pre-taken snapshot: nothing to build the CN's chain data from. Bring a PN back "
+                            "to health, or run kaia_cn_maintenance, then clear chain_data")
+    warning = (f"no PN stopped cleanly for a fresh snapshot ({why}); using the newest pre-taken snapshot "
+               f"{found['snapshot_id']}, {found['age_hours']} h old: the CN has about {found['blocks_behind']} blocks "
+               f"to catch up ({found['blocks_how']})")
+    log.warning(warning)
+    return found["snapshot_id"], "pre-taken fallback", warning
+
+
+@step
+def chaindata_snapshot(plan: dict, fresh_snapshot_id: str | None, attempts: list[dict] | None = None) -> dict:
+    """The snapshot this run uses, tagged in use so that retention spares it: the pre-taken one, the fresh one, or
+    when no PN stopped cleanly the newest pre-taken one whatever its age. IAM: ec2:CreateTags, ec2:DescribeSnapshots."""
     cell, cn, ec2 = _ctx(plan)
-    snapshot_id = plan["snapshot_id"] or fresh_snapshot_id
+    snapshot_id, warning = plan["snapshot_id"] or fresh_snapshot_id, None
+    source = "pre-taken" if plan["snapshot_id"] else "fresh"
     if not snapshot_id:
-        raise TakeoverError("no chain data snapshot: neither a pre-taken one nor a fresh one from this run")
+        snapshot_id, source, warning = pretaken_fallback(cell, attempts)
     snapshot = ec2.conn.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
     if snapshot["State"] != "completed":
         raise TakeoverError(f"snapshot {snapshot_id} is {snapshot['State']}, not completed")
     ec2.tag(snapshot_id, {T.IN_USE_BY: plan["run_id"]})
-    return {"snapshot_id": snapshot_id, "size": snapshot["VolumeSize"], "source": "pre-taken" if plan["snapshot_id"] else "fresh"}
+    used = {"snapshot_id": snapshot_id, "size": snapshot["VolumeSize"], "source": source}
+    return used | ({"warning": warning} if warning else {})
 
 
 @step
@@ -475,6 +512,13 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
         "chain data snapshot": f"{(snapshot or {}).get('snapshot_id')} ({(snapshot or {}).get('source')}; {plan.get('snapshot_why')})",
         "data volume": volume_id, "node ID": (plan.get("expected_node_id") or "")[:16] + "…", "dry run": plan.get("dry_run"),
     }
+    stop_task = "chain_data.fresh_snapshot.stop_kpnd"
+    attempts = ti.xcom_pull(task_ids=stop_task, key=pn_stop.ATTEMPTS_KEY, default=None) or []
+    if attempts:  # a fresh snapshot was tried: which PN stopped, which were skipped and why
+        facts["PN stops"] = "; ".join(f"{a['pn']}: {a['outcome']}" + (f" ({a['why']})" if a.get("why") else "")
+                                      for a in attempts)
+    if (snapshot or {}).get("warning"):
+        facts["WARNING"] = snapshot["warning"]
     defused = ti.xcom_pull(task_ids=DEFUSE_TASK, default=None) or {}
     facts["defused"] = defused or "not done"
     todo = [
@@ -501,7 +545,8 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
     if launched and any(s in ("failed", "upstream_failed") for s in states.values()):
         todo.insert(0, f"the replacement {launched} may hold the validator key: go on with this run (clear its failed task), "
                        "or stop or terminate it before triggering a new run (a new run refuses while it is not stopped)")
-    urgent = ([maintenance.kpnd_urgent(plan.get("snapshot_pn", "?"), fresh + "start_kpnd")]
+    left = ti.xcom_pull(task_ids=stop_task, key=pn_stop.STOPPED_KEY, default=None) or [plan.get("snapshot_pn", "?")]
+    urgent = ([maintenance.kpnd_urgent(", ".join(left), fresh + "start_kpnd")]
               if maintenance.kpnd_left_stopped(states, fresh + "stop_kpnd", fresh + "start_kpnd") else [])
     todo = urgent + todo  # first in the list: a PN down hurts the cell now
     data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task="verify.in_sync", facts=facts,

@@ -157,6 +157,10 @@ class Maintenance(_Model):
     keep_images: int = Field(default=3, ge=1)
     keep_snapshots: int = Field(default=3, ge=1)
     snapshot_pn: str | None = None  # which PN to snapshot; None rotates through the cell's PNs
+    # How long kpnd may take to stop on its own before a snapshot; past it that PN is skipped (never killed), and
+    # another PN is tried only while the whole search stays within pn_stop_budget_seconds.
+    pn_stop_limit_seconds: float = Field(default=60, gt=0)
+    pn_stop_budget_seconds: float = Field(default=180, gt=0)
 
 
 class Watchdog(_Model):

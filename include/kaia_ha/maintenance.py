@@ -9,22 +9,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import shlex
-import time
 from datetime import datetime, timedelta
 
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.sdk.log import mask_secret
 
-from kaia_ha import compat, live, retention
+from kaia_ha import compat, live, pn_stop, retention
 from kaia_ha import tags as T
 from kaia_ha.alerts import notify
 from kaia_ha.health import Probe
 from kaia_ha.inventory import Cell, load_inventory
 from kaia_ha.keys import KeyBackup
+from kaia_ha.pn_stop import first_unhealthy, pn_is_back
 from kaia_ha.report import step, table, timeline, write
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
-from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
+from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
 
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_maintenance"
@@ -191,28 +191,6 @@ def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
 
 
 # ----- 3. PN pre-snapshot ---------------------------------------------------------------------------------
-def pn_healthy(pn) -> tuple[bool, str]:
-    node = KaiaNodeHook(pn)
-    try:
-        if node.service_state() != "active":
-            return False, f"{pn.service} is not active"
-        probe = node.probe()
-    except NodeCommandError as exc:
-        return False, str(exc)
-    if probe.peer_total == 0:
-        return False, "no peers"
-    return True, f"block {probe.block}, {probe.peer_total} peers"
-
-
-def first_unhealthy(pns) -> tuple[str, str] | None:
-    """(name, why) of the first PN that does not serve, or None: before any PN goes down, the others must serve."""
-    for pn in pns:
-        ok, detail = pn_healthy(pn)
-        if not ok:
-            return pn.name, detail
-    return None
-
-
 @step
 def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False) -> dict:
     """Pick the PN to snapshot (the inventory's choice, else the one with the oldest snapshot) and
@@ -246,58 +224,25 @@ def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False
     return {"pn": pn.name, "volume_id": pn.data_volume_id, "why": why, "tags": tags}
 
 
-def _pn(cell: Cell, name: str):
-    return next(p for p in cell.pns if p.name == name)
+@step
+def stop_pn(cell_name: str, pn_name: str, ti=None, tags: dict | None = None) -> dict:
+    """Stop kpnd on ``pn_name`` (else on the cell's next healthy PN) and prove it stopped cleanly on its own (process
+    gone, clean-stop log lines), never killed: ``pn_stop``. A PN that will not stop in time is skipped with an alert.
 
-
-NOT_OURS = "kpnd_not_ours"  # XCom key of a stop task that found kpnd already down: its start is not this run's to do
+    Inside the ``kaia_pn_downtime`` pool slot that serialises every kpnd stop across DAGs: every other PN of the
+    cell serves before a PN goes down, and on a first try a kpnd already down is left to whoever stopped it."""
+    cell = _cell(cell_name)
+    result = pn_stop.stop_for_snapshot(cell, pn_stop.candidates(cell, pn_name), ti, tags or {})
+    if result["pn"] is None:
+        raise MaintenanceError(f"no PN of {cell.name} stopped cleanly, no snapshot taken: {pn_stop.why_none(result)}")
+    return result
 
 
 @step
-def stop_pn(cell_name: str, pn_name: str, ti=None) -> dict:
-    """Stop kpnd and prove it stopped cleanly (process gone, clean-stop log lines): an unclean stop
-    leaves chain data a CN cannot open, so then there is no snapshot.
-
-    First, inside the ``kaia_pn_downtime`` pool slot that serialises every kpnd stop across DAGs: every
-    other PN of the cell serves (never two PNs of a cell down), and on a first try kpnd is running (if it is
-    not, another run or a person stopped it, and their snapshot may not be taken yet: ``ti`` records
-    that this run's start task must leave it to them)."""
-    cell = _cell(cell_name)
-    sick = first_unhealthy(p for p in cell.pns if p.name != pn_name)
-    if sick:
-        raise MaintenanceError(f"{sick[0]} is not healthy ({sick[1]}): not taking {pn_name} down too, "
-                               f"{cell.name} would have no PN serving (a failover can use a pre-taken snapshot instead)")
-    node = KaiaNodeHook(_pn(cell, pn_name))
-    if ti is not None and ti.try_number == 1 and (state := node.service_state()) != "active":
-        ti.xcom_push(key=NOT_OURS, value=state)
-        raise MaintenanceError(f"kpnd on {pn_name} is {state} before this run stopped it: another run or a person did, and "
-                               "starting it again is theirs to do (this run will not). Let them finish, then clear this task")
-    began = time.time()
-    stopped = node.stop_service()
-    if not stopped["clean"]:
-        raise MaintenanceError(
-            f"{pn_name}: kpnd did not stop cleanly (no 'Blockchain manager stopped' then 'Database closed'; killed after "
-            f"STOP_TIMEOUT?). Its chain data is not usable as is; no snapshot taken. Last log lines:\n{stopped['log_tail']}"
-        )
-    log.info("kpnd on %s stopped cleanly in %.1fs", pn_name, stopped["stop_seconds"])
-    return {"pn": pn_name, "stop_began": began, "stopped_at": time.time(), "stop_seconds": stopped["stop_seconds"]}
-
-
-@step
-def start_pn(cell_name: str, pn_name: str, ti=None, stop_task: str | None = None) -> dict:
-    """Start kpnd again (the teardown: it runs whatever failed before it), unless this run's stop found it
-    already down (``stop_task``'s ``NOT_OURS`` record): then whoever stopped it starts it after their snapshot."""
-    if ti is not None and stop_task and (found := ti.xcom_pull(task_ids=stop_task, key=NOT_OURS, default=None)):
-        log.warning("kpnd on %s was already %s when this run came to stop it: not this run's to start", pn_name, found)
-        return {"pn": pn_name, "started": False, "why": f"kpnd was already {found} before this run stopped it"}
-    cell = _cell(cell_name)
-    node = KaiaNodeHook(_pn(cell, pn_name))
-    node.start_service()
-    state = node.service_state()
-    if state != "active":
-        raise MaintenanceError(f"{pn_name}: kpnd is {state} after `systemctl start`; the PN is DOWN, look at its log now")
-    log.info("kpnd on %s started", pn_name)
-    return {"pn": pn_name, "started": True, "started_at": time.time()}
+def start_pn(cell_name: str, pn_name: str | None = None, ti=None, stop_task: str | None = None) -> dict:
+    """Start kpnd again on every PN ``stop_task`` stopped (the teardown: it runs whatever failed before it); a kpnd
+    that was already down when this run came to stop it is left to whoever stopped it. Outside a task: ``pn_name``."""
+    return pn_stop.start_stopped(_cell(cell_name), ti, stop_task, pn_name)
 
 
 def kpnd_left_stopped(states: dict[str, str], stop_task: str, start_task: str) -> bool:
@@ -311,16 +256,11 @@ def kpnd_urgent(pn_name: str, start_task: str) -> str:
             f"check `systemctl is-active kpnd` on {pn_name} and start it, or clear {start_task}")
 
 
-def pn_is_back(cell_name: str, pn_name: str) -> dict | None:
-    """kpnd answers, has peers and its head rises: the PN serves its CN again."""
-    node = KaiaNodeHook(_pn(_cell(cell_name), pn_name))
-    first = node.probe()
-    time.sleep(2)
-    last = node.probe()
-    if last.peer_total > 0 and last.block > first.block:
-        return {"pn": pn_name, "block": last.block, "peers": last.peers}
-    log.info("%s not back yet: block %s -> %s, peers %s", pn_name, first.block, last.block, last.peers)
-    return None
+def pns_back(cell_name: str, started: dict) -> dict | None:
+    """Every PN the teardown started answers, has peers and its head rises: it serves its CN again."""
+    cell = _cell(cell_name)
+    backs = [pn_is_back(next(p for p in cell.pns if p.name == name)) for name in started.get("pns", [])]
+    return None if None in backs else {"pns": backs}
 
 
 # ----- 4. retention -------------------------------------------------------------------------------------------
@@ -373,11 +313,13 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
                               "image_id": pull(prefix + "cn_image.create_image"), "fingerprint": plan.get("fingerprint")}
             stop, start = pull(prefix + "pn_snapshot.stop_kpnd"), pull(prefix + "pn_snapshot.start_kpnd")
             done = pull(prefix + "pn_snapshot.snapshot_done")
-            pn_name = (pull(prefix + "pn_snapshot.plan") or {}).get("pn")
+            # The PN the stop chose (the plan's, or the next one when that did not stop on its own), and those skipped.
+            attempts = pull(prefix + "pn_snapshot.stop_kpnd", pn_stop.ATTEMPTS_KEY) or []
+            pn_name = (stop or {}).get("pn") or (pull(prefix + "pn_snapshot.plan") or {}).get("pn")
             if kpnd_left_stopped(states, prefix + "pn_snapshot.stop_kpnd", prefix + "pn_snapshot.start_kpnd"):
                 entry["urgent"] = kpnd_urgent(pn_name or "?", prefix + "pn_snapshot.start_kpnd")
             entry["pn_snapshot"] = {
-                "pn": pn_name,
+                "pn": pn_name, "skipped": [a for a in attempts if a["outcome"] != "stopped cleanly"],
                 "snapshot_id": pull(prefix + "pn_snapshot.create_snapshot"),
                 "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2) if stop and start and start["started"] else None,
                 "snapshot_complete_seconds": round(done["completed_at"] - stop["stopped_at"], 2) if stop and done else None,
@@ -405,6 +347,7 @@ def render_report(report: dict) -> str:
             lines.append(f"- CN image: {image['decision']} ({image['reason']}) -> {image['image_id'] or '-'}")
             lines.append(f"- PN snapshot: {snap['pn']} -> {snap['snapshot_id'] or '-'}; kpnd down {snap['kpnd_down_seconds']} s; "
                          f"snapshot complete {snap['snapshot_complete_seconds']} s after the stop")
+            lines += [f"- WARNING: PN {a['pn']} skipped: {a['why']}" for a in snap.get("skipped", [])]
             ret = cell.get("retention") or {}
             lines.append(f"- retention: delete images {ret.get('images', [])}, snapshots {ret.get('snapshots', [])}")
         lines.append("")

@@ -91,12 +91,16 @@ def test_the_standby_reads_exactly_the_backup_and_kept_its_own_keys(failover):
 
 def test_starting_kcnd_on_the_fenced_host_by_hand_does_not_bring_back_the_validator(failover):
     cell, runner, before, *_ = failover
-    # Someone starts it by hand. (The simulated crash left its database unclean, so it stops again at
-    # the chain data; what matters is the identity it reached for first.)
+    # Someone starts it by hand. (After the simulated crash it rewinds its chain data and runs, as a real node does;
+    # what matters is the identity it reached for.)
     cell.ssh("cn-metal-a", "sudo systemctl start kcnd", check=False)
-    assert "Generated nodekey" in cell.ssh("cn-metal-a", "tail -5 /var/log/kcnd/kcnd.out").stdout
-    assert key_on(cell, "cn-metal-a", "/var/kcnd/data/klay/nodekey").node_id != before["cn-metal-a"]["node_id"]
-    assert cell.status()["double_signing_events"] == []
+    try:
+        started = cell.ssh("cn-metal-a", "tail -40 /var/log/kcnd/kcnd.out").stdout.rsplit("Starting kcn", 1)[-1]
+        assert "Generated nodekey" in started
+        assert key_on(cell, "cn-metal-a", "/var/kcnd/data/klay/nodekey").node_id != before["cn-metal-a"]["node_id"]
+        assert cell.status()["double_signing_events"] == []
+    finally:
+        cell.ssh("cn-metal-a", "sudo systemctl stop kcnd", check=False)  # as the fence left it, for the next tests
 
 
 def test_a_rerun_with_ssh_dropping_at_every_step_finds_everything_done(failover):

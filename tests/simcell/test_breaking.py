@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import json
 
+CURRENT = "cat /var/kpnd/data/klay/chaindata/misc/CURRENT.json"
 
-def test_a_killed_pn_leaves_data_a_node_cannot_use_as_is(fresh_cell):
+
+def kill_past_its_last_state(cell, pn: str) -> dict:
+    """Kill kpnd once blocks past its last state on disk were flushed (right after a start they may not be yet)."""
+    cell.wait_for(lambda: (c := json.loads(cell.ssh(pn, CURRENT).stdout))["state"] < c["head"], what="blocks past the state")
+    cell.break_(pn, "kill")
+    return json.loads(cell.ssh(pn, CURRENT).stdout)
+
+
+def test_a_killed_pn_rewinds_to_its_last_state_on_disk_and_catches_up(fresh_cell):
+    """The real node after an unclean stop (kaiachain/kaia blockchain/blockchain.go, NewBlockChain): "Head state
+    missing, repairing chain", back to the last block whose state trie reached the disk (every 128 blocks)."""
     cell = fresh_cell
-    cell.break_("pn-aws-2", "kill")
+    current = kill_past_its_last_state(cell, "pn-aws-2")
     assert not cell.node("pn-aws-2", "kpnd")["running"]
-    current = json.loads(cell.ssh("pn-aws-2", "cat /var/kpnd/data/klay/chaindata/misc/CURRENT.json").stdout)
-    assert current["clean"] is False
+    assert current["clean"] is False and current["state"] < current["head"]
+    cell.ssh("pn-aws-2", "sudo systemctl start kpnd")
+    log = cell.ssh("pn-aws-2", "tail -20 /var/log/kpnd/kpnd.out").stdout
+    assert f"Head state missing, repairing chain number={current['head']}" in log
+    assert f"Loaded most recent local full block number={current['state']}" in log
+    cell.wait_for(lambda: (cell.node("pn-aws-2", "kpnd")["block_height"] or 0) > current["head"], what="caught up")
+    assert cell.node("pn-aws-2", "kpnd")["peer_count"]["total"] > 0
+
+
+def test_a_node_refuses_only_chain_data_without_any_state(fresh_cell):
+    """Where the source refuses: the rewind reached block 0 and even its state is missing."""
+    cell = fresh_cell
+    kill_past_its_last_state(cell, "pn-aws-2")
+    cell.ssh("pn-aws-2", "sudo rm -rf /var/kpnd/data/klay/chaindata/statetrie")
     started = cell.ssh("pn-aws-2", "sudo systemctl start kpnd", check=False)
-    assert started.returncode != 0
-    assert "unclean shutdown" in cell.ssh("pn-aws-2", "tail -3 /var/log/kpnd/kpnd.out").stdout
+    assert started.returncode != 0, cell.ssh("pn-aws-2", "tail -8 /var/log/kpnd/kpnd.out").stdout
+    assert "rewound to block number 0, but repair failed" in cell.ssh("pn-aws-2", "tail -3 /var/log/kpnd/kpnd.out").stdout
 
 
 def test_a_clean_stop_after_stop_timeout_is_a_kill(fresh_cell):
@@ -23,6 +46,20 @@ def test_a_clean_stop_after_stop_timeout_is_a_kill(fresh_cell):
     log = cell.ssh("pn-aws-1", "tail -5 /var/log/kpnd/kpnd.out").stdout
     assert "Got interrupt" in log and "Database closed" not in log
     assert json.loads(cell.ssh("pn-aws-1", "cat /var/kpnd/data/klay/chaindata/misc/CURRENT.json").stdout)["clean"] is False
+    cell.ssh("pn-aws-1", "sudo systemctl start kpnd")  # rewinds, as the real node does
+    cell.fault("--clear")
+
+
+def test_systemctl_kill_lets_a_slow_node_stop_on_its_own(fresh_cell):
+    cell = fresh_cell
+    cell.fault("slow-stop:pn-aws-1", "--times", "3")
+    cell.ssh("pn-aws-1", "sudo systemctl kill --signal=SIGTERM kpnd")
+    assert "Got interrupt" in cell.ssh("pn-aws-1", "tail -2 /var/log/kpnd/kpnd.out").stdout
+    cell.wait_for(lambda: not cell.node("pn-aws-1", "kpnd")["running"]
+                  and "Database closed" in cell.ssh("pn-aws-1", "tail -1 /var/log/kpnd/kpnd.out").stdout, what="exit")
+    assert json.loads(cell.ssh("pn-aws-1", "cat /var/kpnd/data/klay/chaindata/misc/CURRENT.json").stdout)["clean"] is True
+    cell.ssh("pn-aws-1", "sudo systemctl stop kpnd && sudo systemctl start kpnd")
+    cell.fault("--clear")
 
 
 def test_two_live_nodes_with_one_nodekey_are_a_double_signing_event(fresh_cell):

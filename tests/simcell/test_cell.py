@@ -151,7 +151,7 @@ def test_snapshot_is_point_in_time_and_a_volume_from_it_is_a_copy(cell):
     ec2.attach_volume(VolumeId=copy, InstanceId=cn["instance_id"], Device="/dev/sdg")
     cell.ssh("cn-aws-1", "sudo mkdir -p /var/kcnd/restore && sudo mount /dev/sdg /var/kcnd/restore")
     assert cell.ssh("cn-aws-1", "cat /var/kcnd/restore/marker").stdout == "before\n"
-    # A snapshot of a running PN holds a database that was not closed: a node cannot open it as is.
+    # A snapshot of a running PN holds a database that was not closed: a node opening it rewinds to its last state.
     current = json.loads(cell.ssh("cn-aws-1", "cat /var/kcnd/restore/klay/chaindata/misc/CURRENT.json").stdout)
     assert current["clean"] is False
     cell.ssh("cn-aws-1", "sudo umount /var/kcnd/restore")

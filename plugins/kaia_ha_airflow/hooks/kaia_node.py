@@ -25,7 +25,8 @@ from kaia_ha.keys import BlsKey, InvalidKeyError, NodeKey
 log = logging.getLogger(__name__)
 
 CLEAN_STOP_LINES = ("Blockchain manager stopped", "Database closed")
-_LIFECYCLE = ("Inserted a new block", "Starting", "IPC endpoint opened", *CLEAN_STOP_LINES)
+INTERRUPTED = "Got interrupt, shutting down"  # the node's first line on SIGTERM
+_LIFECYCLE = ("Inserted a new block", "Starting", "IPC endpoint opened", INTERRUPTED, *CLEAN_STOP_LINES)
 
 
 class NodeCommandError(RuntimeError):
@@ -43,10 +44,18 @@ class Result:
     stderr: str
 
 
+def _events(log_text: str) -> list[str]:
+    return [e for line in log_text.splitlines() for e in _LIFECYCLE if e in line]
+
+
 def shutdown_was_clean(log_text: str) -> bool:
     """True when the node's last lifecycle lines are a clean stop: manager stopped, then DB closed."""
-    events = [e for line in log_text.splitlines() for e in _LIFECYCLE if e in line]
-    return events[-2:] == list(CLEAN_STOP_LINES)
+    return _events(log_text)[-2:] == list(CLEAN_STOP_LINES)
+
+
+def shutting_down(log_text: str) -> bool:
+    """True when the node's last lifecycle line is the SIGTERM's: it is flushing and will exit on its own."""
+    return _events(log_text)[-1:] == [INTERRUPTED]
 
 
 class KaiaNodeHook:
@@ -157,6 +166,42 @@ class KaiaNodeHook:
         tail = self.run(f"sudo tail -n 300 {shlex.quote(self.log_path(conf))}", check=False).stdout
         return {"state": state, "clean": shutdown_was_clean(tail), "stop_seconds": round(time.time() - started, 2),
                 "log_tail": "\n".join(tail.splitlines()[-5:])}
+
+    def log_tail(self, lines: int = 300, conf: dict[str, str] | None = None) -> str:
+        return self.run(f"sudo tail -n {lines} {shlex.quote(self.log_path(conf))}", check=False).stdout
+
+    def stop_on_its_own(self, limit: float) -> dict:
+        """SIGTERM to the node alone, then wait up to ``limit`` seconds for it to exit on its own; never a SIGKILL.
+
+        The unit cannot do this: kaiachain/kaia build/rpm/etc/systemd/system/kpnd.service (kcnd.service alike)
+        is ``Type=forking`` with ``ExecStop=/etc/init.d/kpnd stop``, and that script's ``stop_node`` runs
+        ``killproc -p ${pidfile} -d ${STOP_TIMEOUT} $kpn`` (build/rpm/etc/init.d/kpnd, where
+        ``STOP_TIMEOUT=${STOP_TIMEOUT-10}``): SIGTERM, then SIGKILL after STOP_TIMEOUT, so a flush longer than 10 s
+        is killed. ``systemctl kill`` signals the unit's processes without its ExecStop; once the node has exited,
+        ``systemctl stop`` only settles the unit (pid and lock files). Past ``limit`` the node is left to finish its
+        flush: ``exited`` is False. Assumes systemd tracks kpn as the unit's main process (AUTO_RESTART_NODE=0): with
+        the init script's auto-restart daemon as main process, its exit would run ExecStop, whose killproc kills."""
+        service = self.node.service
+        started = time.time()
+        self.run(f"sudo systemctl kill --signal=SIGTERM {service}")
+        wait = f'while [ "$(systemctl is-active {service})" = active ]; do sleep 0.5; done'
+        rc = self.run(f"timeout {max(1, round(limit))} sh -c {shlex.quote(wait)}", timeout=limit + 60, check=False).rc
+        exited = rc == 0
+        if exited:
+            self.run(f"sudo systemctl stop {service}", timeout=120)
+        tail = self.log_tail()
+        return {"exited": exited, "clean": exited and shutdown_was_clean(tail),
+                "stop_seconds": round(time.time() - started, 2), "log_tail": "\n".join(tail.splitlines()[-5:])}
+
+    def wait_exited(self, limit: float) -> bool:
+        """Wait up to ``limit`` seconds while the node is still flushing after a SIGTERM (never a kill). True once
+        it is not in that state: exited, or running normally."""
+        deadline = time.time() + limit
+        while self.service_state() == "active" and shutting_down(self.log_tail(50)):
+            if time.time() >= deadline:
+                return False
+            time.sleep(1)
+        return True
 
     def set_autostart(self, enabled: bool) -> None:
         self.run(f"sudo systemctl {'enable' if enabled else 'disable'} {self.node.service}")

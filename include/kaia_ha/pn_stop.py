@@ -1,0 +1,266 @@
+"""A PN's kpnd stopped for a snapshot without ever being killed, and what happens when it will not stop in time.
+
+A flush longer than the init script's STOP_TIMEOUT (10 s) is ordinary on a busy PN, and the script then kills
+kpnd. So kpnd gets a SIGTERM alone and up to the inventory's ``maintenance.pn_stop_limit_seconds`` to exit on
+its own (``KaiaNodeHook.stop_on_its_own``). A PN that does not is final for that try: no retry (waiting again
+cannot make a flush faster), it is started again as soon as its flush ends and its health is proven, and the
+next healthy PN of the cell is tried. Never two PNs of a cell down: before each stop every other PN must serve.
+
+What this try sent a SIGTERM to and did not prove running again is in XCom (``STOPPED_KEY``): the teardown starts
+exactly those; what happened to each PN tried is in ``ATTEMPTS_KEY``, for the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from kaia_ha import compat
+from kaia_ha import tags as T
+from kaia_ha.alerts import notify
+from kaia_ha.health import ProbeError
+from kaia_ha.inventory import Cell
+from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
+from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError, shutdown_was_clean, shutting_down
+
+log = logging.getLogger(__name__)
+STOPPED_KEY = "kpnd_stopped"
+ATTEMPTS_KEY = "pn_stops"
+BLOCKS_PER_SECOND = 1  # Kaia makes about one block a second: an untagged snapshot's lag, from its age
+
+
+class _Record:
+    """Where a stop records what it did when it runs outside a task (a script): kept in memory."""
+
+    try_number = 1
+
+    def __init__(self):
+        self.xcom = {}
+
+    def xcom_push(self, key, value):
+        self.xcom[key] = value
+
+    def xcom_pull(self, task_ids=None, key=None, default=None):
+        return self.xcom.get(key, default)
+
+
+def pn_healthy(pn) -> tuple[bool, str]:
+    node = KaiaNodeHook(pn)
+    try:
+        if node.service_state() != "active":
+            return False, f"{pn.service} is not active"
+        probe = node.probe()
+    except (NodeCommandError, ProbeError) as exc:
+        return False, str(exc)
+    if probe.peer_total == 0:
+        return False, "no peers"
+    return True, f"block {probe.block}, {probe.peer_total} peers"
+
+
+def first_unhealthy(pns) -> tuple[str, str] | None:
+    """(name, why) of the first PN that does not serve, or None: before any PN goes down, the others must serve."""
+    for pn in pns:
+        ok, detail = pn_healthy(pn)
+        if not ok:
+            return pn.name, detail
+    return None
+
+
+def pn_is_back(pn) -> dict | None:
+    """kpnd answers, has peers and its head rises: the PN serves its CN again."""
+    node = KaiaNodeHook(pn)
+    first = node.probe()
+    time.sleep(2)
+    last = node.probe()
+    if last.peer_total > 0 and last.block > first.block:
+        return {"pn": pn.name, "block": last.block, "peers": last.peers}
+    log.info("%s not back yet: block %s -> %s, peers %s", pn.name, first.block, last.block, last.peers)
+    return None
+
+
+def candidates(cell: Cell, first: str, allowed: list[str] | None = None) -> list[str]:
+    """The PN chosen first, then the cell's other PNs in inventory order (only ``allowed`` ones, when given)."""
+    rest = [p.name for p in cell.pns if p.name != first and (allowed is None or p.name in allowed)]
+    return [first, *rest]
+
+
+def fitting(cell: Cell, names: list[str], image_tags: dict[str, str]) -> list[str]:
+    """Those of ``names`` whose chain data the CN image can open (DB flags, kpn not newer than kcn); a PN that does not
+    answer is left out. Its chain data would only fail the replacement's start."""
+    fit = []
+    for name in names:
+        node = KaiaNodeHook(next(p for p in cell.pns if p.name == name))
+        try:
+            image = image_tags.get(T.DB_FLAGS, compat.db_flags("")), image_tags.get(T.KCN_VERSION, "v0.0.0")
+            problems = compat.problems(*image, compat.db_flags(node.conf().get("ADDITIONAL", "")), node.version(), name)
+        except NodeCommandError as exc:
+            problems = [str(exc)]
+        if problems:
+            log.warning("%s is not a fallback for a fresh snapshot: %s", name, "; ".join(problems))
+        else:
+            fit.append(name)
+    return fit
+
+
+def incremental(cell: Cell, names: list[str]) -> list[str]:
+    """Those of ``names`` whose data volume has a completed snapshot already: a fresh one is then incremental
+    (minutes). A volume's first snapshot copies all of it (4,000 GiB: many hours), longer than any failover can
+    wait, so such a PN is no fallback; the pre-taken snapshot is. IAM: ec2:DescribeSnapshots."""
+    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    keep = []
+    for name in names:
+        volume = next(p for p in cell.pns if p.name == name).data_volume_id
+        found = ec2.conn.describe_snapshots(OwnerIds=["self"], Filters=[
+            {"Name": "volume-id", "Values": [volume]}, {"Name": "status", "Values": ["completed"]}])["Snapshots"]
+        if found:
+            keep.append(name)
+        else:
+            log.warning("%s is no fallback for a fresh snapshot: its volume %s has no snapshot yet", name, volume)
+    return keep
+
+
+def restart_and_prove(cell: Cell, pn, limit: float) -> tuple[bool, str]:
+    """Start kpnd again once its flush has ended (never a kill) and prove it serves: peers, head rising."""
+    node = KaiaNodeHook(pn)
+    try:
+        if not node.wait_exited(limit):
+            return False, f"still flushing {limit:.0f} s later: left to finish on its own; the teardown starts it"
+        node.start_service()
+        deadline = time.time() + max(limit, 30)
+        while time.time() < deadline:
+            try:
+                back = pn_is_back(pn)
+            except (NodeCommandError, ProbeError):  # still opening its database
+                back = None
+            if back:
+                return True, f"started again and serving (block {back['block']}, peers {back['peers']})"
+            time.sleep(1)
+    except NodeCommandError as exc:
+        return False, f"not started again ({exc}); the teardown starts it"
+    return False, "started again but not proven serving yet; the teardown checks it"
+
+
+def stop_for_snapshot(cell: Cell, names: list[str], ti, tags: dict[str, str]) -> dict:
+    """Stop the first PN of ``names`` that stops cleanly on its own; skip (and restart) those that do not.
+
+    Returns ``{"pn": None, "attempts": [...]}`` when none did. ``tags`` are the snapshot's, made this PN's here."""
+    ti = ti or _Record()
+    limit, budget = cell.maintenance.pn_stop_limit_seconds, cell.maintenance.pn_stop_budget_seconds
+    began_search = time.time()
+    attempts: list[dict] = []
+    stopped: list[str] = []
+
+    def record() -> None:
+        ti.xcom_push(key=STOPPED_KEY, value=list(stopped))
+        ti.xcom_push(key=ATTEMPTS_KEY, value=list(attempts))
+
+    for name in names:
+        pn = next(p for p in cell.pns if p.name == name)
+        if attempts and time.time() - began_search + limit > budget:  # the PNs tried so far took the time there was
+            attempts.append({"pn": name, "outcome": "not stopped", "why": f"not tried: the search for a PN that stops "
+                             f"cleanly already took {time.time() - began_search:.0f} s of its {budget:.0f} s"})
+            continue
+        sick = first_unhealthy(p for p in cell.pns if p.name != name)
+        if sick:
+            attempts.append({"pn": name, "outcome": "not stopped", "why": f"{sick[0]} is not healthy ({sick[1]}): "
+                             f"not taking {name} down too, {cell.name} would have no PN serving"})
+            continue
+        node = KaiaNodeHook(pn)
+        state = node.service_state()
+        if ti.try_number > 1 and (state != "active" or shutting_down(node.log_tail(50))):
+            # This task's earlier try sent the SIGTERM (its answer lost, or the try died): that stop's outcome stands.
+            stopped.append(name)
+            record()
+            if node.wait_exited(limit) and node.service_state() != "active" and shutdown_was_clean(node.log_tail()):
+                attempts.append({"pn": name, "outcome": "stopped cleanly", "why": "by an earlier try of this task"})
+                record()
+                return _stopped(pn, tags, attempts, time.time(), 0.0, None)
+            state = "was not stopped cleanly by an earlier try of this task"
+        elif state != "active":
+            attempts.append({"pn": name, "outcome": "not stopped", "why": f"kpnd on {name} is {state} before this run "
+                             "stopped it: another run or a person did, and starting it again is theirs to do (this run "
+                             "will not)"})
+            continue
+        else:
+            ok, detail = pn_healthy(pn)
+            if not ok:
+                attempts.append({"pn": name, "outcome": "not stopped", "why": f"{name} is not healthy ({detail})"})
+                continue
+            block = node.probe().block
+            stopped.append(name)
+            record()  # before the SIGTERM: should this try die now, the teardown still starts it
+            began = time.time()
+            out = node.stop_on_its_own(limit)
+            if out["clean"]:
+                log.info("kpnd on %s stopped cleanly on its own in %.1f s", name, out["stop_seconds"])
+                attempts.append({"pn": name, "outcome": "stopped cleanly", "seconds": out["stop_seconds"]})
+                record()
+                return _stopped(pn, tags, attempts, began, out["stop_seconds"], block)
+            state = (f"did not stop on its own within {limit:.0f} s (never killed)" if not out["exited"]
+                     else "exited without a clean stop")
+            log.warning("kpnd on %s %s. Last log lines:\n%s", name, state, out["log_tail"])
+        # Final for this try: started again at once, its health proven, and the next PN.
+        back, detail = restart_and_prove(cell, pn, limit)
+        if back:
+            stopped.remove(name)
+        attempts.append({"pn": name, "outcome": "skipped", "why": f"{state}; {detail}"})
+        record()
+        notify(cell, f"[kaia-ha] PN {name} of {cell.name} did not stop cleanly: skipped for this snapshot",
+               f"kpnd on {name} {state}; {detail}. The next healthy PN of {cell.name} is tried instead. Look at its "
+               "log and disk (a flush that slow may be a failing volume).")
+    record()
+    return {"pn": None, "attempts": attempts}
+
+
+def _stopped(pn, tags: dict, attempts: list, began: float, seconds: float, block: int | None) -> dict:
+    extra = {T.NODE: pn.name, "Name": f"{pn.name}-chaindata"}
+    if block is not None:
+        extra[T.HEAD_BLOCK] = str(block)
+    return {"pn": pn.name, "volume_id": pn.data_volume_id, "stop_began": began, "stopped_at": time.time(),
+            "stop_seconds": seconds, "tags": tags | extra, "attempts": attempts}
+
+
+def why_none(result: dict) -> str:
+    return "; ".join(f"{a['pn']}: {a['why']}" for a in result["attempts"]) or "the cell has no PN"
+
+
+def start_stopped(cell: Cell, ti, stop_task: str | None, pn_name: str | None = None) -> dict:
+    """The teardown: start every PN the stop task recorded as stopped by this run (outside a task: ``pn_name``).
+    A PN still flushing is waited for, never killed."""
+    in_task = ti is not None and stop_task
+    names = ti.xcom_pull(task_ids=stop_task, key=STOPPED_KEY, default=None) if in_task else [pn_name]
+    names = [n for n in names or [] if n]
+    for name in names:
+        node = KaiaNodeHook(next(p for p in cell.pns if p.name == name))
+        if not node.wait_exited(cell.maintenance.pn_stop_limit_seconds):
+            raise NodeCommandError(f"{name}: kpnd is still flushing after its SIGTERM; not killed, not started yet")
+        node.start_service()
+        state = node.service_state()
+        if state != "active":
+            raise NodeCommandError(f"{name}: kpnd is {state} after `systemctl start`; the PN is DOWN, see its log now")
+        log.info("kpnd on %s started", name)
+    if not names:
+        log.info("no PN was left stopped by this run: nothing to start")
+    return {"pns": names, "started": bool(names), "started_at": time.time()}
+
+
+def pretaken_fallback(cell: Cell, now: datetime) -> dict | None:
+    """The newest completed pre-taken snapshot of the cell whatever its age, with its age and the blocks the CN
+    will have to catch up (from its head-block tag and a PN's head, else from its age). IAM: ec2:DescribeSnapshots."""
+    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    usable = [s for s in ec2.find_snapshots({T.CELL: cell.name, T.KIND: T.KIND_PN_CHAINDATA, T.CLEAN_STOP: "true"})
+              if s["State"] == "completed"]
+    if not usable:
+        return None
+    snap = usable[0]
+    age = (now.astimezone(timezone.utc) - snap["StartTime"]).total_seconds()
+    blocks, how = round(age * BLOCKS_PER_SECOND), "estimated from its age (about one block a second)"
+    tagged = T.tag_dict(snap).get(T.HEAD_BLOCK)
+    for pn in cell.pns:
+        if tagged and pn_healthy(pn)[0]:
+            blocks = KaiaNodeHook(pn).probe().block - int(tagged)
+            how = f"{pn.name}'s head minus the snapshot's block {tagged}"
+            break
+    return {"snapshot_id": snap["SnapshotId"], "age_hours": round(age / 3600, 2), "blocks_behind": blocks,
+            "blocks_how": how}
