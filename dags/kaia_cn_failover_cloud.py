@@ -12,7 +12,8 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
    permissions through `DryRun`.
 2. **Fence** the failed CN: kcnd stopped and disabled if its host answers, the instance stopped (without
    the OS shutdown unless you ask for a graceful stop: seconds instead of a minute; a stop still hanging
-   after 30 s is repeated with `Force`, and the report says so) and confirmed stopped. Without confirmation the run stops: never two live nodes with one key. Then
+   after 30 s is repeated with `Force`, and the report says so) and confirmed stopped. Without
+   confirmation the run stops: never two live nodes with one key. Then
    **defuse** it (beside the IP move): its DATA_DIR volume (and, when its host did not answer over SSH,
    its root volume) is detached, tagged `kaia:fenced-by` and kept, so that starting the instance later can
    never bring the validator key back; stopped replacements of earlier runs get the same.
@@ -23,7 +24,8 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
 6. **Prune** everything but `klay/chaindata`; DATA_DIR in kcnd.conf checked.
 7. **Install the identity**: the failed CN's nodekey and bls-nodekey into `DATA_DIR/klay` (0600,
    atomic), checked on disk.
-8. **Move the Elastic IP** to the replacement.
+8. **Move the Elastic IP** to the replacement (as soon as fencing is confirmed and the replacement is up,
+   beside 5-7: kcnd stays off there until step 9).
 9. **Start kcnd and verify**: the right node ID and BLS key, PN peers, not syncing, near a PN's head,
    still rising.
 10. **Record the live placement** (only once the replacement is verified in sync): the validator runs on the
@@ -285,7 +287,9 @@ def kaia_cn_failover_cloud():
         fenced >> ip
         # The live placement follows the new node only once it is verified in sync (never on a dry or failed run).
         recorded = record_placement(plan, host, fence_result)
-        keys >> ip >> started >> in_sync(plan, host) >> recorded >> final
+        # The IP moves as soon as fencing is confirmed and the replacement is known, beside the disk work: kcnd stays
+        # off there (cloud-init) until start_kcnd, which needs both.
+        [keys, ip] >> started >> in_sync(plan, host) >> recorded >> final
         defused >> recorded  # the placement names the fenced instance only once it is defused
     [start, fenced] >> final
 
