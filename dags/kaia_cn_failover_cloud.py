@@ -10,8 +10,10 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
 1. **Preflight** (changes nothing): the failed CN and its Elastic IP, the newest CN image, the nodekey
    backup (its node ID must be the inventory's `node_id`, when set), the PN's DB flags and kpn version against the image,
    permissions through `DryRun`.
-2. **Fence** the failed CN: kcnd stopped and disabled if its host answers, the instance stopped and
-   confirmed stopped. Without confirmation the run stops: never two live nodes with one key. Then
+2. **Fence** the failed CN: kcnd stopped and disabled if its host answers, the instance stopped (without
+   the OS shutdown unless you ask for a graceful stop: seconds instead of a minute; a stop still hanging
+   after 30 s is repeated with `Force`, and the report says so) and confirmed stopped. Without
+   confirmation the run stops: never two live nodes with one key. Then
    **defuse** it (beside the IP move): its DATA_DIR volume (and, when its host did not answer over SSH,
    its root volume) is detached, tagged `kaia:fenced-by` and kept, so that starting the instance later can
    never bring the validator key back; stopped replacements of earlier runs get the same.
@@ -25,7 +27,8 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
 6. **Prune** everything but `klay/chaindata`; DATA_DIR in kcnd.conf checked.
 7. **Install the identity**: the failed CN's nodekey and bls-nodekey into `DATA_DIR/klay` (0600,
    atomic), checked on disk.
-8. **Move the Elastic IP** to the replacement.
+8. **Move the Elastic IP** to the replacement (as soon as fencing is confirmed and the replacement is up,
+   beside 5-7: kcnd stays off there until step 9).
 9. **Start kcnd and verify**: the right node ID and BLS key, PN peers, not syncing, near a PN's head,
    still rising.
 10. **Record the live placement** (only once the replacement is verified in sync): the validator runs on the
@@ -63,7 +66,7 @@ inventory = load_inventory()
 CNS = steps.cloud_cns()
 PNS = sorted({pn.name for cell in inventory.cells_of("cloud") for pn in cell.pns})
 AWS = {"aws_conn_id": inventory.cells_of("cloud")[0].aws_conn_id if inventory.cells_of("cloud") else "aws_default"}
-SENSE = {"poke_interval": 5, "mode": "reschedule"}
+SENSE = {"poke_interval": 2, "mode": "reschedule"}  # on the critical path: a poll costs its interval in RTO
 # Operators and sensors record their step for the report's timeline as @step functions do.
 RECORDED = {"on_success_callback": record_task, "on_retry_callback": record_task, "on_failure_callback": record_task}
 
@@ -89,6 +92,12 @@ def not_dry_run(plan: dict) -> bool:
 @task
 def fence(plan: dict) -> dict:
     return steps.fence(plan)
+
+
+@task.sensor(task_id="wait_stopped", poke_interval=2, timeout=1200, mode="reschedule")
+def wait_stopped(plan: dict, fence_result: dict) -> PokeReturnValue:
+    stopped = steps.wait_stopped(plan, fence_result)
+    return PokeReturnValue(is_done=stopped is not None, xcom_value=stopped)
 
 
 @task
@@ -214,6 +223,10 @@ def report() -> dict:
         "fence": Param(True, type="boolean", title="Fence the failed CN",
                        description="Stop its kcnd (if reachable) and its instance before the replacement starts. "
                                    "Leave on: two live nodes with one key double-sign.", section="What failed"),
+        "graceful_stop": Param(False, type="boolean", title="Stop the failed instance gracefully",
+                               description="Off (fast): EC2 stops it without the OS shutdown (SkipOsShutdown); its disk is "
+                                           "not reused. On: the OS shuts down first (about a minute longer). Either way "
+                                           "a stop that hangs is repeated with Force.", section="What failed"),
         "use_presnapshot": Param(True, type="boolean", title="Use the newest pre-taken PN snapshot",
                                  description="Fast: no PN is stopped now. Off: take a fresh snapshot of a PN.",
                                  section="Chain data"),
@@ -238,9 +251,8 @@ def kaia_cn_failover_cloud():
     with TaskGroup("fence"):
         fenced = confirm_fenced(plan)
         fence_result = fence(plan)
-        go >> fence_result >> EC2InstanceStateSensor(
-            task_id="wait_stopped", instance_id=plan["failed_instance_id"], target_state="stopped", deferrable=True,
-            poke_interval=5, timeout=1200, **RECORDED, **AWS) >> fenced  # EC2 forces a stop within minutes: longer, fencing is stuck
+        # Polled every 2 s (the stop without the OS shutdown takes seconds); a stop that hangs is repeated with Force.
+        go >> fence_result >> wait_stopped(plan, fence_result) >> fenced
         defused = defuse(plan, fence_result)
         fenced >> defused  # beside the IP move and the start, off the critical path
     with TaskGroup("chain_data"):
@@ -266,7 +278,7 @@ def kaia_cn_failover_cloud():
         instance = launch(plan)
         go >> instance
         running = EC2InstanceStateSensor(task_id="wait_running", instance_id=instance, target_state="running",
-                                         deferrable=True, poke_interval=5, **RECORDED, **AWS)
+                                         deferrable=True, poke_interval=2, **RECORDED, **AWS)
         host = learn_host(plan, instance)
         running >> host
     with TaskGroup("replace"):
@@ -281,7 +293,9 @@ def kaia_cn_failover_cloud():
         fenced >> ip
         # The live placement follows the new node only once it is verified in sync (never on a dry or failed run).
         recorded = record_placement(plan, host, fence_result)
-        keys >> ip >> started >> in_sync(plan, host) >> recorded >> final
+        # The IP moves as soon as fencing is confirmed and the replacement is known, beside the disk work: kcnd stays
+        # off there (cloud-init) until start_kcnd, which needs both.
+        [keys, ip] >> started >> in_sync(plan, host) >> recorded >> final
         defused >> recorded  # the placement names the fenced instance only once it is defused
     [start, fenced] >> final
 

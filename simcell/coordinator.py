@@ -101,6 +101,12 @@ class Coordinator:
             host = ANY_HOST if action[4:] == ANY_HOST else self.find_host(action[4:]).name
             fault = {"kind": kind, "match": req.get("match") or None}
             self.world.add_ssh_faults(host, [dict(fault) for _ in range(times)])
+        elif action.startswith("stuck-stop:"):
+            # stuck-stop:<instance or node>: its next stop hangs in `stopping` until a StopInstances with Force.
+            host = self.find_host(action[11:])
+            if not host.instance_id:
+                raise ControlError(f"{action[11:]} is not an EC2 instance")
+            self.front.add_stuck_stop(host.instance_id)
         elif action.startswith("slow-stop:"):
             # slow-stop:<node>: the node needs `times` seconds to stop (past STOP_TIMEOUT it is killed).
             host = self.find_host(action[10:])

@@ -339,10 +339,11 @@ class World:
         if host and not host.up and not host.terminated:
             self.boot(host.name)
 
-    def instance_stopping(self, instance_id: str) -> None:
+    def instance_stopping(self, instance_id: str, graceful: bool = True) -> None:
+        """A stop with the OS shutdown stops services cleanly; one without (SkipOsShutdown) is a power-off."""
         host = self.host_by_instance(instance_id)
         if host:
-            self.shutdown(host.name, graceful=True)
+            self.shutdown(host.name, graceful=graceful)
 
     def instance_terminated(self, instance_id: str) -> None:
         host = self.host_by_instance(instance_id)

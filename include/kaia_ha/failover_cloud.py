@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import shlex
+import time
 from datetime import datetime, timedelta, timezone
 
 import botocore.exceptions
 
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kaia_ha import compat, live, maintenance, pn_stop
+from kaia_ha import compat, live, maintenance, pn_stop, settings
 from kaia_ha import tags as T
 from kaia_ha.alerts import notify
 from kaia_ha.inventory import CN, Cell, load_inventory
@@ -33,13 +34,14 @@ DAG_ID = "kaia_cn_failover_cloud"
 WARMUP = ("none", "initialization-rate", "fast-snapshot-restore", "read-through")
 RECORD_TASK = "verify.record_placement"
 DEFUSE_TASK = "fence.defuse"
+WAIT_STOPPED_TASK = "fence.wait_stopped"
 # cloud-init, first boot only, before services start: the image's kcnd (enabled at boot) must not run until the
 # replacement has its chain data, its identity and confirmed fencing; start_kcnd enables it.
 REPLACEMENT_USER_DATA = """#cloud-config
 bootcmd:
   - [cloud-init-per, once, kaia-kcnd-off, systemctl, disable, --now, kcnd]
 """
-PARAMS = ("failed_cn", "fence", "use_presnapshot", "max_snapshot_age_hours", "snapshot_pn", "warmup", "dry_run")
+PARAMS = ("failed_cn", "fence", "graceful_stop", "use_presnapshot", "max_snapshot_age_hours", "snapshot_pn", "warmup", "dry_run")
 
 
 def cloud_cns() -> list[str]:
@@ -73,7 +75,7 @@ def _check_params(conf: dict) -> dict:
     if not isinstance(failed, str) or failed not in names:
         raise FailoverInputError(f"failed_cn: {failed!r} is not an active CN of a cloud core cell; choose one of {names}")
     # Booleans must be booleans: bool("false") is True, and bool(0) would silently turn fencing off.
-    for field, default in (("use_presnapshot", True), ("fence", True), ("dry_run", False)):
+    for field, default in (("use_presnapshot", True), ("fence", True), ("graceful_stop", False), ("dry_run", False)):
         if not isinstance(conf.get(field, default), bool):
             raise FailoverInputError(f"{field}: must be true or false, got {conf.get(field)!r}")
     if not isinstance(conf.get("warmup", "none"), str) or conf.get("warmup", "none") not in WARMUP:
@@ -88,7 +90,8 @@ def _check_params(conf: dict) -> dict:
         raise FailoverInputError(f"snapshot_pn: {pn!r} is not a PN of the failed CN's cell; choose one of {pns} or auto")
     return {"failed_cn": failed, "use_presnapshot": conf.get("use_presnapshot", True), "max_snapshot_age_hours": float(age),
             "snapshot_pn": pn, "warmup": conf.get("warmup", "none"),
-            "fence": conf.get("fence", True), "dry_run": conf.get("dry_run", False)}
+            "fence": conf.get("fence", True), "graceful_stop": conf.get("graceful_stop", False),
+            "dry_run": conf.get("dry_run", False)}
 
 
 def _dry_run(call, what: str) -> str:
@@ -219,8 +222,32 @@ def fence(plan: dict) -> dict:
         host = f"kcnd not fenced over SSH ({exc}); fencing by stopping the instance"
     finally:
         node.close()
-    before = ec2.stop_instance(failed_id)
-    return {"fenced": True, "instance_state_before": before, "host": host, "over_ssh": over_ssh}
+    # Without the OS shutdown by default: the failed CN's OS has nothing left to give (its chain data is not reused,
+    # its keys come from the backup) and a graceful stop keeps the validator down a minute longer.
+    graceful = plan.get("graceful_stop", False)
+    before = ec2.stop_instance(failed_id, skip_os_shutdown=not graceful)
+    return {"fenced": True, "instance_state_before": before, "host": host, "over_ssh": over_ssh, "stop_requested_at": time.time(),
+            "stop": "graceful (OS shutdown)" if graceful else "without the OS shutdown (SkipOsShutdown)"}
+
+
+@step
+def wait_stopped(plan: dict, fence_result: dict) -> dict | None:
+    """One poke: is the fenced instance stopped? A stop still not confirmed after ``force_stop_after()`` seconds is
+    repeated with Force (an instance stuck in ``stopping``); the report says so. IAM: ec2:DescribeInstances,
+    ec2:StopInstances."""
+    _, _, ec2 = _ctx(plan)
+    failed_id = plan["failed_instance_id"]
+    state = ec2.instance(failed_id)["State"]["Name"]
+    waited = time.time() - fence_result.get("stop_requested_at", time.time())
+    forced = bool(fence_result.get("fenced")) and waited > settings.force_stop_after()
+    if state in ("stopped", "terminated"):
+        return {"state": state, "seconds": round(waited, 1), "forced": forced}
+    if not fence_result.get("fenced"):
+        raise TakeoverError(f"fence is off and {failed_id} is {state}")
+    if forced and state == "stopping":
+        log.warning("%s still stopping after %.0f s: stopping it with Force", failed_id, waited)
+        ec2.stop_instance(failed_id, skip_os_shutdown=True, force=True)
+    return None
 
 
 @step
@@ -519,6 +546,11 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
                                       for a in attempts)
     if (snapshot or {}).get("warning"):
         facts["WARNING"] = snapshot["warning"]
+    stop = ti.xcom_pull(task_ids="fence.fence", default=None) or {}
+    stopped = ti.xcom_pull(task_ids=WAIT_STOPPED_TASK, default=None) or {}
+    facts["fence stop"] = (f"{stop.get('stop', 'not requested')}; " + (
+        f"stopped after {stopped['seconds']} s" + (" (Force used: the stop hung)" if stopped.get("forced") else "")
+        if stopped else "not confirmed"))
     defused = ti.xcom_pull(task_ids=DEFUSE_TASK, default=None) or {}
     facts["defused"] = defused or "not done"
     todo = [

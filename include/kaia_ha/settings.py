@@ -12,6 +12,12 @@ def retry_delay() -> pendulum.Duration:
     return pendulum.duration(seconds=float(os.environ.get("KAIA_HA_RETRY_DELAY_SECONDS", "10")))
 
 
+def force_stop_after() -> float:
+    """Seconds a fenced instance may stay ``stopping`` before the stop is repeated with Force
+    (KAIA_HA_FORCE_STOP_AFTER_SECONDS). A stop without the OS shutdown takes seconds; a graceful one about a minute."""
+    return float(os.environ.get("KAIA_HA_FORCE_STOP_AFTER_SECONDS", "30"))
+
+
 def default_args(retries: int = 3) -> dict:
     return {"owner": "kaia-cco", "retries": retries, "retry_delay": retry_delay(), "retry_exponential_backoff": True,
             "max_retry_delay": pendulum.duration(minutes=5)}

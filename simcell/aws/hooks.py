@@ -35,11 +35,11 @@ class WorldHooks(Protocol):
     def instance_user_data(self, instance_id: str, text: str) -> None:
         """RunInstances carried user data: cloud-init runs its ``bootcmd`` at boot, before services start."""
 
+    def instance_stopping(self, instance_id: str, graceful: bool = True) -> None:
+        """StopInstances began: with the OS shutdown (graceful) services stop cleanly, without it they die."""
+
     def instance_running(self, instance_id: str) -> None:
         """pending -> running (or stopped -> running): boot the host (sshd, enabled services)."""
-
-    def instance_stopping(self, instance_id: str) -> None:
-        """The OS shuts down: services get SIGTERM, then the host (sshd) goes away."""
 
     def instance_terminated(self, instance_id: str) -> None: ...
 

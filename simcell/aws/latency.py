@@ -19,6 +19,8 @@ Figures of the ``aws`` profile, in seconds:
 | volume ``creating``                            | 5                        | estimate, see [4]       |
 | instance ``pending`` (launch, start)           | 30                       | measurements [5][6]     |
 | instance ``stopping``                          | 60                       | estimate from [7]       |
+| instance ``stopping`` with ``SkipOsShutdown``  | 5                        | estimate from [9]       |
+| instance ``stopping`` with ``Force``           | 10                       | estimate from [7][9]    |
 | instance ``shutting-down``                     | 60                       | estimate from [8]       |
 | image ``pending``                              | 60 + its slowest snapshot| estimate from [2]       |
 
@@ -45,6 +47,11 @@ Figures of the ``aws`` profile, in seconds:
 [7] AWS, "Stop and start your instance",
     https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Stop_Start.html : without a clean shutdown
     "within a few minutes" EC2 forces it; a clean systemd shutdown takes well under that.
+[9] AWS, "StopInstances" (EC2 API reference) and "Stop and start your instance":
+    ``SkipOsShutdown`` "bypasses the graceful OS shutdown" (no operating system shutdown is attempted, so the
+    stop is the hypervisor's power-off, seconds rather than a systemd shutdown); ``Force`` ends an instance
+    stuck in ``stopping`` ("forces the instances to stop ... the instances do not have an opportunity to flush
+    file system caches"). AWS publishes no durations for either: 5 s and 10 s are estimates.
 [8] AWS, "Troubleshoot instance termination (shutting down)",
     https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/TroubleshootingInstancesShuttingDown.html :
     shutting-down "longer than a few minutes" is a delay.
@@ -62,6 +69,9 @@ INCREMENTAL_SNAPSHOT_S = 300.0
 VOLUME_CREATING_S = 5.0
 INSTANCE_PENDING_S = 30.0
 INSTANCE_STOPPING_S = 60.0
+INSTANCE_STOPPING_SKIP_OS_S = 5.0
+INSTANCE_STOPPING_FORCED_S = 10.0
+STUCK_S = 7 * 24 * 3600.0  # a stop that hangs (the `stuck-stop` fault): only Force ends it
 INSTANCE_SHUTTING_DOWN_S = 60.0
 IMAGE_REGISTER_S = 60.0
 
@@ -88,8 +98,11 @@ class Latency:
     def instance_pending(self) -> float:
         return INSTANCE_PENDING_S * self.scale
 
-    def instance_stopping(self) -> float:
-        return INSTANCE_STOPPING_S * self.scale
+    def instance_stopping(self, skip_os_shutdown: bool = False) -> float:
+        return (INSTANCE_STOPPING_SKIP_OS_S if skip_os_shutdown else INSTANCE_STOPPING_S) * self.scale
+
+    def instance_forced_stop(self) -> float:
+        return INSTANCE_STOPPING_FORCED_S * self.scale
 
     def instance_shutting_down(self) -> float:
         return INSTANCE_SHUTTING_DOWN_S * self.scale

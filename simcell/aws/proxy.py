@@ -49,7 +49,7 @@ from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from .hooks import WorldHooks
-from .latency import Latency
+from .latency import STUCK_S, Latency
 
 logger = logging.getLogger(__name__)
 
@@ -348,6 +348,7 @@ class AwsFront:
         # moto checks S3's If-None-Match and then writes, unlocked: two racing create-only writes could both win. S3
         # itself makes the pair atomic, so the front serialises S3 writes.
         self._s3_write_lock = threading.Lock()
+        self._stuck_stops: set[str] = set()  # instances whose next stop hangs until a stop with Force
         self._timer_wakeup = threading.Condition(self._lock)
         self._log_lock = threading.Lock()
         self._image_lock = threading.Lock()  # name check + creation of one image at a time
@@ -774,11 +775,19 @@ class AwsFront:
             _set_instance_state(item.find(_path(state_path)), phase.state)
 
     def _stop_instances(self, req: _Request) -> _Reply:
+        """moto stops at once and ignores SkipOsShutdown and Force: here the stop takes its time, a graceful one
+        stops the services cleanly (the OS shutdown), SkipOsShutdown powers off (services die), and an instance
+        with the ``stuck-stop`` fault stays ``stopping`` until a stop with Force."""
+        skip = req.params.get("SkipOsShutdown", "false").lower() == "true"
+        force = req.params.get("Force", "false").lower() == "true"
+        stopping = {}
         for instance_id in req.list_param("InstanceId"):
-            if self._instance_state(req, instance_id) == "pending":
+            state = self._instance_state(req, instance_id)
+            if state == "pending":
                 raise _ApiError("IncorrectInstanceState",
                                 f"The instance '{instance_id}' is not in a state from which it can be "
                                 "stopped.")
+            stopping[instance_id] = state == "stopping"
         reply = self._forward(req)
         if not reply.ok:
             return reply
@@ -786,10 +795,21 @@ class AwsFront:
         for item in root.iterfind(_path("instancesSet/item")):
             instance_id = _text(item, "instanceId")
             if _text(item, "previousState/name") == "running":
-                self._hook("instance_stopping", instance_id)
-                self._begin(instance_id, "stopping", self._latency.instance_stopping())
+                self._hook("instance_stopping", instance_id, not skip)
+                with self._lock:
+                    stuck = instance_id in self._stuck_stops
+                duration = STUCK_S if stuck and not force else self._latency.instance_stopping(skip or force)
+                self._begin(instance_id, "stopping", duration)
+            elif force and stopping.get(instance_id):
+                with self._lock:
+                    self._stuck_stops.discard(instance_id)
+                self._begin(instance_id, "stopping", self._latency.instance_forced_stop())  # replaces the hung phase
             self._show_instance(item, "currentState")
         return _rewritten(reply, root)
+
+    def add_stuck_stop(self, instance_id: str) -> None:
+        with self._lock:
+            self._stuck_stops.add(instance_id)
 
     def _start_instances(self, req: _Request) -> _Reply:
         for instance_id in req.list_param("InstanceId"):

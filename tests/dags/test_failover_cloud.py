@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,15 @@ def failover(own_cell_airflow, leak_scan):
     cell, runner = own_cell_airflow
     before = {n["name"]: n for n in cell.status()["nodes"]}
     cell.break_("cn-aws-1", "kill")
-    with leak_scan.watch():
-        run_id, state, states = runner.run(DAG_ID, {"failed_cn": "cn-aws-1"})
+    cell.fault("stuck-stop:cn-aws-1")  # its stop hangs: the fence must repeat it with Force
+    saved = os.environ.get("KAIA_HA_FORCE_STOP_AFTER_SECONDS")
+    os.environ["KAIA_HA_FORCE_STOP_AFTER_SECONDS"] = "3"
+    try:
+        with leak_scan.watch():
+            run_id, state, states = runner.run(DAG_ID, {"failed_cn": "cn-aws-1"})
+    finally:
+        os.environ.pop("KAIA_HA_FORCE_STOP_AFTER_SECONDS") if saved is None else os.environ.update(
+            KAIA_HA_FORCE_STOP_AFTER_SECONDS=saved)
     return cell, runner, before, run_id, state, states
 
 
@@ -47,6 +55,8 @@ def test_happy_path_replacement_is_the_validator_with_its_ip(failover):
     timeline = [s["task"] for s in report["timeline"]]
     assert timeline[0] == "preflight" and timeline[-2:] == ["verify.in_sync", "verify.record_placement"]
     assert {"fence.wait_stopped", "launch.wait_running", "replace.install_keys"} <= set(timeline)  # operators too
+    fence = report["facts"]["fence stop"]
+    assert fence.startswith("without the OS shutdown (SkipOsShutdown); stopped after") and "Force used" in fence
     assert cell.ssh("cn-aws-1", "true", check=False).returncode == 255  # the fenced host is down
 
 

@@ -16,7 +16,8 @@ from .enginekit import FAILOVER, MAINTENANCE, keys_of
 from drill.engine import EngineError
 
 FRESH_SNAPSHOT = {f"chain_data.fresh_snapshot.{t}" for t in ("reserve_pn", "stop_kpnd", "create_snapshot", "start_kpnd", "wait_snapshot")}
-RAN = {"preflight", "not_dry_run", "fence.fence", "fence.wait_stopped", "fence.confirm_fenced", "chain_data.chaindata_source",
+RAN = {"preflight", "not_dry_run", "fence.fence", "fence.wait_stopped", "fence.confirm_fenced", "fence.defuse",
+       "chain_data.chaindata_source",
        "chain_data.chaindata_snapshot", "chain_data.create_volume", "chain_data.volume_available", "launch.launch",
        "launch.wait_running", "launch.learn_host", "replace.attach_and_mount", "replace.prune", "replace.install_keys",
        "verify.move_ip", "verify.start_kcnd", "verify.in_sync", "verify.record_placement", "report"}
@@ -25,7 +26,7 @@ RAN = {"preflight", "not_dry_run", "fence.fence", "fence.wait_stopped", "fence.c
 # Deferring tasks: Airflow 3.3 may count one extra try when the trigger fires before the scheduler has
 # processed the deferring try's exit (a stale executor event; apache/airflow#71580, #72716). Every other
 # task must have run exactly once.
-DEFERRING = {"cc-cloud.cn_image.create_image", "cc-cloud.pn_snapshot.wait_snapshot", "fence.wait_stopped", "launch.wait_running"}
+DEFERRING = {"cc-cloud.cn_image.create_image", "cc-cloud.pn_snapshot.wait_snapshot", "launch.wait_running"}
 
 
 def ran_once(task_id: str, try_number: int) -> bool:

@@ -236,11 +236,12 @@ class CoreCellEC2Hook(EC2Hook):
             self.conn.associate_address(AllocationId=allocation_id, InstanceId=instance_id, AllowReassociation=True)
         return self.address(allocation_id)
 
-    def stop_instance(self, instance_id: str) -> str:
-        """StopInstances unless already stopping or stopped. IAM: ec2:StopInstances, ec2:DescribeInstances."""
+    def stop_instance(self, instance_id: str, *, skip_os_shutdown: bool = False, force: bool = False) -> str:
+        """StopInstances unless already stopped (or stopping, unless ``force``): ``skip_os_shutdown`` powers off without
+        the OS's shutdown, ``force`` ends a stop that hangs. IAM: ec2:StopInstances, ec2:DescribeInstances."""
         state = self.instance(instance_id)["State"]["Name"]
-        if state in ("pending", "running"):
-            self.conn.stop_instances(InstanceIds=[instance_id])
+        if state in ("pending", "running") or (force and state == "stopping"):
+            self.conn.stop_instances(InstanceIds=[instance_id], SkipOsShutdown=skip_os_shutdown, Force=force)
         return state
 
     def host_key_from_console(self, instance_id: str, key_type: str = "ssh-ed25519") -> str | None:
