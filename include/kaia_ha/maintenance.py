@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowSkipException
-from airflow.sdk.log import mask_secret
 
 from kaia_ha import compat, retention
 from kaia_ha import tags as T
@@ -42,8 +41,6 @@ def _cell(name: str) -> Cell:
     return load_inventory().cell(name)
 
 
-
-
 # ----- 1. nodekey backup -------------------------------------------------------------------------------------
 def read_live_identity(cell: Cell) -> tuple[KeyBackup, Probe, str]:
     """The active CN's keys as the running node uses them, checked against the node itself."""
@@ -52,10 +49,7 @@ def read_live_identity(cell: Cell) -> tuple[KeyBackup, Probe, str]:
     nodekey, path = node.read_key("nodekey")
     if nodekey is None:
         raise MaintenanceError(f"{cn.name}: no nodekey in {cn.data_dir} or {cn.data_dir}/klay")
-    mask_secret(nodekey.reveal())
     bls, _ = node.read_key("bls-nodekey")
-    if bls is not None:
-        mask_secret(bls.reveal())
     probe = node.probe()
     if probe.node_id != nodekey.node_id:
         raise MaintenanceError(

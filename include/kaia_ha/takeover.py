@@ -13,7 +13,6 @@ import time
 
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowFailException
-from airflow.sdk.log import mask_secret
 
 from kaia_ha.health import SyncVerdict, assess_sync
 from kaia_ha.inventory import CN, Cell
@@ -61,9 +60,6 @@ def load_backup(cell: Cell, cn: CN) -> KeyBackup:
             "while the CN is healthy; without it the replacement cannot take the validator's identity"
         ) from None
     backup = KeyBackup.from_secret_string(text, cn.nodekey_secret_id)
-    mask_secret(backup.nodekey.reveal())
-    if backup.bls is not None:
-        mask_secret(backup.bls.reveal())
     if cn.node_id and backup.node_id != cn.node_id:
         raise TakeoverError(
             f"the backup in {cn.nodekey_secret_id} is node {backup.node_id[:16]}…, the inventory expects {cn.node_id[:16]}… "
