@@ -270,11 +270,12 @@ class Seeder:
                 "name": cell, "scheme": "cloud", "aws_conn_id": "kaia_aws", "region": REGION, "sns_topic_arn": self.topic,
                 "cns": [node(cn)], "pns": [node(pn) for pn in pns],
                 "launch": {"instance_type": "m6i.8xlarge", "subnet_id": self.subnet, "security_group_ids": [self.sg], "ssh_conn_template": "ssh_new_cn"},
-                "maintenance": {"schedule": "@daily", "keep_images": 3, "keep_snapshots": 3},
+                "maintenance": {"keep_images": 3, "keep_snapshots": 3},
             }
 
         return {
             "version": 1,
+            "maintenance_schedule": "@daily",
             "cells": [
                 cloud(*self.cloud_cells[0]),
                 {

@@ -32,10 +32,8 @@ PARAMS = ("failed_cn", "fence", "use_presnapshot", "max_snapshot_age_hours", "sn
 
 
 def cloud_cns() -> list[str]:
-    try:
-        return [cn.name for cell in load_inventory().cells_of("cloud") for cn in cell.cns if cn.role == "active"]
-    except Exception:  # the DAG must still parse (and show the error) with a broken inventory
-        return []
+    """The active CNs of the cloud cells; a broken inventory raises its own error (naming the field)."""
+    return [cell.active_cn.name for cell in load_inventory().cells_of("cloud")]
 
 
 def _ctx(plan: dict) -> tuple[Cell, CN, CoreCellEC2Hook]:
@@ -158,7 +156,7 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
     if not snapshot:
         permissions["CreateSnapshot"] = _dry_run(lambda: ec2.conn.create_snapshot(VolumeId=pn.data_volume_id, DryRun=True), "ec2:CreateSnapshot")
     plan |= {
-        "cell": cell.name, "run_id": run_id, "failed_instance_id": cn.instance_id, "failed_state": failed["State"]["Name"],
+        "cell": cell.name, "aws_conn_id": cell.aws_conn_id, "region": cell.region, "run_id": run_id, "failed_instance_id": cn.instance_id, "failed_state": failed["State"]["Name"],
         "expected_node_id": backup.node_id, "image_id": image["ImageId"], "image_created": image.get("CreationDate"),
         "zone": zone, "allocation_id": cn.elastic_ip_allocation_id, "public_ip": eip["PublicIp"],
         "eip_holder": eip.get("InstanceId"), "snapshot_id": snapshot["SnapshotId"] if snapshot else None,

@@ -52,18 +52,8 @@ KCND_UP = ("active", "activating", "reloading", "deactivating")
 
 
 def metal_actives() -> list[str]:
-    """The active CNs of the bare-metal cells: the choices of ``failed_cn`` (safe at parse time)."""
-    try:
-        return [cell.active_cn.name for cell in load_inventory().cells_of("bare-metal")]
-    except Exception:  # the DAG must still parse (and show the error) with a broken inventory
-        return []
-
-
-def metal_standbys() -> list[str]:
-    try:
-        return [cn.name for cell in load_inventory().cells_of("bare-metal") for cn in cell.standby_cns]
-    except Exception:
-        return []
+    """The active CNs of the bare-metal cells; a broken inventory raises its own error (naming the field)."""
+    return [cell.active_cn.name for cell in load_inventory().cells_of("bare-metal")]
 
 
 def failed_host(cn: CN) -> KaiaNodeHook:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 NODE_ID = r"^[0-9a-f]{128}$"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "inventory.yaml"
+DEFAULT_MAINTENANCE_SCHEDULE = "@daily"
 
 
 class InventoryError(ValueError):
@@ -151,12 +152,20 @@ class Launch(_Model):
 
 
 class Maintenance(_Model):
-    schedule: str = "@daily"
     image_max_age_hours: float = Field(default=168, gt=0)
     snapshot_max_age_hours: float = Field(default=24, gt=0)
     keep_images: int = Field(default=3, ge=1)
     keep_snapshots: int = Field(default=3, ge=1)
     snapshot_pn: str | None = None  # which PN to snapshot; None rotates through the cell's PNs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_schedule(cls, data):
+        # One maintenance DAG serves every cell, so one schedule: a per-cell one would be silently ignored.
+        if isinstance(data, dict) and "schedule" in data:
+            raise ValueError("schedule: the maintenance DAG runs every core cell on one schedule; move it to the top "
+                             "level of the inventory as maintenance_schedule")
+        return data
 
 
 class Cell(_Model):
@@ -208,6 +217,7 @@ class Cell(_Model):
 
 class Inventory(_Model):
     version: Literal[1] = 1
+    maintenance_schedule: str = Field(default=DEFAULT_MAINTENANCE_SCHEDULE, min_length=1)  # kaia_cn_maintenance: cron or a preset
     cells: list[Cell] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -290,6 +300,15 @@ def inventory_path() -> Path:
 @lru_cache(maxsize=4)
 def _load(path: str, mtime: float) -> Inventory:
     return parse_inventory(Path(path).read_text(), source=path)
+
+
+def try_load_inventory() -> tuple[Inventory | None, str | None]:
+    """At DAG parse time: ``(inventory, None)``, or ``(None, the error naming the field)``. A DAG must still parse
+    with a broken inventory, so that its page shows the error and its first task fails with it."""
+    try:
+        return load_inventory(), None
+    except InventoryError as exc:
+        return None, str(exc)
 
 
 def load_inventory(path: str | Path | None = None) -> Inventory:
