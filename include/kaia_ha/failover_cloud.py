@@ -17,7 +17,7 @@ import botocore.exceptions
 
 from kaia_ha import compat, maintenance
 from kaia_ha import tags as T
-from kaia_ha.alerts import notify
+from kaia_ha.alerts import alert
 from kaia_ha.inventory import CN, Cell, load_inventory
 from kaia_ha.report import step
 from kaia_ha.takeover import (FailoverInputError, Refused, TakeoverError, answers_ssh, failover_report, fence_kcnd,
@@ -420,12 +420,14 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
     todo = urgent + todo  # first in the list: a PN down hurts the cell now
     data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task="verify.in_sync", facts=facts,
                            todo=[] if plan.get("dry_run") else todo, urgent=urgent, dry_run=bool(plan.get("dry_run")))
-    cell = load_inventory().cell(plan["cell"]) if plan.get("cell") else None
-    if cell:
+    unsent = None
+    if plan.get("cell"):
         subject = (f"[kaia-ha] URGENT: PN {plan.get('snapshot_pn')} may be DOWN; " if urgent else "[kaia-ha] ") + (
             f"failover of {plan['failed_cn']} {'succeeded' if data['ok'] else 'FAILED'}")
-        notify(cell, subject, f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Report: {data['files']['markdown']}")
+        unsent = alert(load_inventory().cell(plan["cell"]), subject,
+                       f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Report: {data['files']['markdown']}")
     if not data["ok"]:
         raise TakeoverError("; ".join(urgent + [
-            f"failover not complete: {data['failed_tasks'] or 'the CN is not in sync'} (report {data['files']['markdown']})"]))
-    return {"ok": data["ok"], "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]}
+            f"failover not complete: {data['failed_tasks'] or 'the CN is not in sync'} (report {data['files']['markdown']})"] + ([unsent] if unsent else [])))
+    return {"ok": data["ok"], "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]} | (
+        {"alert_not_sent": unsent} if unsent else {})

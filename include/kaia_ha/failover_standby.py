@@ -18,7 +18,7 @@ import re
 import shlex
 import time
 
-from kaia_ha.alerts import notify
+from kaia_ha.alerts import alert, notify
 from kaia_ha.health import ProbeError
 from kaia_ha.inventory import CN, Cell, FloatingIP, load_inventory
 from kaia_ha.keys import InvalidKeyError, KeyBackup, NodeKey
@@ -465,17 +465,18 @@ def report(ti, dag_run, plan: dict | None) -> dict:
     }
     data = failover_report(ti, dag_run, title="Kaia CN bare-metal failover (Active-Standby)", synced_task=SYNCED_TASK, facts=facts,
                            todo=_todo(plan, fence, identity), checks=pull(SYNCED_TASK).get("checks"), dry_run=bool(plan.get("dry_run")))
+    unsent = None
     if plan.get("cell"):
-        cell = load_inventory().cell(plan["cell"])
         outcome = "dry run passed" if data["ok"] and plan.get("dry_run") else "succeeded" if data["ok"] else "FAILED"
-        notify(cell, f"[kaia-ha] failover of {failed_cn} to {standby_cn} {outcome}",
-               f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Fencing: {fence['path']}. "
-               f"Report: {data['files']['markdown']}")
+        unsent = alert(load_inventory().cell(plan["cell"]), f"[kaia-ha] failover of {failed_cn} to {standby_cn} {outcome}",
+                       f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Fencing: {fence['path']}. "
+                       f"Report: {data['files']['markdown']}")
     if not data["ok"]:
+        also = f"; {unsent}" if unsent else ""
         if fence["path"] == "operator's answer" and fence["answer"] != ["Approve"]:
-            raise TakeoverError(f"not failed over: the operator did not confirm that {failed_cn} is down (report {data['files']['markdown']})")
-        raise TakeoverError(f"failover not complete: {data['failed_tasks'] or 'the standby is not in sync'} (report {data['files']['markdown']})")
-    return {"ok": True, "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]}
+            raise TakeoverError(f"not failed over: the operator did not confirm that {failed_cn} is down (report {data['files']['markdown']}){also}")
+        raise TakeoverError(f"failover not complete: {data['failed_tasks'] or 'the standby is not in sync'} (report {data['files']['markdown']}){also}")
+    return {"ok": True, "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]} | ({"alert_not_sent": unsent} if unsent else {})
 
 
 def _todo(plan: dict, fence: dict, identity: dict) -> list[str]:

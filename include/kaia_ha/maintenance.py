@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from kaia_ha import compat, retention
 from kaia_ha import tags as T
-from kaia_ha.alerts import notify
+from kaia_ha.alerts import alert, notify
 from kaia_ha.health import Probe
 from kaia_ha.inventory import Cell, load_inventory
 from kaia_ha.keys import KeyBackup
@@ -372,10 +372,13 @@ def report(ti, dag_id: str, run_id: str) -> dict:
     text = render_report(data)
     paths = write(dag_id, run_id, data, text)
     log.info("Maintenance report (%s):\n%s", paths["markdown"], text)
+    unsent = []
     for entry in data["cells"]:  # the run's failure alert names only a failed task: a PN down gets its own
         if entry.get("urgent"):
-            notify(_cell(entry["cell"]), f"[kaia-ha] URGENT: a PN of {entry['cell']} may be DOWN after maintenance",
-                   f"{entry['urgent']}. Report: {paths['markdown']}")
+            unsent.append(alert(_cell(entry["cell"]), f"[kaia-ha] URGENT: a PN of {entry['cell']} may be DOWN after maintenance",
+                                f"{entry['urgent']}. Report: {paths['markdown']}"))
+    unsent = [u for u in unsent if u]
     if not data["ok"]:
-        raise MaintenanceError("; ".join(data["urgent"] + [f"maintenance run {run_id} failed: {', '.join(data['failed_tasks'])} (report {paths['markdown']})"]))
+        raise MaintenanceError("; ".join(data["urgent"] + [f"maintenance run {run_id} failed: {', '.join(data['failed_tasks'])} (report {paths['markdown']})"]
+                                         + unsent))
     return {"ok": data["ok"], "report": paths["markdown"]}

@@ -15,7 +15,7 @@ import re
 import shlex
 
 from kaia_ha import compat
-from kaia_ha.alerts import notify
+from kaia_ha.alerts import alert
 from kaia_ha.failover_standby import holds_ip, standby_conf_problems
 from kaia_ha.health import ProbeError
 from kaia_ha.inventory import CN, Cell, load_inventory
@@ -220,9 +220,9 @@ def check_standby(cell_name: str, standby_name: str, active: dict | None) -> dic
     _publish(result)
     if drift:
         lines = "\n".join(f"- {c['name']}: {c['detail']}" for c in drift)
-        notify(cell, f"[kaia-ha] standby {cn.name} is not ready for a failover",
-               f"Standby {cn.name} of {cell.name} could not take over {cell.active_cn.name} now:\n{lines}")
-        raise ReadinessError(f"{cn.name} is not ready: " + "; ".join(f"{c['name']}: {c['detail']}" for c in drift))
+        unsent = alert(cell, f"[kaia-ha] standby {cn.name} is not ready for a failover",
+                       f"Standby {cn.name} of {cell.name} could not take over {cell.active_cn.name} now:\n{lines}")
+        raise ReadinessError(f"{cn.name} is not ready: " + "; ".join([f"{c['name']}: {c['detail']}" for c in drift] + ([unsent] if unsent else [])))
     log.info("%s is ready: %s", cn.name, "; ".join(c["name"] for c in checks))
     return result
 
