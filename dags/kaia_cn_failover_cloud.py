@@ -20,8 +20,8 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
 7. **Install the identity**: the failed CN's nodekey and bls-nodekey into `DATA_DIR/klay` (0600,
    atomic), checked on disk.
 8. **Move the Elastic IP** to the replacement.
-9. **Start kcnd and verify**: the right node ID and BLS key, PN peers, not syncing, near a PN's head,
-   still rising.
+9. **Start kcnd and verify**: the right node ID and BLS key, PN peers and CN peers (the other validators
+   accept it; unless the inventory says `network_has_other_cns: false`), not syncing, near a PN's head, still rising.
 10. **Report**: timeline, RTO, resource ids, what you must still do. Also sent by SNS.
 
 ## If it fails
@@ -218,9 +218,10 @@ def kaia_cn_failover_cloud():
     final = report()
     with TaskGroup("fence"):
         fenced = confirm_fenced(plan)
+        # EC2 forces a stop within minutes: longer, and fencing is stuck.
         go >> fence(plan) >> EC2InstanceStateSensor(
             task_id="wait_stopped", instance_id=plan["failed_instance_id"], target_state="stopped", deferrable=True,
-            poke_interval=5, timeout=1200, **RECORDED, **aws) >> fenced  # EC2 forces a stop within minutes: longer, fencing is stuck
+            poke_interval=5, timeout=1200, **RECORDED, **aws) >> fenced
     with TaskGroup("chain_data"):
         source = chaindata_source(plan)
         go >> source
@@ -228,13 +229,15 @@ def kaia_cn_failover_cloud():
             reserved = reserve_pn(plan)
             stop = stop_kpnd(plan)
             snapshot = EBSCreateSnapshotOperator(task_id="create_snapshot", volume_id=plan["pn_volume_id"],
-                                                 snapshot_tags=plan["snapshot_tags"], description="Kaia PN chain data for a failover", **RECORDED, **aws)
+                                                 snapshot_tags=plan["snapshot_tags"],
+                                                 description="Kaia PN chain data for a failover", **RECORDED, **aws)
             start = start_kpnd(plan)
             source >> reserved >> stop >> snapshot >> start
             # stop_kpnd is a setup too: clearing a failed create_snapshot then stops kpnd again first. Without it the
             # clear re-ran the snapshot of a PN the teardown had restarted: a dirty snapshot tagged clean-stop.
             start.as_teardown(setups=[reserved, stop], on_failure_fail_dagrun=True)
-            waited = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **RECORDED, **aws)
+            waited = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5,
+                                                **RECORDED, **aws)
         chosen = chaindata_snapshot(plan)
         [source, waited] >> chosen
         volume = create_volume(plan, chosen)

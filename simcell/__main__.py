@@ -127,7 +127,7 @@ def latency(args) -> int:
 def fault(args) -> int:
     if args.clear:
         payload = {"clear": True}
-    elif not args.action or not (args.kind or args.action.startswith("slow-stop:")):
+    elif not args.action or not (args.kind or args.action.startswith(("slow-stop:", "isolate:"))):
         sys.exit("simcell fault: give ACTION and --kind (or --clear)")
     else:
         payload = {"action": args.action, "kind": args.kind, "times": args.times, "match": args.match}
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "fault",
         help="make the next N calls of an AWS action fail (ACTION may also be ssh:NODE with --kind drop|drop-after "
-        "[--match TEXT], or slow-stop:NODE with --times SECONDS)",
+        "[--match TEXT], slow-stop:NODE with --times SECONDS, or isolate:CELL: the other operators' CNs refuse that "
+        "cell's validator until --clear)",
     )
     p.add_argument("action", nargs="?")
     p.add_argument("--kind", choices=("throttle", "server-error", "drop", "drop-after"))

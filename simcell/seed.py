@@ -154,11 +154,13 @@ class Seeder:
         vpc = ec2.create_vpc(CidrBlock=f"127.{self.net}.0.0/16")["Vpc"]["VpcId"]
         # Loopback subnets: each instance's private IP is a loopback address its sshd listens on (distinct per region).
         a, b = SUBNETS[region]
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{self.net}.{a}.0/24", AvailabilityZone=f"{region}a")["Subnet"]["SubnetId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{self.net}.{a}.0/24",
+                                   AvailabilityZone=f"{region}a")["Subnet"]["SubnetId"]
         ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{self.net}.{b}.0/24", AvailabilityZone=f"{region}b")
         self.vpcs[region] = {
             "ec2": ec2, "zone": f"{region}a", "subnet": subnet,
-            "sg": ec2.create_security_group(GroupName="kaia-cn", Description="Kaia CN/PN p2p 32323-32324", VpcId=vpc)["GroupId"],
+            "sg": ec2.create_security_group(GroupName="kaia-cn", Description="Kaia CN/PN p2p 32323-32324",
+                                            VpcId=vpc)["GroupId"],
             "base_ami": ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"],
             "topic": aws_client("sns", self.endpoint, region).create_topic(Name=SNS_TOPIC)["TopicArn"],
         }
@@ -172,7 +174,8 @@ class Seeder:
         ec2 = vpc["ec2"]
         reservation = ec2.run_instances(
             ImageId=vpc["base_ami"], MinCount=1, MaxCount=1, InstanceType="m6i.8xlarge", SubnetId=vpc["subnet"],
-            SecurityGroupIds=[vpc["sg"]], TagSpecifications=[{"ResourceType": "instance", "Tags": self.tags(name, cell, role)}],
+            SecurityGroupIds=[vpc["sg"]],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": self.tags(name, cell, role)}],
         )
         iid = reservation["Instances"][0]["InstanceId"]
         self.world.hosts[iid].label, self.world.hosts[iid].cell, self.world.hosts[iid].role = name, cell, role
@@ -186,7 +189,8 @@ class Seeder:
         ec2.attach_volume(VolumeId=volume, InstanceId=iid, Device="/dev/sdf")
         self.world.add_fstab(iid, "/dev/sdf", data_dir)
         self.world.mount_op({"host": iid, "op": "mount", "device": "/dev/sdf", "mountpoint": data_dir})
-        alloc = ec2.allocate_address(Domain="vpc", TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": self.tags(f"{name}-eip", cell, role)}])
+        tags = self.tags(f"{name}-eip", cell, role)
+        alloc = ec2.allocate_address(Domain="vpc", TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": tags}])
         ec2.associate_address(AllocationId=alloc["AllocationId"], InstanceId=iid)
         self.nodes[name] = {
             "host": iid, "cell": cell, "role": role, "service": service, "data_dir": data_dir, "instance_id": iid,
@@ -283,10 +287,11 @@ class Seeder:
         def cloud(cell: str, cn: str, pns: list[str], region: str) -> dict:
             vpc = self.vpcs[region]
             return {
-                "name": cell, "scheme": "cloud", "aws_conn_id": CONN_IDS[region], "region": region, "sns_topic_arn": vpc["topic"],
+                "name": cell, "scheme": "cloud", "aws_conn_id": CONN_IDS[region], "region": region,
+                "sns_topic_arn": vpc["topic"],
                 "cns": [node(cn)], "pns": [node(pn) for pn in pns],
-                "launch": {"instance_type": "m6i.8xlarge", "subnet_id": vpc["subnet"], "security_group_ids": [vpc["sg"]],
-                           "ssh_conn_template": "ssh_new_cn"},
+                "launch": {"instance_type": "m6i.8xlarge", "subnet_id": vpc["subnet"],
+                           "security_group_ids": [vpc["sg"]], "ssh_conn_template": "ssh_new_cn"},
                 "maintenance": {"keep_images": 3, "keep_snapshots": 3},
             }
 
@@ -296,7 +301,8 @@ class Seeder:
             "cells": [
                 cloud(*self.cloud_cells[0]),
                 {
-                    "name": "cc-metal", "scheme": "bare-metal", "aws_conn_id": "kaia_aws", "region": REGION, "sns_topic_arn": self.vpcs[REGION]["topic"],
+                    "name": "cc-metal", "scheme": "bare-metal", "aws_conn_id": CONN_IDS[REGION], "region": REGION,
+                    "sns_topic_arn": self.vpcs[REGION]["topic"],
                     "cns": [node("cn-metal-a"), node("cn-metal-b")], "pns": [node("pn-metal-1")],
                     # gateway: outbound connections must leave from the floating IP (peers allow CNs by source IP)
                     "floating_ip": {"address": "10.50.0.100/24", "interface": "eth0", "gateway": "10.50.0.1"},
@@ -320,7 +326,8 @@ class Seeder:
             export("KAIA_HA_INVENTORY", str(paths.INVENTORY)),
             export("AIRFLOW_HOME", str(airflow_home)),
             *(export(f"AIRFLOW_CONN_{CONN_IDS[region].upper()}",
-                     {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"region_name": region, "endpoint_url": self.endpoint}})
+                     {"conn_type": "aws", "login": "testing", "password": "testing",
+                      "extra": {"region_name": region, "endpoint_url": self.endpoint}})
               for region in self.regions),
             # A replacement CN: login, port and key; its address and host key are learned at launch.
             export("AIRFLOW_CONN_SSH_NEW_CN", {"conn_type": "ssh", "login": "root", "port": paths.SSH_PORT, "extra": {"key_file": str(self.key)}}),

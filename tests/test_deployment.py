@@ -90,7 +90,7 @@ def test_every_direct_dependency_is_declared_and_pinned_as_the_constraints_pin_i
     """What the code imports is declared (a provider upgrade dropping one would otherwise break the DAGs), at the
     version the constraints resolve."""
     declared, constraints = _pins("requirements.txt"), _pins("constraints.txt")
-    imported = {"cryptography", "pydantic", "pyyaml", "paramiko", "botocore", "boto3", "apache-airflow-providers-standard",
-                "apache-airflow-providers-amazon", "apache-airflow-providers-ssh", "pendulum"}
+    imported = {"cryptography", "pydantic", "pyyaml", "paramiko", "botocore", "boto3", "pendulum",
+                "apache-airflow-providers-standard", "apache-airflow-providers-amazon", "apache-airflow-providers-ssh"}
     assert imported - set(declared) == set()
     assert {name: (pin, constraints.get(name)) for name, pin in declared.items() if constraints.get(name) != pin} == {}

@@ -180,7 +180,7 @@ def check_standby(plan: dict) -> dict:
     facts = {"standby": standby.name}
     if _holds_failed_key(node, backup):
         return facts | {"state": f"holds the key of {failed.name} already (a takeover an earlier run began); continuing it"}
-    verdict = sync_check(node, cell, None, ("pn",), expected_node_id=standby.node_id)
+    verdict = sync_check(node, cell, None, expected_node_id=standby.node_id)
     if not verdict.ok:
         raise TakeoverError(f"{standby.name} is not in sync, so it cannot take over now: {'; '.join(verdict.failed())}. "
                             "Fix it, or choose another standby (standby_cn)")
@@ -403,7 +403,7 @@ def standby_synced(plan: dict) -> dict | None:
     cell, failed, standby = _ctx(plan)
     node = KaiaNodeHook(standby)
     try:
-        verdict = sync_check(node, cell, load_backup(cell, failed), ("pn", "cn"))
+        verdict = sync_check(node, cell, load_backup(cell, failed))
     except (HostUnreachable, TakeoverError) as exc:  # a dropped session, or no PN answered: judge at the next poke
         log.warning("%s", exc)
         return None
@@ -468,15 +468,18 @@ def report(ti, dag_run, plan: dict | None) -> dict:
     unsent = None
     if plan.get("cell"):
         outcome = "dry run passed" if data["ok"] and plan.get("dry_run") else "succeeded" if data["ok"] else "FAILED"
-        unsent = alert(load_inventory().cell(plan["cell"]), f"[kaia-ha] failover of {failed_cn} to {standby_cn} {outcome}",
-                       f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Fencing: {fence['path']}. "
-                       f"Report: {data['files']['markdown']}")
+        unsent = alert(load_inventory().cell(plan["cell"]), f"[kaia-ha] failover of {failed_cn} to {standby_cn} "
+                       f"{outcome}",
+                       f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. "
+                       f"Fencing: {fence['path']}. Report: {data['files']['markdown']}")
     if not data["ok"]:
-        also = f"; {unsent}" if unsent else ""
+        where, also = f"(report {data['files']['markdown']})", f"; {unsent}" if unsent else ""
         if fence["path"] == "operator's answer" and fence["answer"] != ["Approve"]:
-            raise TakeoverError(f"not failed over: the operator did not confirm that {failed_cn} is down (report {data['files']['markdown']}){also}")
-        raise TakeoverError(f"failover not complete: {data['failed_tasks'] or 'the standby is not in sync'} (report {data['files']['markdown']}){also}")
-    return {"ok": True, "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]} | ({"alert_not_sent": unsent} if unsent else {})
+            raise TakeoverError(f"not failed over: the operator did not confirm that {failed_cn} is down {where}{also}")
+        missing = data["failed_tasks"] or "the standby is not in sync"
+        raise TakeoverError(f"failover not complete: {missing} {where}{also}")
+    return {"ok": True, "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]} | (
+        {"alert_not_sent": unsent} if unsent else {})
 
 
 def _todo(plan: dict, fence: dict, identity: dict) -> list[str]:

@@ -179,6 +179,9 @@ class Cell(_Model):
     floating_ip: FloatingIP | None = None
     launch: Launch | None = None
     maintenance: Maintenance = Maintenance()
+    # False only where this cell's CN is the network's one CN (a private test network): then a failover's node
+    # cannot have CN peers, and only PN peers are required of it.
+    network_has_other_cns: bool = True
 
     @model_validator(mode="after")
     def _shape(self) -> Cell:
@@ -217,7 +220,8 @@ class Cell(_Model):
 
 class Inventory(_Model):
     version: Literal[1] = 1
-    maintenance_schedule: str = Field(default=DEFAULT_MAINTENANCE_SCHEDULE, min_length=1)  # kaia_cn_maintenance: cron or a preset
+    # When kaia_cn_maintenance runs (cron or a preset): one DAG, so one schedule for every cell.
+    maintenance_schedule: str = Field(default=DEFAULT_MAINTENANCE_SCHEDULE, min_length=1)
     cells: list[Cell] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -375,10 +375,10 @@ def report(ti, dag_id: str, run_id: str) -> dict:
     unsent = []
     for entry in data["cells"]:  # the run's failure alert names only a failed task: a PN down gets its own
         if entry.get("urgent"):
-            unsent.append(alert(_cell(entry["cell"]), f"[kaia-ha] URGENT: a PN of {entry['cell']} may be DOWN after maintenance",
-                                f"{entry['urgent']}. Report: {paths['markdown']}"))
+            unsent.append(alert(_cell(entry["cell"]), f"[kaia-ha] URGENT: a PN of {entry['cell']} may be DOWN after "
+                                "maintenance", f"{entry['urgent']}. Report: {paths['markdown']}"))
     unsent = [u for u in unsent if u]
     if not data["ok"]:
-        raise MaintenanceError("; ".join(data["urgent"] + [f"maintenance run {run_id} failed: {', '.join(data['failed_tasks'])} (report {paths['markdown']})"]
-                                         + unsent))
+        verdict = f"maintenance run {run_id} failed: {', '.join(data['failed_tasks'])} (report {paths['markdown']})"
+        raise MaintenanceError("; ".join([*data["urgent"], verdict, *unsent]))
     return {"ok": data["ok"], "report": paths["markdown"]}

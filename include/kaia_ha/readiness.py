@@ -122,7 +122,7 @@ def standby_facts(cell: Cell, cn: CN) -> dict:
         entries, bad = parse_static_nodes(node.run(f"sudo cat {shlex.quote(static[0])}").stdout)
         facts |= {"static_nodes": entries, "static_nodes_bad": bad}
     try:
-        verdict = sync_check(node, cell, None, ("pn",), expected_node_id=cn.node_id)
+        verdict = sync_check(node, cell, None, expected_node_id=cn.node_id)
         facts |= {"sync_ok": verdict.ok, "sync": verdict.checks, "live_node_id": node.probe().node_id}
     except (NodeCommandError, ProbeError, TakeoverError) as exc:
         facts |= {"sync_ok": False, "sync": [{"name": "answers", "ok": False, "detail": str(exc)[:300]}], "live_node_id": None}
@@ -222,7 +222,8 @@ def check_standby(cell_name: str, standby_name: str, active: dict | None) -> dic
         lines = "\n".join(f"- {c['name']}: {c['detail']}" for c in drift)
         unsent = alert(cell, f"[kaia-ha] standby {cn.name} is not ready for a failover",
                        f"Standby {cn.name} of {cell.name} could not take over {cell.active_cn.name} now:\n{lines}")
-        raise ReadinessError(f"{cn.name} is not ready: " + "; ".join([f"{c['name']}: {c['detail']}" for c in drift] + ([unsent] if unsent else [])))
+        found = [f"{c['name']}: {c['detail']}" for c in drift] + ([unsent] if unsent else [])
+        raise ReadinessError(f"{cn.name} is not ready: " + "; ".join(found))
     log.info("%s is ready: %s", cn.name, "; ".join(c["name"] for c in checks))
     return result
 

@@ -21,7 +21,8 @@ def broken(tmp_path_factory):
     data["cells"][0]["cns"][0]["node_id"] = "abc"  # an operator's typo
     path = tmp_path_factory.mktemp("inventory") / "inventory.yaml"
     path.write_text(yaml.safe_dump(data))
-    with AirflowRunner(SimpleNamespace(env={"KAIA_HA_INVENTORY": str(path)}), tmp_path_factory.mktemp("reports")) as runner:
+    no_cell = SimpleNamespace(env={"KAIA_HA_INVENTORY": str(path)})  # nothing is reached: the inventory stops it all
+    with AirflowRunner(no_cell, tmp_path_factory.mktemp("reports")) as runner:
         yield runner
 
 
@@ -36,7 +37,8 @@ def test_every_dag_loads_and_its_page_opens_with_the_error(broken):
         assert FIELD in dag.doc_md.split("\n\n")[0], dag_id
 
 
-@pytest.mark.parametrize("dag_id, first", [("kaia_cn_failover_cloud", "preflight"), ("kaia_cn_failover_standby", "preflight.validate"),
+@pytest.mark.parametrize("dag_id, first", [("kaia_cn_failover_cloud", "preflight"),
+                                           ("kaia_cn_failover_standby", "preflight.validate"),
                                            ("kaia_cn_maintenance", "report"), ("kaia_cn_standby_readiness", "report")])
 def test_a_run_fails_at_its_first_task_with_the_error(broken, dag_id, first):
     broken.log_text = ""

@@ -30,9 +30,10 @@ def two_regions(tmp_path_factory):
             maintenance.backup_nodekey(west.name, "test-setup")
             plan = maintenance.image_plan(west.name, "test-setup", pendulum.now("UTC"))
             ec2 = CoreCellEC2Hook(aws_conn_id=west.aws_conn_id, region_name=west.region)
-            image_id, _ = ec2.create_image(instance_id=plan["instance_id"], name=plan["name"], exclude_devices=plan["exclude_devices"],
-                                           tags=plan["tags"], no_reboot=True, description="test setup")
-            ec2.conn.get_waiter("image_available").wait(ImageIds=[image_id], WaiterConfig={"Delay": 0.5, "MaxAttempts": 120})
+            image_id, _ = ec2.create_image(instance_id=plan["instance_id"], name=plan["name"], tags=plan["tags"],
+                                           exclude_devices=plan["exclude_devices"], no_reboot=True, description="setup")
+            ec2.conn.get_waiter("image_available").wait(ImageIds=[image_id], WaiterConfig={"Delay": 0.5,
+                                                                                           "MaxAttempts": 120})
             cell.seeded_calls = len(cell.calls())  # what follows is the failover's
             yield cell, runner
     finally:
@@ -46,8 +47,8 @@ def test_a_failover_in_the_second_region_uses_that_cells_connection_and_region(t
     # A fresh snapshot: the PN snapshot operator and its sensor run too, not only the instance state sensors.
     run_id, state, states = runner.run(DAG_ID, {"failed_cn": "cn-aws-1-c2", "use_presnapshot": False})
     assert state == "success", {k: v for k, v in states.items() if v[0] != "success"}
-    for task in ("fence.wait_stopped", "chain_data.fresh_snapshot.create_snapshot", "chain_data.fresh_snapshot.wait_snapshot",
-                 "launch.wait_running"):
+    for task in ("fence.wait_stopped", "chain_data.fresh_snapshot.create_snapshot",
+                 "chain_data.fresh_snapshot.wait_snapshot", "launch.wait_running"):
         assert states[(task, -1)][0] == "success", task
     west = cell.client("ec2", region=WEST)
     old = west.describe_instances(InstanceIds=[failed["instance_id"]])["Reservations"][0]["Instances"][0]

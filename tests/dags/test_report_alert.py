@@ -21,6 +21,7 @@ def test_the_verdict_survives_an_sns_failure(fresh_cell, tmp_path, capfd):
     assert "Result: DRY RUN, preflight FAILED" in runner.log_text  # the report, logged
     assert "the SNS alert was NOT sent" in runner.log_text
     printed = capfd.readouterr()
-    error = [line for line in (printed.out + printed.err).splitlines() if line.startswith("kaia_ha.takeover.TakeoverError: ")]
+    lines = (printed.out + printed.err).splitlines()
+    error = [line for line in lines if line.startswith("kaia_ha.takeover.TakeoverError: ")]
     # The report task's error, as its log shows it: the verdict, then that the alert was not sent.
     assert error and "failover not complete" in error[-1] and "the SNS alert was NOT sent" in error[-1]

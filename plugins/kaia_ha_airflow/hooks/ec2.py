@@ -70,7 +70,8 @@ def create_once(find: Callable[[], dict | None], create: Callable[[], dict], wha
             if not is_transient(exc) or attempt >= attempts:
                 raise
             delay = base_delay * 2 ** (attempt - 1)
-            log.warning("%s: %s on attempt %d; looking for it again in %.0fs", what, error_code(exc) or type(exc).__name__, attempt, delay)
+            log.warning("%s: %s on attempt %d; looking for it again in %.0fs", what,
+                        error_code(exc) or type(exc).__name__, attempt, delay)
             time.sleep(delay)
 
 
