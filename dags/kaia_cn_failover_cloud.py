@@ -22,7 +22,10 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
 8. **Move the Elastic IP** to the replacement.
 9. **Start kcnd and verify**: the right node ID and BLS key, PN peers and CN peers (the other validators
    accept it; unless the inventory says `network_has_other_cns: false`), not syncing, near a PN's head, still rising.
-10. **Report**: timeline, RTO, resource ids, what you must still do. Also sent by SNS.
+10. **Record the live placement** (only once the replacement is verified in sync): the validator runs on the
+    replacement now, the failed instance is fenced. Maintenance and the next failover act on it; nobody edits
+    the inventory. `python -m kaia_ha.live show` prints it.
+11. **Report**: timeline, RTO, resource ids, what you must still do. Also sent by SNS.
 
 ## If it fails
 The `report` task log says which step failed and why. A check that no retry can fix (a wrong key, a
@@ -52,7 +55,7 @@ from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator, EBSSnapshot
 
 inventory, INVENTORY_ERROR = try_load_inventory()
 CLOUD = inventory.cells_of("cloud") if inventory else []
-CNS = [cell.active_cn.name for cell in CLOUD]
+CNS = [cell.validator.name for cell in CLOUD]
 PNS = sorted({pn.name for cell in CLOUD for pn in cell.pns})
 SENSE = {"poke_interval": 5, "mode": "reschedule"}
 # Operators and sensors record their step for the report's timeline as @step functions do.
@@ -168,6 +171,11 @@ def in_sync(plan: dict, host: dict) -> PokeReturnValue:
     return PokeReturnValue(is_done=synced is not None, xcom_value=synced)
 
 
+@task
+def record_placement(plan: dict, host: dict, fence_result: dict) -> dict:
+    return steps.record_placement(plan, host, fence_result)
+
+
 @task(trigger_rule="all_done", retries=0)
 def report() -> dict:
     context = _ctx()
@@ -219,7 +227,8 @@ def kaia_cn_failover_cloud():
     with TaskGroup("fence"):
         fenced = confirm_fenced(plan)
         # EC2 forces a stop within minutes: longer, and fencing is stuck.
-        go >> fence(plan) >> EC2InstanceStateSensor(
+        fence_result = fence(plan)
+        go >> fence_result >> EC2InstanceStateSensor(
             task_id="wait_stopped", instance_id=plan["failed_instance_id"], target_state="stopped", deferrable=True,
             poke_interval=5, timeout=1200, **RECORDED, **aws) >> fenced
     with TaskGroup("chain_data"):
@@ -259,7 +268,8 @@ def kaia_cn_failover_cloud():
         ip = move_ip(plan, host)
         started = start_kcnd(plan, host)
         fenced >> ip
-        keys >> ip >> started >> in_sync(plan, host) >> final
+        # The live placement follows the new node only once it is verified in sync (never on a dry or failed run).
+        keys >> ip >> started >> in_sync(plan, host) >> record_placement(plan, host, fence_result) >> final
     [start, fenced] >> final
 
 

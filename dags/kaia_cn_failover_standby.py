@@ -26,8 +26,10 @@ What it does (the Kaia docs' Active-Standby failover, with what the node's sourc
 6. **Start kcnd and verify**: the keys on disk and the IP checked once more, then the running node's
    `admin.nodeInfo.id` must be the failed CN's, its BLS key the backup's, with PN and CN peers, not
    syncing, near a PN's head, rising.
-7. **Report**: timeline, RTO, the checks, and what you must still do (build a new standby, update the
-   inventory). Also sent by SNS.
+7. **Record the live placement** (only once the standby is verified in sync): the standby is the active
+   now, the failed host is fenced, and the cell has no standby until one is enrolled with
+   `kaia_cn_enroll_standby` (readiness alerts until then). Nobody edits the inventory.
+8. **Report**: timeline, RTO, the checks, and what you must still do. Also sent by SNS.
 
 ## If it fails
 The `report` task log says which step failed and why. Fix the cause and **Clear** the failed task
@@ -54,8 +56,8 @@ from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 
 inventory, INVENTORY_ERROR = try_load_inventory()
 METAL = inventory.cells_of("bare-metal") if inventory else []
-ACTIVES = [cell.active_cn.name for cell in METAL]
-STANDBYS = [cn.name for cell in METAL for cn in cell.standby_cns]
+ACTIVES = [cell.validator.name for cell in METAL]
+STANDBYS = [cn.name for cell in METAL for cn in cell.cns]  # which of them stands by now is live placement
 
 
 @task
@@ -143,6 +145,11 @@ def standby_synced(plan: dict) -> PokeReturnValue:
     return PokeReturnValue(is_done=synced is not None, xcom_value=synced)
 
 
+@task
+def record_placement(plan: dict) -> dict:
+    return steps.record_placement(plan, get_current_context()["ti"])
+
+
 @task(trigger_rule="all_done", retries=0)
 def report() -> dict:
     context = get_current_context()
@@ -156,12 +163,13 @@ def report() -> dict:
     **core_cell_dag(tags=["failover", "bare-metal"], retries=3),
     params={
         # No CN is preselected: the operator must name the failed one (an empty choice fails the preflight).
-        "failed_cn": Param("", type="string", enum=["", *ACTIVES], title="Failed active CN",
-                           values_display={"": "Choose the failed active CN"},
-                           description="The active CN that failed. Its standby takes over its nodekey, bls-nodekey and floating IP.",
+        "failed_cn": Param("", type="string", enum=["", *ACTIVES], title="Validator whose CN failed",
+                           values_display={"": "Choose the validator"},
+                           description="The validator whose active CN failed (the host that runs it now, from the live "
+                                       "placement). A standby takes over its nodekey, bls-nodekey and floating IP.",
                            section="What failed"),
         "standby_cn": Param("", type="string", enum=["", *STANDBYS], title="Standby to promote",
-                            values_display={"": "The cell's standby (the first in the inventory)"},
+                            values_display={"": "The cell's standby now (live placement)"},
                             description="Only if the cell has several standbys: the one that takes over. It must be in sync.",
                             section="What failed"),
         "fence_failed_active": Param(True, type="boolean", title="Fence the failed active",
@@ -205,7 +213,8 @@ def kaia_cn_failover_standby():
         moved = move_floating_ip(plan)
         fenced >> stop_standby(plan) >> replace_identity(plan) >> moved
     with TaskGroup("start", tooltip="kcnd started and verified as the validator"):
-        moved >> start_standby(plan) >> standby_synced(plan) >> final
+        # The live placement follows only once the new active is verified in sync (never a dry or failed run).
+        moved >> start_standby(plan) >> standby_synced(plan) >> record_placement(plan) >> final
 
 
 kaia_cn_failover_standby()

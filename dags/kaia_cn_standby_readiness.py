@@ -1,7 +1,8 @@
 """
 # Kaia standby readiness (bare metal): could each standby take over its active right now?
 
-For every bare-metal core cell in the inventory, read-only over SSH, every hour. For each standby CN:
+For every bare-metal core cell in the inventory, read-only over SSH, every hour. For each standby CN of the
+live placement:
 
 | check | why |
 |---|---|
@@ -23,9 +24,9 @@ Read the `report` task log, fix what it names on the standby, then *Clear* the f
 changes nothing, so clearing is always safe. If the **active** does not answer, it may be down: fail
 over with `kaia_cn_failover_standby`.
 
-**After a failover, pause this DAG until the inventory is updated**: until then it takes the promoted
-standby (now the validator) for a standby running the active's key and tells you to stop it. Do not:
-that would take the validator down.
+It follows the live placement (`python -m kaia_ha.live show`): after a failover it checks the promoted
+standby as the active, and alerts "**<cell> has NO standby**" until one is enrolled with
+`kaia_cn_enroll_standby`.
 """
 
 from __future__ import annotations
@@ -50,11 +51,13 @@ def active(cell_name: str) -> dict:
     return readiness.active_facts(cell_name)
 
 
-@task(trigger_rule="all_done")  # a standby is checked also when its active does not answer
-def check_standby(cell_name: str, standby_name: str) -> dict:
+# One task per cell for all its standbys: which hosts stand by is live placement (it changes with a failover and an
+# enrolment), and a cell with none must alert too.
+@task(task_id=readiness.STANDBYS_TASK, trigger_rule="all_done")  # checked also when the active does not answer
+def check_standbys(cell_name: str) -> dict:
     facts = get_current_context()["ti"].xcom_pull(task_ids=f"{cell_name}.active", default=None)
     try:
-        return readiness.check_standby(cell_name, standby_name, facts)
+        return readiness.check_standbys(cell_name, facts)
     except readiness.ReadinessError as exc:  # drift, alerted once: a retry would only alert again
         raise AirflowFailException(str(exc)) from None
 
@@ -74,10 +77,8 @@ def report() -> dict:
 def kaia_cn_standby_readiness():
     final = report()
     for cell in inventory.cells_of("bare-metal") if inventory else []:
-        with TaskGroup(cell.name, tooltip=f"core cell {cell.name}: active {cell.active_cn.name}"):
-            facts = active(cell.name)
-            for cn in cell.standby_cns:
-                facts >> check_standby.override(task_id=cn.name)(cell.name, cn.name) >> final
+        with TaskGroup(cell.name, tooltip=f"core cell {cell.name}: validator {cell.validator.name}"):
+            active(cell.name) >> check_standbys(cell.name) >> final
 
 
 kaia_cn_standby_readiness()

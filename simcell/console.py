@@ -1,7 +1,8 @@
 """The small part of the node's JavaScript console that ``kcn attach --exec`` needs.
 
 Supported: property paths (``kaia.syncing``, ``admin.nodeInfo.id``), object literals of them
-(``{s: kaia.syncing, n: kaia.blockNumber}``) and ``JSON.stringify(...)`` around either.
+(``{s: kaia.syncing, n: kaia.blockNumber}``), ``JSON.stringify(...)`` around either, and a call with one
+string argument (``admin.addPeer("kni://...")``).
 ``render`` prints a value the way the console does: strings quoted, objects in JS notation.
 """
 
@@ -53,7 +54,13 @@ def _expr(text: str, scope: dict):
         if not isinstance(value, dict) or part not in value:
             raise ConsoleError(f"ReferenceError: {m.group(1)} is not defined")
         value = value[part]
-    return value, text[m.end() :]
+    rest = text[m.end() :]
+    if callable(value):
+        call = re.match(r"\(\s*(\"[^\"]*\"|'[^']*')\s*\)", rest)
+        if not call:
+            raise ConsoleError(f"SyntaxError: {m.group(1)} takes one string argument")
+        return value(call.group(1)[1:-1]), rest[call.end() :]
+    return value, rest
 
 
 def render(value) -> str:

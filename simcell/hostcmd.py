@@ -144,6 +144,7 @@ class Unit:
 
 
 def systemctl(args: list[str]) -> int:
+    now = "--now" in args  # enable --now also starts the unit, disable --now also stops it (systemctl(1))
     args = [a for a in args if not a.startswith("--")]
     if len(args) < 2:
         return die("usage: systemctl start|stop|restart|status|is-active|enable|disable|is-enabled UNIT")
@@ -167,8 +168,10 @@ def systemctl(args: list[str]) -> int:
             rc |= 0 if unit.state() == "active" else 3
         elif verb == "enable":
             unit.enabled.touch()
+            rc |= unit.start() if now and unit.state() != "active" else 0
         elif verb == "disable":
             unit.enabled.unlink(missing_ok=True)
+            rc |= unit.stop() if now else 0
         elif verb == "is-enabled":
             print("enabled" if unit.enabled.exists() else "disabled")
             rc |= 0 if unit.enabled.exists() else 1

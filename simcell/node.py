@@ -63,6 +63,10 @@ def parse_static_nodes(path: Path) -> list[tuple[str, str]]:
         urls = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
+    return parse_static_nodes_list(urls)
+
+
+def parse_static_nodes_list(urls) -> list[tuple[str, str]]:
     out = []
     for url in urls if isinstance(urls, list) else []:
         try:
@@ -269,8 +273,17 @@ class Node:
             "kaia": kaia,
             "klay": kaia,
             "net": {"peerCount": peers["total"], "peerCountByType": peers, "listening": True},
-            "admin": {"nodeInfo": info, "datadir": str(self.data_dir)},
+            "admin": {"nodeInfo": info, "datadir": str(self.data_dir), "addPeer": self.add_peer},
         }
+
+    def add_peer(self, url: str) -> bool:
+        """admin.addPeer: a static peer from now on, kept in memory only (static-nodes.json is read at start)."""
+        entry = next(iter(parse_static_nodes_list([url])), None)
+        if entry is None:
+            raise ValueError(f"invalid kni: {url}")
+        if entry not in self.static:
+            self.static.append(entry)
+        return True
 
     def console(self, expr: str):
         from simcell.console import evaluate

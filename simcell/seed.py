@@ -36,6 +36,7 @@ CONN_IDS = {REGION: "kaia_aws", REGION_2: "kaia_aws_us_west_2"}
 SUBNETS = {REGION: (1, 3), REGION_2: (5, 6)}  # third octets of each region's two loopback subnets (2: bare metal)
 VERSION = "v2.2.1"
 SNS_TOPIC = "kaia-ha-alerts"
+STATE_BUCKET = "kaia-ha-state"  # the live placement's home (inventory state.url)
 
 CONF = """\
 # kcnd.conf / kpnd.conf (sourced by /etc/init.d/{service})
@@ -257,6 +258,7 @@ class Seeder:
             self.world.validators[cell] = (self.nodes[cn]["node_id"], self.nodes[cn]["ip"])
         for name in self.nodes:
             self.start(name)
+        aws_client("s3", self.endpoint).create_bucket(Bucket=STATE_BUCKET)
         self.wait_in_sync(timeout=max(30, 2 * len(self.nodes)))  # many cells on a small machine peer more slowly
 
     def wait_in_sync(self, timeout: float = 30) -> None:
@@ -298,6 +300,7 @@ class Seeder:
         return {
             "version": 1,
             "maintenance_schedule": "@daily",
+            "state": {"url": f"s3://{STATE_BUCKET}/simcell", "aws_conn_id": CONN_IDS[REGION], "region": REGION},
             "cells": [
                 cloud(*self.cloud_cells[0]),
                 {

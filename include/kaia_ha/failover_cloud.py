@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 
 import botocore.exceptions
 
-from kaia_ha import compat, maintenance
+from kaia_ha import compat, live, maintenance
 from kaia_ha import tags as T
 from kaia_ha.alerts import alert
 from kaia_ha.inventory import CN, Cell, load_inventory
+from kaia_ha.placement import Active, Fenced, Placement, after_failover
 from kaia_ha.report import step
 from kaia_ha.takeover import (FailoverInputError, Refused, TakeoverError, answers_ssh, failover_report, fence_kcnd,
                               install_identity, load_backup, refuse_unknown_params, sync_check, verify_identity_on_disk)
@@ -28,17 +29,23 @@ from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_failover_cloud"
 WARMUP = ("none", "initialization-rate", "fast-snapshot-restore", "read-through")
+RECORD_TASK = "verify.record_placement"
 PARAMS = ("failed_cn", "fence", "use_presnapshot", "max_snapshot_age_hours", "snapshot_pn", "warmup", "dry_run")
 
 
 def cloud_cns() -> list[str]:
-    """The active CNs of the cloud cells; a broken inventory raises its own error (naming the field)."""
-    return [cell.active_cn.name for cell in load_inventory().cells_of("cloud")]
+    """The validators of the cloud cells; a broken inventory raises its own error (naming the field)."""
+    return [cell.validator.name for cell in load_inventory().cells_of("cloud")]
 
 
 def _ctx(plan: dict) -> tuple[Cell, CN, CoreCellEC2Hook]:
     cell, cn = load_inventory().find_cn(plan["failed_cn"])
     return cell, cn, CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+
+
+def failed_node(plan: dict, cell: Cell) -> KaiaNodeHook:
+    """SSH to the node that ran the validator when the run began (the live placement's active)."""
+    return live.active_node(cell, Placement.model_validate(plan["placement"]))
 
 
 def replacement(plan: dict, cell: Cell, cn: CN) -> KaiaNodeHook:
@@ -90,13 +97,14 @@ def _dry_run(call, what: str) -> str:
 LIVE = ("pending", "running", "stopping", "shutting-down")
 
 
-def other_live_replacements(ec2: CoreCellEC2Hook, cell: Cell, cn: CN, run_id: str) -> None:
+def other_live_replacements(ec2: CoreCellEC2Hook, cell: Cell, cn: CN, run_id: str, failed_instance_id: str) -> None:
     """Refuse while a replacement an earlier run launched for this CN is not stopped: it holds (or may hold) the
-    validator key, and a second replacement would be a second live node with it. IAM: ec2:DescribeInstances."""
-    live = [i for i in ec2.find_instances({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_REPLACEMENT_CN}, LIVE)
-            if i["InstanceId"] != cn.instance_id and T.tag_dict(i).get(T.RUN_ID) != run_id]
-    if live:
-        found = ", ".join(f"{i['InstanceId']} ({i['State']['Name']}, run {T.tag_dict(i).get(T.RUN_ID)})" for i in live)
+    validator key, and a second replacement would be a second live node with it. The failed instance itself (which
+    may be the replacement of an earlier failover) is this run's to fence. IAM: ec2:DescribeInstances."""
+    running = [i for i in ec2.find_instances({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_REPLACEMENT_CN}, LIVE)
+               if i["InstanceId"] != failed_instance_id and T.tag_dict(i).get(T.RUN_ID) != run_id]
+    if running:
+        found = ", ".join(f"{i['InstanceId']} ({i['State']['Name']}, run {T.tag_dict(i).get(T.RUN_ID)})" for i in running)
         raise Refused(f"failed_cn: {cn.name} already has a replacement from an earlier run that is not stopped: {found}. It may hold "
                       "the validator key. Go on with that run (clear its failed task), or stop or terminate that instance "
                       "first, then trigger again")
@@ -113,9 +121,11 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
     """
     plan = _check_params(conf)
     cell, cn, ec2 = _ctx(plan)
-    other_live_replacements(ec2, cell, cn, run_id)
+    placement = live.for_run(cell, DAG_ID, run_id)  # the node that runs the validator now, not the inventory's first one
+    failed_id = placement.active.instance_id
+    other_live_replacements(ec2, cell, cn, run_id, failed_id)
     backup = load_backup(cell, cn)
-    failed = ec2.instance(cn.instance_id)
+    failed = ec2.instance(failed_id)
     eip = ec2.address(cn.elastic_ip_allocation_id)
     images = [i for i in ec2.find_images({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_CN_IMAGE}) if i["State"] == "available"]
     if not images:
@@ -142,12 +152,12 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
     permissions = {
         "RunInstances": _dry_run(lambda: ec2.conn.run_instances(ImageId=image["ImageId"], MinCount=1, MaxCount=1, InstanceType=cell.launch.instance_type,
                                                                 SubnetId=cell.launch.subnet_id, DryRun=True), "ec2:RunInstances"),
-        "AssociateAddress": _dry_run(lambda: ec2.conn.associate_address(AllocationId=cn.elastic_ip_allocation_id, InstanceId=cn.instance_id,
+        "AssociateAddress": _dry_run(lambda: ec2.conn.associate_address(AllocationId=cn.elastic_ip_allocation_id, InstanceId=failed_id,
                                                                         AllowReassociation=True, DryRun=True), "ec2:AssociateAddress"),
-        "StopInstances": _dry_run(lambda: ec2.conn.stop_instances(InstanceIds=[cn.instance_id], DryRun=True), "ec2:StopInstances"),
+        "StopInstances": _dry_run(lambda: ec2.conn.stop_instances(InstanceIds=[failed_id], DryRun=True), "ec2:StopInstances"),
         "CreateVolume": _dry_run(lambda: ec2.conn.create_volume(AvailabilityZone=zone, DryRun=True, **(
             {"SnapshotId": snapshot["SnapshotId"]} if snapshot else {"Size": 1})), "ec2:CreateVolume"),
-        "AttachVolume": _dry_run(lambda: ec2.conn.attach_volume(VolumeId=pn.data_volume_id, InstanceId=cn.instance_id,
+        "AttachVolume": _dry_run(lambda: ec2.conn.attach_volume(VolumeId=pn.data_volume_id, InstanceId=failed_id,
                                                                 Device=cn.data_device, DryRun=True), "ec2:AttachVolume"),
         "CreateTags": _dry_run(lambda: ec2.conn.create_tags(  # what chaindata_snapshot tags: the snapshot (the image if none yet)
             Resources=[snapshot["SnapshotId"] if snapshot else image["ImageId"]], Tags=[{"Key": T.IN_USE_BY, "Value": run_id}], DryRun=True),
@@ -157,7 +167,8 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
         permissions["CreateSnapshot"] = _dry_run(lambda: ec2.conn.create_snapshot(VolumeId=pn.data_volume_id, DryRun=True), "ec2:CreateSnapshot")
     plan |= {
         "cell": cell.name, "aws_conn_id": cell.aws_conn_id, "region": cell.region, "run_id": run_id,
-        "failed_instance_id": cn.instance_id, "failed_state": failed["State"]["Name"],
+        "failed_instance_id": failed_id, "placement": placement.model_dump(mode="json"),
+        "failed_state": failed["State"]["Name"],
         "expected_node_id": backup.node_id, "image_id": image["ImageId"], "image_created": image.get("CreationDate"),
         "zone": zone, "allocation_id": cn.elastic_ip_allocation_id, "public_ip": eip["PublicIp"],
         "eip_holder": eip.get("InstanceId"), "snapshot_id": snapshot["SnapshotId"] if snapshot else None,
@@ -175,13 +186,14 @@ def fence(plan: dict) -> dict:
     """Make sure the failed CN cannot sign again: autostart off (if its host answers), instance stopped.
     With fencing off, only proceed when it is already down. IAM: ec2:StopInstances, ec2:DescribeInstances."""
     cell, cn, ec2 = _ctx(plan)
-    state = ec2.instance(cn.instance_id)["State"]["Name"]
+    failed_id = plan["failed_instance_id"]
+    state = ec2.instance(failed_id)["State"]["Name"]
     if not plan["fence"]:
         if state not in ("stopped", "terminated"):
-            raise TakeoverError(f"fence is off but {cn.instance_id} is {state}: a second live node with the same key would "
+            raise TakeoverError(f"fence is off but {failed_id} is {state}: a second live node with the same key would "
                                 "double-sign. Stop it yourself or trigger again with fence on.")
         return {"fenced": False, "instance_state": state}
-    node = KaiaNodeHook(cn)
+    node = failed_node(plan, cell)
     over_ssh = False  # kcnd disabled and the keys set aside on the host itself; else they stay on its disk
     try:  # a dead host is the usual case: then the instance stop alone fences it
         up, why = answers_ssh(node, attempts=2, pause=1.0)
@@ -193,16 +205,16 @@ def fence(plan: dict) -> dict:
         host = f"kcnd not fenced over SSH ({exc}); fencing by stopping the instance"
     finally:
         node.close()
-    before = ec2.stop_instance(cn.instance_id)
+    before = ec2.stop_instance(failed_id)
     return {"fenced": True, "instance_state_before": before, "host": host, "over_ssh": over_ssh}
 
 
 @step
 def confirm_fenced(plan: dict) -> dict:
     cell, cn, ec2 = _ctx(plan)
-    state = ec2.instance(cn.instance_id)["State"]["Name"]
+    state = ec2.instance(plan["failed_instance_id"])["State"]["Name"]
     if state not in ("stopped", "terminated"):
-        raise TakeoverError(f"{cn.instance_id} is {state}, not stopped: fencing not confirmed; not continuing into a second live node")
+        raise TakeoverError(f"{plan['failed_instance_id']} is {state}, not stopped: fencing not confirmed; not continuing into a second live node")
     return {"instance_state": state}
 
 
@@ -252,7 +264,7 @@ def launch(plan: dict) -> str:
     """RunInstances from the CN image; the ClientToken makes a retry return the same instance."""
     cell, cn, ec2 = _ctx(plan)
     tags = T.base_tags(cell.name, T.KIND_REPLACEMENT_CN, plan["run_id"], DAG_ID, cn.name) | {
-        "Name": f"{cn.name}-replacement", "kaia:replaces": cn.instance_id}
+        "Name": f"{cn.name}-replacement", "kaia:replaces": plan["failed_instance_id"]}
     return ec2.launch_instance(image_id=plan["image_id"], launch=cell.launch, tags=tags,
                                client_token=T.client_token(plan["run_id"], "launch"))
 
@@ -328,7 +340,7 @@ def prune(plan: dict, host: dict) -> dict:
 @step
 def install_keys(plan: dict, host: dict) -> dict:
     cell, cn, ec2 = _ctx(plan)
-    other_live_replacements(ec2, cell, cn, plan["run_id"])  # the key goes to one replacement only
+    other_live_replacements(ec2, cell, cn, plan["run_id"], plan["failed_instance_id"])  # the key goes to one replacement only
     return install_identity(replacement(plan | host, cell, cn), load_backup(cell, cn))
 
 
@@ -337,7 +349,7 @@ def install_keys(plan: dict, host: dict) -> dict:
 def move_ip(plan: dict, host: dict) -> dict:
     """The failed CN's Elastic IP onto the replacement: other operators' firewalls and peers know that IP."""
     cell, cn, ec2 = _ctx(plan)
-    other_live_replacements(ec2, cell, cn, plan["run_id"])  # never take the IP off another run's live replacement
+    other_live_replacements(ec2, cell, cn, plan["run_id"], plan["failed_instance_id"])  # never take the IP off another run's live replacement
     address = ec2.move_address(allocation_id=plan["allocation_id"], instance_id=host["new_instance_id"])
     if address.get("InstanceId") != host["new_instance_id"]:
         raise TakeoverError(f"the Elastic IP {plan['public_ip']} is on {address.get('InstanceId')}, not on the replacement")
@@ -347,7 +359,7 @@ def move_ip(plan: dict, host: dict) -> dict:
 @step
 def start_kcnd(plan: dict, host: dict) -> dict:
     cell, cn, ec2 = _ctx(plan)
-    other_live_replacements(ec2, cell, cn, plan["run_id"])  # again before kcnd runs: another run may have begun since
+    other_live_replacements(ec2, cell, cn, plan["run_id"], plan["failed_instance_id"])  # again before kcnd runs: another run may have begun since
     node = replacement(plan | host, cell, cn)
     data_dir = cn.data_dir.rstrip("/")
     # What prune and install_keys must have left: a node started with anything else is not the validator.
@@ -391,6 +403,24 @@ def in_sync(plan: dict, host: dict) -> dict | None:
     return None
 
 
+@step
+def record_placement(plan: dict, host: dict, fence_result: dict | None) -> dict:
+    """Once the replacement is verified in sync (the only way this task runs): it runs the validator now and the
+    failed instance is fenced. A conditional write: a run whose placement changed meanwhile records nothing.
+    IAM: s3:GetObject, s3:PutObject, s3:ListBucket on the state bucket."""
+    cell, cn, _ = _ctx(plan)
+    fence_how = "instance stopped" + (
+        ", kcnd disabled and keys aside over SSH" if (fence_result or {}).get("over_ssh") else ", host not reached over SSH")
+    active = Active(host=cn.name, instance_id=host["new_instance_id"], private_ip=host["new_private_ip"],
+                    host_key=host["new_host_key"], ssh_conn_id=cell.launch.ssh_conn_template)
+    fenced = Fenced(host=cn.name, instance_id=plan["failed_instance_id"], run_id=plan["run_id"], dag_id=DAG_ID,
+                    at=live.now(), how=fence_how)
+    new = live.update(cell, lambda p: after_failover(p, active, fenced), dag_id=DAG_ID, run_id=plan["run_id"],
+                      why=f"failover of {cn.name} from {plan['failed_instance_id']} to {host['new_instance_id']}",
+                      since=plan["placement"]["generation"])
+    return {"generation": new.generation, "before": new.change.before, "after": new.change.after}
+
+
 # ----- 10. report ---------------------------------------------------------------------------------------------------------
 def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | None, snapshot: dict | None) -> dict:
     plan, host = plan or {}, host or {}
@@ -407,11 +437,17 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
         f"terminate the fenced instance {plan.get('failed_instance_id')} once the cause is understood (it is stopped, not deleted)"
         + ("; do NOT start it before: kcnd is still enabled there and the validator keys are on its data volume "
            "(detach that volume first)" if keys_left else ""),
-        "update the inventory: instance_id of the CN is now " + str(host.get("new_instance_id")),
         f"remove the tag {T.IN_USE_BY} from snapshot {(snapshot or {}).get('snapshot_id')} when the replacement is accepted",
         "run kaia_cn_maintenance: back up the keys and image the new CN",
     ]
     states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id]).get(dag_run.run_id, {})
+    recorded = ti.xcom_pull(task_ids=RECORD_TASK, default=None)
+    facts["live placement"] = (f"generation {recorded['generation']}: {recorded['after']} (was: {recorded['before']})" if recorded
+                               else f"unchanged ({states.get(RECORD_TASK, 'not run')})")
+    if states.get(RECORD_TASK) == "failed":
+        todo.insert(0, f"the replacement runs the validator but the live placement does NOT say so (record_placement failed): "
+                       f"clear verify.record_placement, or record it by hand (`python -m kaia_ha.live show {plan.get('cell')}`, "
+                       "then `record`); until then maintenance and the next failover act on the fenced instance")
     fresh = "chain_data.fresh_snapshot."
     launched = host.get("new_instance_id") or ti.xcom_pull(task_ids="launch.launch", default=None)
     if launched and any(s in ("failed", "upstream_failed") for s in states.values()):

@@ -18,10 +18,12 @@ import re
 import shlex
 import time
 
+from kaia_ha import live
 from kaia_ha.alerts import alert, notify
 from kaia_ha.health import ProbeError
 from kaia_ha.inventory import CN, Cell, FloatingIP, load_inventory
 from kaia_ha.keys import InvalidKeyError, KeyBackup, NodeKey
+from kaia_ha.placement import Active, Fenced, after_failover
 from kaia_ha.report import step
 from kaia_ha.takeover import (
     FailoverInputError,
@@ -45,6 +47,7 @@ KEY_FILES = ("nodekey", "bls-nodekey")  # what may shadow klay/ on a standby (it
 # Branch targets of the fence phase (task ids in the DAG).
 FENCE_OVER_SSH, CONFIRM_DOWN, DECLARED_DOWN = "fence.fence_over_ssh", "fence.confirm_down", "fence.declared_down"
 SYNCED_TASK = "start.standby_synced"
+RECORD_TASK = "start.record_placement"
 IPC_WAIT = 30  # seconds for kcnd's console to open after `systemctl start`
 PARAMS = ("failed_cn", "standby_cn", "fence_failed_active", "host_known_dead", "dry_run")
 # `systemctl is-active` answers that mean kcnd runs or is about to (a crash loop shows "activating").
@@ -52,8 +55,9 @@ KCND_UP = ("active", "activating", "reloading", "deactivating")
 
 
 def metal_actives() -> list[str]:
-    """The active CNs of the bare-metal cells; a broken inventory raises its own error (naming the field)."""
-    return [cell.active_cn.name for cell in load_inventory().cells_of("bare-metal")]
+    """The validators of the bare-metal cells; a broken inventory raises its own error (naming the field). Where
+    each runs now is live placement, read by the preflight."""
+    return [cell.validator.name for cell in load_inventory().cells_of("bare-metal")]
 
 
 def failed_host(cn: CN) -> KaiaNodeHook:
@@ -64,8 +68,7 @@ def failed_host(cn: CN) -> KaiaNodeHook:
 def _ctx(plan: dict) -> tuple[Cell, CN, CN]:
     inventory = load_inventory()
     cell = inventory.cell(plan["cell"])
-    by_name = {cn.name: cn for cn in cell.cns}
-    return cell, by_name[plan["failed_cn"]], by_name[plan["standby_cn"]]
+    return cell, cell.cn(plan["failed_host"]), cell.cn(plan["standby_cn"])
 
 
 def _ip_configured(ip_addr_show: str, fip: FloatingIP) -> bool:
@@ -123,24 +126,32 @@ def validate(conf: dict, run_id: str) -> dict:
     if not failed_name:
         raise FailoverInputError(f"failed_cn: choose the active CN that failed, one of {actives}")
     if failed_name not in actives:
-        raise FailoverInputError(f"failed_cn: {failed_name!r} is not the active CN of a bare-metal core cell; choose one of {actives}")
+        raise FailoverInputError(f"failed_cn: {failed_name!r} is not the validator of a bare-metal core cell; choose one of {actives}")
     for field in ("fence_failed_active", "host_known_dead", "dry_run"):
         if not isinstance(conf.get(field, False), bool):
             raise FailoverInputError(f"{field}: must be true or false, got {conf.get(field)!r}")
-    cell, failed = load_inventory().find_cn(failed_name)
-    standbys = [cn.name for cn in cell.standby_cns]
+    cell, _ = load_inventory().find_cn(failed_name)
+    placement = live.for_run(cell, DAG_ID, run_id)  # which host runs the validator now and which stand by: not the inventory's roles
+    failed = cell.cn(placement.active.host)
+    standbys = [s.host for s in placement.standbys]
     wanted = conf.get("standby_cn") or ""
     if wanted and wanted not in standbys:
-        raise FailoverInputError(f"standby_cn: {wanted!r} is not a standby of {cell.name}; choose one of {standbys} or leave it empty")
+        raise FailoverInputError(f"standby_cn: {wanted!r} is not a standby of {cell.name} now (live placement: "
+                                 f"{placement.summary()}); choose one of {standbys} or leave it empty")
     if not standbys:
-        raise FailoverInputError(f"failed_cn: core cell {cell.name} has no standby CN (role: standby) in the inventory: nothing to fail over to")
+        raise FailoverInputError(f"failed_cn: core cell {cell.name} has no standby now ({placement.summary()}): nothing to fail "
+                                 "over to. Enrol one with kaia_cn_enroll_standby")
     fip = cell.floating_ip
+    standby = placement.standby(wanted or standbys[0])
     plan = {
-        "cell": cell.name, "failed_cn": failed.name, "standby_cn": wanted or standbys[0], "run_id": run_id,
+        "cell": cell.name, "failed_cn": failed_name, "failed_host": failed.name, "standby_cn": standby.host,
+        "standby_node_id": standby.node_id or cell.cn(standby.host).node_id, "run_id": run_id,
+        "placement": placement.model_dump(mode="json"),
         "fence": conf.get("fence_failed_active", True), "known_dead": conf.get("host_known_dead", False),
         "dry_run": conf.get("dry_run", False), "floating_ip": fip.address, "interface": fip.interface, "gateway": fip.gateway,
     }
-    log.info("Failover plan: %s takes over %s in %s (floating IP %s)", plan["standby_cn"], failed.name, cell.name, fip.address)
+    log.info("Failover plan: %s takes over %s from %s in %s (floating IP %s)", plan["standby_cn"], failed_name, failed.name,
+             cell.name, fip.address)
     return plan
 
 
@@ -148,10 +159,11 @@ def validate(conf: dict, run_id: str) -> dict:
 def check_backup(plan: dict) -> dict:
     """The failed active's keys exist in Secrets Manager and are the inventory's node. IAM: secretsmanager:GetSecretValue."""
     cell, failed, standby = _ctx(plan)
-    backup = load_backup(cell, failed)
-    if standby.node_id and standby.node_id == backup.node_id:
-        raise TakeoverError(f"the inventory gives {standby.name} the node ID of {failed.name}: a standby must run its own key; fix the inventory")
-    return {"secret_id": failed.nodekey_secret_id, "node_id": backup.node_id, "bls_nodekey": backup.bls is not None,
+    backup = load_backup(cell, cell.validator)
+    if plan["standby_node_id"] == backup.node_id:
+        raise TakeoverError(f"{standby.name} is recorded with the validator's node ID: a standby must run its own key; enrol it "
+                            "again (kaia_cn_enroll_standby) or fix the inventory")
+    return {"secret_id": cell.validator.nodekey_secret_id, "node_id": backup.node_id, "bls_nodekey": backup.bls is not None,
             "bls_public_key": backup.bls_public_key is not None}
 
 
@@ -176,11 +188,11 @@ def check_standby(plan: dict) -> dict:
     problems = standby_conf_problems(node, standby)
     if problems:
         raise TakeoverError(f"{standby.name} is not ready to take over: " + "; ".join(problems))
-    backup = load_backup(cell, failed)
+    backup = load_backup(cell, cell.validator)
     facts = {"standby": standby.name}
     if _holds_failed_key(node, backup):
         return facts | {"state": f"holds the key of {failed.name} already (a takeover an earlier run began); continuing it"}
-    verdict = sync_check(node, cell, None, expected_node_id=standby.node_id)
+    verdict = sync_check(node, cell, None, expected_node_id=plan["standby_node_id"])
     if not verdict.ok:
         raise TakeoverError(f"{standby.name} is not in sync, so it cannot take over now: {'; '.join(verdict.failed())}. "
                             "Fix it, or choose another standby (standby_cn)")
@@ -304,7 +316,7 @@ def stop_standby(plan: dict) -> dict:
     cell, failed, standby = _ctx(plan)
     node = KaiaNodeHook(standby)
     now = node_state(node, cell.floating_ip)
-    if now["kcnd"] == "active" and now["holds_floating_ip"] and node.probe().node_id == load_backup(cell, failed).node_id:
+    if now["kcnd"] == "active" and now["holds_floating_ip"] and node.probe().node_id == load_backup(cell, cell.validator).node_id:
         return {"state": "active", "skipped": "already runs as the validator (an earlier try took over): not stopped"}
     stopped = node.stop_service()
     if not stopped["clean"]:
@@ -320,7 +332,7 @@ def replace_identity(plan: dict) -> dict:
     DATA_DIR/klay (0600, atomic) with nothing at the top level to shadow them; proved on disk."""
     cell, failed, standby = _ctx(plan)
     node = KaiaNodeHook(standby)
-    backup = load_backup(cell, failed)
+    backup = load_backup(cell, cell.validator)
     aside = aside_dir(standby.data_dir, plan["run_id"])
     if node.service_state() == "active":
         if node.probe().node_id != backup.node_id:
@@ -369,7 +381,7 @@ def start_standby(plan: dict) -> dict:
     cell, failed, standby = _ctx(plan)
     fip = cell.floating_ip
     node = KaiaNodeHook(standby)
-    backup = load_backup(cell, failed)
+    backup = load_backup(cell, cell.validator)
     on_disk = verify_identity_on_disk(node, backup)
     if not holds_ip(node, fip):
         raise TakeoverError(
@@ -403,7 +415,7 @@ def standby_synced(plan: dict) -> dict | None:
     cell, failed, standby = _ctx(plan)
     node = KaiaNodeHook(standby)
     try:
-        verdict = sync_check(node, cell, load_backup(cell, failed))
+        verdict = sync_check(node, cell, load_backup(cell, cell.validator))
     except (HostUnreachable, TakeoverError) as exc:  # a dropped session, or no PN answered: judge at the next poke
         log.warning("%s", exc)
         return None
@@ -422,6 +434,22 @@ def standby_synced(plan: dict) -> dict | None:
 
 def _log_tail(node: KaiaNodeHook, lines: int = 5) -> str:
     return node.run(f"sudo tail -n {lines} {shlex.quote(node.log_path())}", check=False).stdout
+
+
+@step
+def record_placement(plan: dict, ti) -> dict:
+    """Once the standby is verified in sync (the only way this task runs): it is the active now, stands by no more,
+    and the failed host is fenced. A conditional write: a run whose placement changed meanwhile records nothing."""
+    cell, failed, standby = _ctx(plan)
+    states = ti.get_task_states(dag_id=DAG_ID, run_ids=[plan["run_id"]]).get(plan["run_id"], {})
+    how = fencing(states, lambda t: ti.xcom_pull(task_ids=t, default=None) or {}, plan)["path"]
+    new = live.update(
+        cell, lambda p: after_failover(p, Active(host=standby.name), Fenced(
+            host=failed.name, run_id=plan["run_id"], dag_id=DAG_ID, at=live.now(),
+            how="over SSH (kcnd stopped and disabled, keys aside, IP released)" if how == "over SSH" else f"without SSH ({how})")),
+        dag_id=DAG_ID, run_id=plan["run_id"], why=f"failover of {plan['failed_cn']} from {failed.name} to {standby.name}",
+        since=plan["placement"]["generation"])
+    return {"generation": new.generation, "before": new.change.before, "after": new.change.after}
 
 
 # ----- 7. report -------------------------------------------------------------------------------------------------------
@@ -453,7 +481,10 @@ def report(ti, dag_run, plan: dict | None) -> dict:
     fence = fencing(states, pull, plan)
     identity = pull("takeover.replace_identity")
     facts = {
-        "core cell": plan.get("cell"), "failed active": failed_cn, "standby that took over": standby_cn,
+        "core cell": plan.get("cell"), "validator": failed_cn, "failed active host": plan.get("failed_host"),
+        "standby that took over": standby_cn,
+        "live placement": (lambda r: f"generation {r['generation']}: {r['after']} (was: {r['before']})" if r
+                           else f"unchanged ({states.get(RECORD_TASK, 'not run')})")(pull(RECORD_TASK)),
         "validator node ID": pull("preflight.check_backup").get("node_id"), "dry run": plan.get("dry_run"),
         "preflight": {"standby": pull("preflight.check_standby").get("state"), "failed active": pull("preflight.check_failed_active")},
         "fencing": fence, "fencing verified": pull("fence.verify_fenced"),
@@ -486,22 +517,18 @@ def _todo(plan: dict, fence: dict, identity: dict) -> list[str]:
     failed, standby, cell = plan.get("failed_cn"), plan.get("standby_cn"), plan.get("cell")
     if plan.get("dry_run"):
         return ["nothing was changed: to fail over, trigger again with dry run off"]
+    host = plan.get("failed_host")
     todo = [
-        f"pause kaia_cn_standby_readiness until the inventory is updated: until then it takes {standby} (now the validator) for a "
-        "standby holding the active's key and tells you to stop it, which would take the validator down",
-        f"build a new standby for {cell}: a host with a NEW nodekey (never {failed}'s), its static-nodes.json listing the cell's PNs, "
-        "in sync; add it to the inventory as role: standby and check it with kaia_cn_standby_readiness",
-        f"update the inventory: {standby} becomes role: active with node_id = the validator node ID above and nodekey_secret_id of "
-        f"{failed}; {failed} leaves the inventory (or comes back as a standby with a new key). Then run kaia_cn_maintenance "
-        "(the backup follows the active)",
+        f"{cell} has NO standby now (readiness alerts until it has one): make {host} (once repaired) or a new host the standby "
+        "with kaia_cn_enroll_standby; it gets a NEW nodekey of its own, never the validator's",
         f"keep {standby}'s own keys ({identity.get('own_keys_dir', 'see above')}) until the new standby runs; never start them on two nodes",
-        f"remove {standby}'s old node ID from the PNs' static-nodes.json and add the new standby's",
+        "the live placement records the new active (see above): nothing to edit in the inventory",
     ]
     if fence["path"] == "over SSH":
-        todo.append(f"{failed}: kcnd is stopped and disabled there and its keys are aside under its DATA_DIR.keys-aside/; "
-                    "delete them (shred) once the failover is accepted, before the host is reused")
+        todo.append(f"{host}: kcnd is stopped and disabled there and its keys are aside under its DATA_DIR.keys-aside/; "
+                    "kaia_cn_enroll_standby shreds them when you ask (shred_keys_aside)")
     else:
-        todo.append(f"{failed} was NOT fenced over SSH (fencing: {fence['path']}): it still holds the validator's nodekey and may start kcnd at boot. "
+        todo.append(f"{host} was NOT fenced over SSH (fencing: {fence['path']}): it still holds the validator's nodekey and may start kcnd at boot. "
                     "Before it is powered on or reconnected: boot it off the network, `systemctl disable kcnd`, set AUTO_RESTART_NODE=0 in "
                     "kcnd.conf, move DATA_DIR/nodekey, DATA_DIR/klay/nodekey, both bls-nodekey files and any --nodekey file of "
                     f"ADDITIONAL away, and make sure it does not configure {plan.get('floating_ip')} at boot")

@@ -168,6 +168,18 @@ class Maintenance(_Model):
         return data
 
 
+class State(_Model):
+    """Where the live placement is kept: one home every worker sees (see kaia_ha.live).
+
+    ``s3://bucket/prefix`` (conditional writes, any number of workers and schedulers) or ``file:///path``
+    (one machine only). Reached through ``aws_conn_id`` in ``region``.
+    """
+
+    url: str = Field(pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.+)$")
+    aws_conn_id: str = "aws_default"
+    region: str = "us-east-1"
+
+
 class Cell(_Model):
     name: str = Field(pattern=NAME)
     scheme: Literal["cloud", "bare-metal"]
@@ -210,8 +222,16 @@ class Cell(_Model):
         return self
 
     @property
-    def active_cn(self) -> CN:
+    def validator(self) -> CN:
+        """The validator's entry: its keys (nodekey_secret_id, node_id) and the node that runs it FIRST. Where it
+        runs now is live placement (kaia_ha.live), not this file."""
         return next(cn for cn in self.cns if cn.role == "active")
+
+    def cn(self, name: str) -> CN:
+        for cn in self.cns:
+            if cn.name == name:
+                return cn
+        raise InventoryError(f"no CN named {name!r} in core cell {self.name}; its CNs are {[c.name for c in self.cns]}")
 
     @property
     def standby_cns(self) -> list[CN]:
@@ -222,6 +242,8 @@ class Inventory(_Model):
     version: Literal[1] = 1
     # When kaia_cn_maintenance runs (cron or a preset): one DAG, so one schedule for every cell.
     maintenance_schedule: str = Field(default=DEFAULT_MAINTENANCE_SCHEDULE, min_length=1)
+    # Live placement's home; without it, a folder in AIRFLOW_HOME (one machine only).
+    state: State | None = None
     cells: list[Cell] = Field(min_length=1)
 
     @model_validator(mode="after")

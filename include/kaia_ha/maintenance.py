@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kaia_ha import compat, retention
+from kaia_ha import compat, live, retention
 from kaia_ha import tags as T
 from kaia_ha.alerts import alert, notify
 from kaia_ha.health import Probe
@@ -41,22 +41,30 @@ def _cell(name: str) -> Cell:
     return load_inventory().cell(name)
 
 
+def validator_node(cell: Cell) -> tuple[KaiaNodeHook, str]:
+    """SSH to the node that runs the validator now (live placement), and its name for messages."""
+    placement = live.current(cell)
+    where = placement.active.instance_id or placement.active.host
+    return live.active_node(cell, placement), (cell.validator.name if where == cell.validator.name
+                                               else f"{cell.validator.name} (on {where})")
+
+
 # ----- 1. nodekey backup -------------------------------------------------------------------------------------
 def read_live_identity(cell: Cell) -> tuple[KeyBackup, Probe, str]:
-    """The active CN's keys as the running node uses them, checked against the node itself."""
-    cn = cell.active_cn
-    node = KaiaNodeHook(cn)
+    """The validator's keys as the node running it now uses them, checked against the node itself."""
+    cn = cell.validator
+    node, name = validator_node(cell)
     nodekey, path = node.read_key("nodekey")
     if nodekey is None:
-        raise MaintenanceError(f"{cn.name}: no nodekey in {cn.data_dir} or {cn.data_dir}/klay")
+        raise MaintenanceError(f"{name}: no nodekey in {cn.data_dir} or {cn.data_dir}/klay")
     bls, _ = node.read_key("bls-nodekey")
     probe = node.probe()
     if probe.node_id != nodekey.node_id:
         raise MaintenanceError(
-            f"{cn.name}: the nodekey at {path} (node ID {nodekey.node_id[:16]}…) is not the key the running node "
+            f"{name}: the nodekey at {path} (node ID {nodekey.node_id[:16]}…) is not the key the running node "
             f"uses ({probe.node_id[:16]}…): the file changed after kcnd started; not backing it up"
         )
-    return KeyBackup(nodekey, bls, probe.bls_public_key, source=cn.name), probe, path
+    return KeyBackup(nodekey, bls, probe.bls_public_key, source=name), probe, path
 
 
 @step
@@ -67,7 +75,7 @@ def backup_nodekey(cell_name: str, run_id: str) -> dict:
     secretsmanager:TagResource, sns:Publish.
     """
     cell = _cell(cell_name)
-    cn = cell.active_cn
+    cn = cell.validator
     backup, probe, path = read_live_identity(cell)
     if cn.node_id and backup.node_id != cn.node_id:
         notify(cell, f"[kaia-ha] {cn.name} runs with an unexpected node ID",
@@ -107,13 +115,13 @@ def backup_nodekey(cell_name: str, run_id: str) -> dict:
 # ----- 2. CN image -------------------------------------------------------------------------------------------
 def cn_fingerprint(cell: Cell) -> dict:
     """What the image must carry: kcnd.conf and the kcn version (the "configuration or software")."""
-    cn = cell.active_cn
-    node = KaiaNodeHook(cn)
+    cn = cell.validator
+    node, name = validator_node(cell)
     conf = node.run(f"sudo cat {shlex.quote(cn.conf_path)}").stdout
     version = node.version()
     if node.run(f"mountpoint -q {shlex.quote(cn.data_dir)}", check=False).rc != 0:
         raise MaintenanceError(
-            f"{cn.name}: DATA_DIR {cn.data_dir} is not a mount point, so it lives on the root volume and an image "
+            f"{name}: DATA_DIR {cn.data_dir} is not a mount point, so it lives on the root volume and an image "
             "would carry the chain data and the nodekey. Put DATA_DIR on its own volume (inventory data_device)."
         )
     digest = hashlib.sha256(f"{version}\n{conf}".encode()).hexdigest()[:16]
@@ -124,7 +132,8 @@ def cn_fingerprint(cell: Cell) -> dict:
 def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
     """Decide whether this run makes a new CN image. IAM: ec2:DescribeImages."""
     cell = _cell(cell_name)
-    cn = cell.active_cn
+    cn = cell.validator
+    source = live.current(cell).active.instance_id  # the replacement, after a failover
     fp = cn_fingerprint(cell)
     ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
     images = [i for i in ec2.find_images({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_CN_IMAGE})
@@ -137,15 +146,18 @@ def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
         create, reason = True, f"this run's image {newest['ImageId']} exists already (a retry): wait for it"
     elif T.tag_dict(newest).get(T.FINGERPRINT) != fp["fingerprint"]:
         create, reason = True, f"kcnd.conf or kcn version changed since {newest['ImageId']}"
+    elif T.tag_dict(newest).get(T.SOURCE_INSTANCE, cn.instance_id) != source:
+        create, reason = True, f"the validator runs on {source} now, {newest['ImageId']} is of another instance"
     else:
         age = run_after - datetime.fromisoformat(newest["CreationDate"].replace("Z", "+00:00"))
         create = age > timedelta(hours=cell.maintenance.image_max_age_hours)
         reason = f"newest image {newest['ImageId']} is {age} old" + (" (too old)" if create else ", current")
     image_tags = T.base_tags(cell.name, T.KIND_CN_IMAGE, run_id, DAG_ID, cn.name) | {
         T.FINGERPRINT: fp["fingerprint"], T.KCN_VERSION: fp["kcn_version"], T.DB_FLAGS: fp["db_flags"], "Name": name,
+        T.SOURCE_INSTANCE: source,
     }
     log.info("CN image of %s: %s (%s)", cn.name, "create" if create else "skip", reason)
-    return {"create": create, "reason": reason, "name": name, "instance_id": cn.instance_id, "exclude_devices": [cn.data_device],
+    return {"create": create, "reason": reason, "name": name, "instance_id": source, "exclude_devices": [cn.data_device],
             "tags": image_tags, "newest": newest["ImageId"] if newest else None, **fp}
 
 
@@ -322,6 +334,10 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
     for cell in load_inventory().cells:
         prefix = f"{cell.name}."
         entry = {"cell": cell.name, "scheme": cell.scheme, "nodekey": pull(prefix + "nodekey_backup.backup_nodekey")}
+        try:  # where each validator runs now: the UI's answer to "which node is it on?"
+            entry["placement"] = live.current(cell).summary()
+        except Exception as exc:  # the report must still be written
+            entry["placement"] = f"unknown ({type(exc).__name__}: {str(exc)[:200]})"
         if cell.scheme == "cloud":
             plan = pull(prefix + "cn_image.image_plan") or {}
             entry["image"] = {"decision": "create" if plan.get("create") else "skip", "reason": plan.get("reason"),
@@ -350,7 +366,7 @@ def render_report(report: dict) -> str:
     lines = [f"# Kaia CN maintenance: {report['run_id']}", ""] + [f"**{u}**" for u in report["urgent"]] + [
         f"Result: {'OK' if report['ok'] else 'FAILED: ' + ', '.join(report['failed_tasks'])}", ""]
     for cell in report["cells"]:
-        lines += [f"## {cell['cell']} ({cell['scheme']})", ""]
+        lines += [f"## {cell['cell']} ({cell['scheme']})", "", f"- live placement: {cell.get('placement')}"]
         key = cell.get("nodekey") or {}
         lines.append(f"- nodekey backup: {key.get('action', 'not done')} (node {str(key.get('node_id', ''))[:16]}…, secret {key.get('secret_id', '-')})")
         if key.get("warning"):

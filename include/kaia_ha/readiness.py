@@ -14,12 +14,13 @@ import logging
 import re
 import shlex
 
-from kaia_ha import compat
+from kaia_ha import compat, live
 from kaia_ha.alerts import alert
 from kaia_ha.failover_standby import holds_ip, standby_conf_problems
 from kaia_ha.health import ProbeError
 from kaia_ha.inventory import CN, Cell, load_inventory
 from kaia_ha.keys import InvalidKeyError
+from kaia_ha.placement import Standby
 from kaia_ha.report import step, table, timeline, write
 from kaia_ha.takeover import TakeoverError, answers_ssh, load_backup, sync_check
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
@@ -27,6 +28,7 @@ from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_standby_readiness"
 RESULT_KEY = "readiness"
+STANDBYS_TASK = "standbys"
 KNI = re.compile(r"^(kni|enode)://([0-9a-f]{128})@([^:/?#@]+):(\d{1,5})(\?[^#]*)?$")
 CONF_KEYS = ("DATA_DIR", "ADDITIONAL", "NETWORK", "NETWORK_ID")
 
@@ -64,8 +66,9 @@ def parse_static_nodes(text: str) -> tuple[list[dict], list[str]]:
 def active_facts(cell_name: str) -> dict:
     """What the standby is compared with: the active's running node ID, kcn version, DB flags and network."""
     cell = _cell(cell_name)
-    cn = cell.active_cn
-    node = KaiaNodeHook(cn)
+    placement = live.current(cell)  # the host that runs the validator now
+    cn = cell.cn(placement.active.host)
+    node = live.active_node(cell, placement)
     try:
         probe = node.probe()
         conf = node.conf(CONF_KEYS)
@@ -93,13 +96,13 @@ def pn_node_ids(cell: Cell) -> dict[str, str | None]:
 
 def backup_facts(cell: Cell) -> dict:
     try:
-        backup = load_backup(cell, cell.active_cn)
+        backup = load_backup(cell, cell.validator)
     except (TakeoverError, InvalidKeyError) as exc:
         return {"ok": False, "detail": str(exc)}
-    return {"ok": True, "node_id": backup.node_id, "secret_id": cell.active_cn.nodekey_secret_id, "bls": backup.bls is not None}
+    return {"ok": True, "node_id": backup.node_id, "secret_id": cell.validator.nodekey_secret_id, "bls": backup.bls is not None}
 
 
-def standby_facts(cell: Cell, cn: CN) -> dict:
+def standby_facts(cell: Cell, cn: CN, own_node_id: str | None = None) -> dict:
     """Everything the checks need from the standby's host; each part guarded so one failure does not hide the rest."""
     node = KaiaNodeHook(cn)
     reachable, detail = answers_ssh(node, attempts=2)
@@ -122,7 +125,7 @@ def standby_facts(cell: Cell, cn: CN) -> dict:
         entries, bad = parse_static_nodes(node.run(f"sudo cat {shlex.quote(static[0])}").stdout)
         facts |= {"static_nodes": entries, "static_nodes_bad": bad}
     try:
-        verdict = sync_check(node, cell, None, expected_node_id=cn.node_id)
+        verdict = sync_check(node, cell, None, expected_node_id=own_node_id or cn.node_id)
         facts |= {"sync_ok": verdict.ok, "sync": verdict.checks, "live_node_id": node.probe().node_id}
     except (NodeCommandError, ProbeError, TakeoverError) as exc:
         facts |= {"sync_ok": False, "sync": [{"name": "answers", "ok": False, "detail": str(exc)[:300]}], "live_node_id": None}
@@ -130,9 +133,12 @@ def standby_facts(cell: Cell, cn: CN) -> dict:
 
 
 # ----- the rules (pure) ---------------------------------------------------------------------------------------------
-def assess(standby: CN, facts: dict, active: dict | None, active_cn: CN, backup: dict, pns: dict[str, str | None]) -> list[dict]:
-    """The readiness checks of one standby. ``ok`` is True, False (drift) or None (could not be judged)."""
+def assess(standby: CN, facts: dict, active: dict | None, active_cn: CN, backup: dict, pns: dict[str, str | None],
+           own_node_id: str | None = None) -> list[dict]:
+    """The readiness checks of one standby. ``ok`` is True, False (drift) or None (could not be judged).
+    ``own_node_id``: the standby's own identity as recorded at its enrolment (else the inventory's)."""
     checks: list[dict] = []
+    own_id = own_node_id or standby.node_id
 
     def check(name: str, ok: bool | None, detail: str) -> None:
         checks.append({"name": name, "ok": ok, "detail": detail})
@@ -148,20 +154,20 @@ def assess(standby: CN, facts: dict, active: dict | None, active_cn: CN, backup:
     if not facts["reachable"]:
         check("reachable", False, f"{standby.name} does not answer over SSH: {facts['detail']}")
         return checks
-    live, disk = facts.get("live_node_id"), facts.get("disk_node_id")
-    if live and live == active_id:
-        check("own identity", False, f"{standby.name} runs with the ACTIVE's node ID {live[:16]}…: two live nodes with one key double-sign; stop it now")
+    running, disk = facts.get("live_node_id"), facts.get("disk_node_id")
+    if running and running == active_id:
+        check("own identity", False, f"{standby.name} runs with the ACTIVE's node ID {running[:16]}…: two live nodes with one key double-sign; stop it now")
     elif disk and disk == active_id:
         check("own identity", False, f"{standby.name}'s nodekey file ({facts['key_path']}) is the ACTIVE's key: a restart would make it a second validator")
     elif disk is None:
         check("own identity", False, f"{standby.name} has no usable nodekey ({facts.get('key_path') or 'none'}): a restart would silently generate a new "
                                      "identity that the PNs do not list")
-    elif live and live != disk:
-        check("own identity", False, f"the nodekey file ({facts['key_path']}) is node {disk[:16]}…, the running node is {live[:16]}…: a restart changes its identity")
-    elif standby.node_id and (live or disk) != standby.node_id:
-        check("own identity", False, f"{standby.name} is node {(live or disk)[:16]}…, the inventory expects {standby.node_id[:16]}…")
+    elif running and running != disk:
+        check("own identity", False, f"the nodekey file ({facts['key_path']}) is node {disk[:16]}…, the running node is {running[:16]}…: a restart changes its identity")
+    elif own_id and (running or disk) != own_id:
+        check("own identity", False, f"{standby.name} is node {(running or disk)[:16]}…, it was enrolled as {own_id[:16]}…")
     else:
-        check("own identity", True, f"node {(live or disk)[:16]}…, not the active's {(active_id or '?')[:16]}…")
+        check("own identity", True, f"node {(running or disk)[:16]}…, not the active's {(active_id or '?')[:16]}…")
     path = facts.get("static_nodes_path")
     if path is None:
         check("static-nodes.json", False, f"no static-nodes.json in DATA_DIR or DATA_DIR/klay on {standby.name}: it would find no PN to sync from")
@@ -199,7 +205,7 @@ def assess(standby: CN, facts: dict, active: dict | None, active_cn: CN, backup:
 
 
 # ----- the tasks ---------------------------------------------------------------------------------------------------------
-def _publish(result: dict) -> None:
+def _publish(result: list[dict]) -> None:
     """Keep the checks in XCom also when the task then fails (the report needs them)."""
     try:
         from airflow.sdk import get_current_context
@@ -209,23 +215,37 @@ def _publish(result: dict) -> None:
         pass
 
 
+def check_one(cell: Cell, standby: Standby, active: dict | None) -> dict:
+    """Every readiness check of one standby (the live placement's), with the identity it was enrolled with."""
+    cn = cell.cn(standby.host)
+    checks = assess(cn, standby_facts(cell, cn, standby.node_id), active, cell.validator, backup_facts(cell), pn_node_ids(cell),
+                    own_node_id=standby.node_id)
+    return {"cell": cell.name, "standby": cn.name, "ok": all(c["ok"] is not False for c in checks), "checks": checks}
+
+
 @step
-def check_standby(cell_name: str, standby_name: str, active: dict | None) -> dict:
-    """Every readiness check of one standby; SNS and a failed task on drift."""
+def check_standbys(cell_name: str, active: dict | None) -> dict:
+    """The standbys of the live placement: each must be able to take over now. None at all (after a failover, until
+    one is enrolled) is drift too. SNS and a failed task on drift."""
     cell = _cell(cell_name)
-    cn = next(c for c in cell.standby_cns if c.name == standby_name)
-    checks = assess(cn, standby_facts(cell, cn), active, cell.active_cn, backup_facts(cell), pn_node_ids(cell))
-    drift = [c for c in checks if c["ok"] is False]
-    result = {"cell": cell.name, "standby": cn.name, "ok": not drift, "checks": checks}
-    _publish(result)
+    placement = live.current(cell)
+    results = [check_one(cell, s, active) for s in placement.standbys]
+    if not results:
+        results = [{"cell": cell.name, "standby": "(none)", "ok": False, "checks": [{
+            "name": "standby", "ok": False, "detail": f"{cell.name} has NO standby ({placement.summary()}): the validator is "
+                                                      "unprotected. Enrol one with kaia_cn_enroll_standby"}]}]
+    _publish(results)
+    drift = [(r["standby"], c) for r in results for c in r["checks"] if c["ok"] is False]
     if drift:
-        lines = "\n".join(f"- {c['name']}: {c['detail']}" for c in drift)
-        unsent = alert(cell, f"[kaia-ha] standby {cn.name} is not ready for a failover",
-                       f"Standby {cn.name} of {cell.name} could not take over {cell.active_cn.name} now:\n{lines}")
-        found = [f"{c['name']}: {c['detail']}" for c in drift] + ([unsent] if unsent else [])
-        raise ReadinessError(f"{cn.name} is not ready: " + "; ".join(found))
-    log.info("%s is ready: %s", cn.name, "; ".join(c["name"] for c in checks))
-    return result
+        lines = "\n".join(f"- {name}: {c['name']}: {c['detail']}" for name, c in drift)
+        subject = (f"[kaia-ha] {cell.name} has NO standby" if not placement.standbys
+                   else f"[kaia-ha] standby of {cell.name} is not ready for a failover")
+        unsent = alert(cell, subject, f"{cell.name} (validator {placement.validator} on {placement.active.host}) could "
+                                      f"not fail over now:\n{lines}")
+        found = [f"{name}: {c['name']}: {c['detail']}" for name, c in drift] + ([unsent] if unsent else [])
+        raise ReadinessError(f"{cell.name}: " + "; ".join(found))
+    log.info("%s: every standby is ready (%s)", cell.name, ", ".join(r["standby"] for r in results))
+    return {"cell": cell.name, "standbys": [r["standby"] for r in results]}
 
 
 def report(ti, dag_id: str, run_id: str) -> dict:
@@ -233,19 +253,22 @@ def report(ti, dag_id: str, run_id: str) -> dict:
     cells = []
     for cell in load_inventory().cells_of("bare-metal"):
         active = ti.xcom_pull(task_ids=f"{cell.name}.active", default=None)
-        standbys = [ti.xcom_pull(task_ids=f"{cell.name}.{cn.name}", key=RESULT_KEY, default=None)
-                    or {"standby": cn.name, "ok": False, "checks": [{"name": "checked", "ok": False, "detail": f"no result ({states.get(f'{cell.name}.{cn.name}')})"}]}
-                    for cn in cell.standby_cns]
-        if not cell.standby_cns:
-            standbys = [{"standby": "(none)", "ok": False, "checks": [{"name": "standby", "ok": False, "detail": "the inventory has no standby CN for this cell"}]}]
-        cells.append({"cell": cell.name, "active": active or {"cn": cell.active_cn.name, "error": states.get(f"{cell.name}.active")}, "standbys": standbys})
+        task = f"{cell.name}.{STANDBYS_TASK}"
+        standbys = ti.xcom_pull(task_ids=task, key=RESULT_KEY, default=None) or [
+            {"standby": "?", "ok": False, "checks": [{"name": "checked", "ok": False, "detail": f"no result ({states.get(task)})"}]}]
+        try:
+            placement = live.current(cell).summary()
+        except Exception as exc:  # the report must still be written
+            placement = f"unknown ({type(exc).__name__})"
+        cells.append({"cell": cell.name, "placement": placement, "standbys": standbys,
+                      "active": active or {"cn": cell.validator.name, "error": states.get(f"{cell.name}.active")}})
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     ok = not failed and all(s["ok"] for c in cells for s in c["standbys"])
     data = {"dag_id": dag_id, "run_id": run_id, "ok": ok, "failed_tasks": failed, "cells": cells, "steps": steps}
     lines = [f"# Kaia standby readiness: {run_id}", "", f"Result: {'every standby is ready' if ok else 'NOT READY: ' + (', '.join(failed) or 'see below')}", ""]
     for cell in cells:
         active = cell["active"]
-        lines += [f"## {cell['cell']}", "", f"Active {active.get('cn')}: " + (
+        lines += [f"## {cell['cell']}", "", f"Live placement: {cell['placement']}", "", f"Active {active.get('cn')}: " + (
             f"node {active['node_id'][:16]}…, {active['kcn_version']}, {active['db_flags']}, floating IP "
             f"{'held' if active['holds_floating_ip'] else 'NOT held'}" if "node_id" in active else f"did not answer ({active.get('error')})"), ""]
         for standby in cell["standbys"]:

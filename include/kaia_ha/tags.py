@@ -18,6 +18,7 @@ RUN_ID = "kaia:run-id"
 DAG_ID = "kaia:dag"
 FINGERPRINT = "kaia:fingerprint"
 SOURCE_VOLUME = "kaia:source-volume"
+SOURCE_INSTANCE = "kaia:source-instance"  # the CN image's instance: a validator that moved needs a new image
 CLEAN_STOP = "kaia:clean-stop"
 KCN_VERSION = "kaia:kcn-version"
 DB_FLAGS = "kaia:db-flags"  # e.g. dbtype=LevelDB,shards=4,live-pruning=off,single=off

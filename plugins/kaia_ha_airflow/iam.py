@@ -16,7 +16,7 @@ from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("plugins/kaia_ha_airflow", "include/kaia_ha", "dags")
-_ACTION = re.compile(r"\b(ec2|secretsmanager|sns):([A-Z][a-z]+[A-Za-z]*)\b(?!\*)")
+_ACTION = re.compile(r"\b(ec2|s3|secretsmanager|sns):([A-Z][a-z]+[A-Za-z]*)\b(?!\*)")
 
 
 def declared_actions(root: Path = _ROOT) -> dict[str, set[str]]:

@@ -269,6 +269,17 @@ def _fault_reply(req: _Request, kind: str) -> _Reply:
     return _error_reply(req, 500, code, "An internal error occurred.")
 
 
+def _s3_action(method: str, path: str) -> str:
+    """S3's REST calls carry no Action: name each by the IAM action that allows it (the call log and the IAM test)."""
+    parts = urlsplit(path)
+    has_key = "/" in parts.path.strip("/")
+    if method in ("GET", "HEAD"):
+        return "GetObject" if has_key else "ListBucket"
+    if method == "PUT":
+        return "PutObject" if has_key else "CreateBucket"
+    return "DeleteObject" if method == "DELETE" else f"{method}Object"
+
+
 def _error_code(reply: _Reply) -> str | None:
     if reply.status < 400:
         return None
@@ -334,6 +345,9 @@ class AwsFront:
         self._latency = Latency(profile, time_scale)
         self._host, self._port, self._moto_port = host, port, moto_port
         self._lock = threading.Lock()  # all bookkeeping below
+        # moto checks S3's If-None-Match and then writes, unlocked: two racing create-only writes could both win. S3
+        # itself makes the pair atomic, so the front serialises S3 writes.
+        self._s3_write_lock = threading.Lock()
         self._timer_wakeup = threading.Condition(self._lock)
         self._log_lock = threading.Lock()
         self._image_lock = threading.Lock()  # name check + creation of one image at a time
@@ -473,6 +487,8 @@ class AwsFront:
             if "x-www-form-urlencoded" in content_type:
                 params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
             action, json_protocol = params.get("Action", ""), False
+            if service == "s3":
+                action = _s3_action(handler.command, handler.path)
         return _Request(
             method=handler.command,
             path=handler.path,
@@ -488,6 +504,9 @@ class AwsFront:
 
     def _dispatch(self, req: _Request) -> _Reply:
         handler = self._EC2_HANDLERS.get(req.action) if req.service == "ec2" else None
+        if req.service == "s3" and req.method in ("PUT", "POST", "DELETE"):
+            with self._s3_write_lock:
+                return self._forward(req)
         if handler is None or req.dry_run:
             return self._forward(req)
         try:

@@ -45,7 +45,7 @@ def test_happy_path_replacement_is_the_validator_with_its_ip(failover):
     report = runner.report(DAG_ID, run_id)
     assert report["ok"] and report["rto_seconds"] > 0
     timeline = [s["task"] for s in report["timeline"]]
-    assert timeline[0] == "preflight" and timeline[-1] == "verify.in_sync"
+    assert timeline[0] == "preflight" and timeline[-2:] == ["verify.in_sync", "verify.record_placement"]
     assert {"fence.wait_stopped", "launch.wait_running", "replace.install_keys"} <= set(timeline)  # operators too
     assert cell.ssh("cn-aws-1", "true", check=False).returncode == 255  # the fenced host is down
 

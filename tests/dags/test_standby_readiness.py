@@ -50,7 +50,7 @@ def test_a_standby_without_the_pns_in_static_nodes_and_on_another_kcn_is_reporte
         cell.ssh("cn-metal-b", f"sudo tee {STATIC} >/dev/null", stdin=original)
         cell.ssh("cn-metal-b", "echo v2.2.1 | sudo tee /opt/kaia/kcn.version >/dev/null")
     assert state == "failed"
-    assert states[("cc-metal.cn-metal-b", -1)] == ("failed", 1)  # drift is not retried (one alert, not three)
+    assert states[("cc-metal.standbys", -1)] == ("failed", 1)  # drift is not retried (one alert, not three)
     found = checks(airflow.report(DAG_ID, run_id))
     static = found["static-nodes.json"]
     assert static["ok"] is False
@@ -59,5 +59,5 @@ def test_a_standby_without_the_pns_in_static_nodes_and_on_another_kcn_is_reporte
     assert found["kcn version"]["ok"] is False and "standby v2.2.0, active v2.2.1" in found["kcn version"]["detail"]
     assert found["in sync"]["ok"] is True  # the running node still syncs: only a restart would read the file
     alerts = [c["params"] for c in cell.calls("Publish")[published:]]
-    drift = [a for a in alerts if a.get("Subject") == "[kaia-ha] standby cn-metal-b is not ready for a failover"]
+    drift = [a for a in alerts if a.get("Subject") == "[kaia-ha] standby of cc-metal is not ready for a failover"]
     assert len(drift) == 1 and "static-nodes.json" in drift[0]["Message"] and "kcn version" in drift[0]["Message"]

@@ -19,7 +19,7 @@ FRESH_SNAPSHOT = {f"chain_data.fresh_snapshot.{t}" for t in ("reserve_pn", "stop
 RAN = {"preflight", "not_dry_run", "fence.fence", "fence.wait_stopped", "fence.confirm_fenced", "chain_data.chaindata_source",
        "chain_data.chaindata_snapshot", "chain_data.create_volume", "chain_data.volume_available", "launch.launch",
        "launch.wait_running", "launch.learn_host", "replace.attach_and_mount", "replace.prune", "replace.install_keys",
-       "verify.move_ip", "verify.start_kcnd", "verify.in_sync", "report"}
+       "verify.move_ip", "verify.start_kcnd", "verify.in_sync", "verify.record_placement", "report"}
 
 
 # Deferring tasks: Airflow 3.3 may count one extra try when the trigger fires before the scheduler has

@@ -25,7 +25,7 @@ def errors_of(data: dict) -> str:
 def test_the_example_inventory_is_valid():
     inventory = load_inventory(EXAMPLE)
     cloud = inventory.cell("cc-cloud")
-    assert cloud.active_cn.name == "cn-1" and cloud.active_cn.data_dir == "/var/kcnd/data"
+    assert cloud.validator.name == "cn-1" and cloud.validator.data_dir == "/var/kcnd/data"
     metal = inventory.cell("cc-metal")
     assert [cn.name for cn in metal.standby_cns] == ["cn-b"]
     assert metal.floating_ip.ip == "10.0.0.100"

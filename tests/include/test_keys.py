@@ -67,7 +67,7 @@ def test_a_key_read_from_a_host_is_masked_in_logs(cell, tmp_path):
     from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
 
     with AirflowRunner(cell, tmp_path):
-        node = KaiaNodeHook(load_inventory().cell("cc-metal").active_cn)
+        node = KaiaNodeHook(load_inventory().cell("cc-metal").validator)
         try:
             key, path = node.read_key("nodekey")
         finally:
