@@ -11,7 +11,10 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
    backup (its node ID must be the inventory's `node_id`, when set), the PN's DB flags and kpn version against the image,
    permissions through `DryRun`.
 2. **Fence** the failed CN: kcnd stopped and disabled if its host answers, the instance stopped and
-   confirmed stopped. Without confirmation the run stops: never two live nodes with one key.
+   confirmed stopped. Without confirmation the run stops: never two live nodes with one key. Then
+   **defuse** it (beside the IP move): its DATA_DIR volume (and, when its host did not answer over SSH,
+   its root volume) is detached, tagged `kaia:fenced-by` and kept, so that starting the instance later can
+   never bring the validator key back; stopped replacements of earlier runs get the same.
 3. **Chain data**: the newest pre-taken PN snapshot, or a fresh one (kpnd stopped cleanly, snapshot,
    kpnd started again as a teardown), then a volume from it in the replacement's zone.
 4. **Launch** the replacement from the CN image, at the same time as 3.
@@ -172,6 +175,11 @@ def in_sync(plan: dict, host: dict) -> PokeReturnValue:
 
 
 @task
+def defuse(plan: dict, fence_result: dict) -> dict:
+    return steps.defuse(plan, fence_result)
+
+
+@task
 def record_placement(plan: dict, host: dict, fence_result: dict) -> dict:
     return steps.record_placement(plan, host, fence_result)
 
@@ -231,6 +239,8 @@ def kaia_cn_failover_cloud():
         go >> fence_result >> EC2InstanceStateSensor(
             task_id="wait_stopped", instance_id=plan["failed_instance_id"], target_state="stopped", deferrable=True,
             poke_interval=5, timeout=1200, **RECORDED, **aws) >> fenced
+        defused = defuse(plan, fence_result)
+        fenced >> defused  # beside the IP move and the start, off the critical path
     with TaskGroup("chain_data"):
         source = chaindata_source(plan)
         go >> source
@@ -269,7 +279,9 @@ def kaia_cn_failover_cloud():
         started = start_kcnd(plan, host)
         fenced >> ip
         # The live placement follows the new node only once it is verified in sync (never on a dry or failed run).
-        keys >> ip >> started >> in_sync(plan, host) >> record_placement(plan, host, fence_result) >> final
+        recorded = record_placement(plan, host, fence_result)
+        keys >> ip >> started >> in_sync(plan, host) >> recorded >> final
+        defused >> recorded  # the placement names the fenced instance only once it is defused
     [start, fenced] >> final
 
 

@@ -27,6 +27,11 @@ over with `kaia_cn_failover_standby`.
 It follows the live placement (`python -m kaia_ha.live show`): after a failover it checks the promoted
 standby as the active, and alerts "**<cell> has NO standby**" until one is enrolled with
 `kaia_cn_enroll_standby`.
+
+It also probes every host that a failover fenced **without SSH** (declared dead, or confirmed down by you):
+one that answers again is fenced over SSH at once (kcnd stopped and disabled, keys aside, floating IP
+released), the live placement says so, and an alert goes out; **URGENT** (and the run fails) when it came
+back running the validator's identity.
 """
 
 from __future__ import annotations
@@ -62,6 +67,14 @@ def check_standbys(cell_name: str) -> dict:
         raise AirflowFailException(str(exc)) from None
 
 
+@task(task_id=readiness.FENCED_TASK)
+def watch_fenced(cell_name: str) -> dict:
+    try:
+        return readiness.watch_fenced(cell_name, get_current_context()["run_id"])
+    except readiness.ReadinessError as exc:  # fenced now and alerted URGENT: the run shows red, no retry
+        raise AirflowFailException(str(exc)) from None
+
+
 @task(trigger_rule="all_done", retries=0)
 def report() -> dict:
     context = get_current_context()
@@ -79,6 +92,7 @@ def kaia_cn_standby_readiness():
     for cell in inventory.cells_of("bare-metal") if inventory else []:
         with TaskGroup(cell.name, tooltip=f"core cell {cell.name}: validator {cell.validator.name}"):
             active(cell.name) >> check_standbys(cell.name) >> final
+            watch_fenced(cell.name) >> final
 
 
 kaia_cn_standby_readiness()

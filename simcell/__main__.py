@@ -119,6 +119,11 @@ def break_(args) -> int:
     return 0
 
 
+def power_on(args) -> int:
+    print(json.dumps(call("/control/power-on", {"node": args.node})))
+    return 0
+
+
 def latency(args) -> int:
     print(json.dumps(call("/control/latency", {"profile": args.profile, "time_scale": args.time_scale})))
     return 0
@@ -152,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("node")
     p.add_argument("--how", required=True, choices=("kill", "stop-instance", "cut-ssh"))
     p.set_defaults(func=break_)
+    p = sub.add_parser("power-on", help="a bare-metal host that was powered off boots again (its enabled services start)")
+    p.add_argument("node")
+    p.set_defaults(func=power_on)
     p = sub.add_parser("latency", help="switch the AWS latency profile for transitions that begin from now on")
     p.add_argument("--profile", choices=("instant", "aws"), required=True)
     p.add_argument("--time-scale", type=float, default=1.0)

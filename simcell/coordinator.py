@@ -66,6 +66,17 @@ class Coordinator:
             self.world.cut_ssh(host.name)
         return {"broken": host.label or host.name, "how": how}
 
+    def do_power_on(self, node: str) -> dict:
+        """A bare-metal host comes back (someone pressed the button, the BMC, a power restore): it boots its own
+        configuration (services enabled at boot start). EC2 instances are started with StartInstances instead."""
+        host = self.find_host(node)
+        if host.instance_id:
+            raise ControlError(f"{node} is an EC2 instance: start it with StartInstances")
+        if host.up:
+            raise ControlError(f"{node} is up already")
+        self.world.boot(host.name)
+        return {"powered_on": host.label or host.name}
+
     def do_latency(self, req: dict) -> dict:
         try:
             self.front.set_latency(req["profile"], float(req["time_scale"]))
@@ -153,6 +164,7 @@ class Coordinator:
                     "/host/ip": world.ip_op,
                     "/host/mount": world.mount_op,
                     "/control/break": lambda r: coordinator.do_break(r["node"], r["how"]),
+                    "/control/power-on": lambda r: coordinator.do_power_on(r["node"]),
                     "/control/fault": coordinator.do_fault,
                     "/control/latency": coordinator.do_latency,
                     "/control/shutdown": lambda r: coordinator.on_shutdown() or {"stopping": True},

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from simcell import console, hostshell
+from simcell import console, hostshell, paths
 
 UNITS = {"kcnd": "kcn", "kpnd": "kpn"}
 
@@ -266,8 +266,15 @@ def arping(args: list[str]) -> int:
 
 # ----- mount -------------------------------------------------------------------------------------------
 def mount(args: list[str]) -> int:
+    bind = "--bind" in args
     args = [a for a in args if not a.startswith("-")]
     host = os.environ["SIMCELL_HOST"]
+    if bind and args and args[0] == "/":
+        # `mount --bind / DIR` (not --rbind): the root file system alone, without what is mounted on it, so
+        # what a mount point hides on the root disk shows. The host's root disk is its own root directory.
+        Path(args[1]).mkdir(parents=True, exist_ok=True)
+        hostshell.bind_one(paths.host_root(host), Path(args[1]))
+        return 0
     if not args:
         for mountpoint, volume in coord("/host/mount", {"host": host, "op": "list"})["mounts"].items():
             print(f"{volume} on {mountpoint} type ext4 (rw,relatime)")
@@ -283,6 +290,8 @@ def mount(args: list[str]) -> int:
 def umount(args: list[str]) -> int:
     mountpoint = [a for a in args if not a.startswith("-")][0]
     reply = coord("/host/mount", {"host": os.environ["SIMCELL_HOST"], "op": "umount", "mountpoint": mountpoint})
+    if reply.get("error") and subprocess.run(["/usr/bin/umount", "-l", mountpoint], capture_output=True).returncode == 0:
+        return 0  # a bind mount (not a volume the coordinator knows)
     if reply.get("error"):
         return die(f"umount: {mountpoint}: {reply['error']}", 32)
     subprocess.run(["/usr/bin/umount", "-l", mountpoint], check=False)

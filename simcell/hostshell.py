@@ -34,6 +34,11 @@ def bind(source: Path, target: Path) -> None:
     _check(_libc.mount(str(source).encode(), str(target).encode(), None, MS_BIND | MS_REC, None), f"bind {target}")
 
 
+def bind_one(source: Path, target: Path) -> None:
+    """A non-recursive bind: ``source``'s own directory tree, not what is mounted below it."""
+    _check(_libc.mount(str(source).encode(), str(target).encode(), None, MS_BIND, None), f"bind {target}")
+
+
 def enter_host(host: str) -> None:
     """Private mount namespace with the host's directories (and mounted volumes) in place."""
     _check(_libc.unshare(CLONE_NEWNS), "unshare")

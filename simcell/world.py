@@ -4,7 +4,10 @@ One ``World`` lives in the supervisor process. The AWS front layer calls its ``W
 node daemons and host tools reach it over the coordinator's HTTP API (``simcell.coordinator``).
 
 The network rule (shared/reference/kaia-node.md): a CN and a PN are peers when both run on hosts
-that are up and the PN's static-nodes.json lists the CN's node ID *at the CN's current IP*. A CN
+that are up and either one's static-nodes.json lists the other's node ID *at its current IP*: the lister
+dials, and the other side accepts an inbound connection from any address (kaiachain/kaia p2p/server.go,
+``checkInboundConn``: only ``--netrestrict`` refuses a source). So a CN that comes back with the validator's
+key and its PN list reaches the PNs from whatever IP it has. A CN
 also peers with the other operators' CNs only when its node ID and IP are the ones registered for
 its core cell (their firewalls allow it by source IP). PNs always reach the wider network. A node
 catches up only while it has peers. Two nodes with one node ID that both had peers within
@@ -54,6 +57,7 @@ class Host:
     ssh_cut: bool = False
     host_key: str = ""
     terminated: bool = False
+    user_data: str = ""  # cloud-init: its bootcmd runs at each boot, before the enabled services
 
 
 @dataclass
@@ -217,10 +221,36 @@ class World:
         host.up = True
         if not host.ssh_cut:
             self.start_sshd(name)
+        self._cloud_init_bootcmd(host)
         for service in ("kcnd", "kpnd"):
             if (paths.host_root(name) / "etc" / service / ".enabled").exists():
                 result = self.run_on_host(name, f"systemctl start {service}")
                 log.info("boot %s: start %s -> %s %s", name, service, result.returncode, result.stderr.strip())
+
+    def _cloud_init_bootcmd(self, host: Host) -> None:
+        """cloud-init's ``bootcmd`` (a list of argv lists or shell strings); ``cloud-init-per once NAME cmd...`` runs
+        its command on the first boot only (a marker per instance, as cloud-init keeps in /var/lib/cloud)."""
+        if not host.user_data.startswith("#cloud-config"):
+            return
+        import shlex
+
+        import yaml
+
+        for cmd in (yaml.safe_load(host.user_data) or {}).get("bootcmd") or []:
+            argv = cmd if isinstance(cmd, list) else ["sh", "-c", str(cmd)]
+            if argv[:2] == ["cloud-init-per", "once"]:
+                marker = paths.host_dir(host.name) / f"cloud-init-per-{argv[2]}"
+                if marker.exists():
+                    continue
+                marker.touch()
+                argv = argv[3:]
+            result = self.run_on_host(host.name, " ".join(shlex.quote(str(a)) for a in argv))
+            log.info("cloud-init bootcmd on %s: %s -> %s", host.name, argv, result.returncode)
+
+    def instance_user_data(self, instance_id: str, text: str) -> None:
+        host = self.host_by_instance(instance_id)
+        if host:
+            host.user_data = text
 
     def shutdown(self, name: str, graceful: bool = True) -> None:
         """Power off: services get a clean stop (graceful) or die with the machine."""
@@ -388,11 +418,11 @@ class World:
         return [n for n in self.nodes.values() if now - n.seen < HEARTBEAT_TTL and self.hosts[n.host].up]
 
     def _links(self, node: NodeState, alive: list[NodeState]) -> list[NodeState]:
-        """A PN accepts (and dials) exactly the CNs its static-nodes.json lists, by node ID and IP."""
-        if node.kind == "cn":
-            me = (node.node_id, self.host_ip(node.host))
-            return [pn for pn in alive if pn.kind == "pn" and me in pn.static]
-        return [cn for cn in alive if cn.kind == "cn" and (cn.node_id, self.host_ip(cn.host)) in node.static]
+        """CN-PN links: either side dials the other from its static-nodes.json (by node ID and IP) and the other
+        accepts the inbound connection (no --netrestrict in a core cell)."""
+        me = (node.node_id, self.host_ip(node.host))
+        other = "pn" if node.kind == "cn" else "cn"
+        return [n for n in alive if n.kind == other and (me in n.static or (n.node_id, self.host_ip(n.host)) in node.static)]
 
     def _peers(self, node: NodeState, alive: list[NodeState]) -> tuple[dict, int]:
         links = self._links(node, alive)

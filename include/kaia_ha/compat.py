@@ -25,6 +25,19 @@ def db_flags(additional: str) -> str:
     return ",".join(f"{k}={v}" for k, v in flags.items())
 
 
+def nodekey_file(additional: str) -> str | None:
+    """The file ``--nodekey`` in ADDITIONAL names: the node reads its key there instead of DATA_DIR."""
+    try:
+        args = shlex.split(additional or "")
+    except ValueError:
+        return None
+    for i, arg in enumerate(args):
+        key, _, value = arg.partition("=")
+        if key == "--nodekey":
+            return value or (args[i + 1] if i + 1 < len(args) else None)
+    return None
+
+
 def version(text: str) -> tuple[int, ...]:
     found = re.search(r"v?(\d+)\.(\d+)\.(\d+)", text or "")
     if not found:

@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_failover_cloud"
 WARMUP = ("none", "initialization-rate", "fast-snapshot-restore", "read-through")
 RECORD_TASK = "verify.record_placement"
+DEFUSE_TASK = "fence.defuse"
+# cloud-init, first boot only, before services start: the image's kcnd (enabled at boot) must not run until the
+# replacement has its chain data, its identity and confirmed fencing; start_kcnd enables it.
+REPLACEMENT_USER_DATA = """#cloud-config
+bootcmd:
+  - [cloud-init-per, once, kaia-kcnd-off, systemctl, disable, --now, kcnd]
+"""
 PARAMS = ("failed_cn", "fence", "use_presnapshot", "max_snapshot_age_hours", "snapshot_pn", "warmup", "dry_run")
 
 
@@ -218,6 +225,43 @@ def confirm_fenced(plan: dict) -> dict:
     return {"instance_state": state}
 
 
+def _defuse_instance(ec2: CoreCellEC2Hook, instance_id: str, cn: CN, run_id: str, root: bool) -> dict:
+    instance = ec2.instance(instance_id)
+    state = instance["State"]["Name"]
+    if state == "terminated":
+        return {"state": state, "detached": {}}
+    if state != "stopped":
+        raise TakeoverError(f"{instance_id} is {state}: only a stopped instance is defused (fencing must come first)")
+    devices = [cn.data_device] + ([instance["RootDeviceName"]] if root else [])
+    detached = {}
+    for device in devices:
+        volume = ec2.detach_for_good(instance_id, device, {T.FENCED_BY: run_id, T.FENCED_FROM: f"{instance_id}:{device}"})
+        detached[device] = volume or "detached already"
+    ec2.tag(instance_id, {T.FENCED_BY: run_id})
+    return {"state": state, "detached": detached}
+
+
+@step
+def defuse(plan: dict, fence_result: dict | None) -> dict:
+    """Once fencing is confirmed, a fenced CN can no longer run the validator key without a person's deliberate act,
+    whoever starts the instance later (an investigation, an auto-recovery, a schedule): its DATA_DIR volume (the keys)
+    is detached, tagged and kept for forensics (never deleted). When its host was not fenced over SSH, kcnd is still
+    enabled and a `--nodekey` file may sit on its root disk: the root volume is detached too, so it cannot boot at all.
+    Stopped replacements of earlier runs of this validator get the same. IAM: ec2:DescribeInstances, ec2:DetachVolume,
+    ec2:CreateTags."""
+    cell, cn, ec2 = _ctx(plan)
+    failed = plan["failed_instance_id"]
+    if not (fence_result or {}).get("fenced"):
+        return {"skipped": "fence is off: the failed CN was down already and is left as it is"}
+    done = {failed: _defuse_instance(ec2, failed, cn, plan["run_id"], root=not fence_result.get("over_ssh"))}
+    earlier = ec2.find_instances({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_REPLACEMENT_CN}, ("stopped",))
+    for instance in earlier:  # superseded: a replacement of an earlier run, never the one this run launched
+        tags = T.tag_dict(instance)
+        if instance["InstanceId"] != failed and tags.get(T.RUN_ID) != plan["run_id"] and T.FENCED_BY not in tags:
+            done[instance["InstanceId"]] = _defuse_instance(ec2, instance["InstanceId"], cn, plan["run_id"], root=True)
+    return done
+
+
 # ----- 3. chain data --------------------------------------------------------------------------------------------
 def needs_fresh_snapshot(plan: dict) -> bool:
     return plan["snapshot_id"] is None
@@ -265,7 +309,7 @@ def launch(plan: dict) -> str:
     cell, cn, ec2 = _ctx(plan)
     tags = T.base_tags(cell.name, T.KIND_REPLACEMENT_CN, plan["run_id"], DAG_ID, cn.name) | {
         "Name": f"{cn.name}-replacement", "kaia:replaces": plan["failed_instance_id"]}
-    return ec2.launch_instance(image_id=plan["image_id"], launch=cell.launch, tags=tags,
+    return ec2.launch_instance(image_id=plan["image_id"], launch=cell.launch, tags=tags, user_data=REPLACEMENT_USER_DATA,
                                client_token=T.client_token(plan["run_id"], "launch"))
 
 
@@ -431,16 +475,20 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
         "chain data snapshot": f"{(snapshot or {}).get('snapshot_id')} ({(snapshot or {}).get('source')}; {plan.get('snapshot_why')})",
         "data volume": volume_id, "node ID": (plan.get("expected_node_id") or "")[:16] + "…", "dry run": plan.get("dry_run"),
     }
-    fenced = ti.xcom_pull(task_ids="fence.fence", default=None) or {}
-    keys_left = fenced.get("fenced") and not fenced.get("over_ssh")  # only the instance stopped: kcnd and the keys are still there
+    defused = ti.xcom_pull(task_ids=DEFUSE_TASK, default=None) or {}
+    facts["defused"] = defused or "not done"
     todo = [
-        f"terminate the fenced instance {plan.get('failed_instance_id')} once the cause is understood (it is stopped, not deleted)"
-        + ("; do NOT start it before: kcnd is still enabled there and the validator keys are on its data volume "
-           "(detach that volume first)" if keys_left else ""),
+        f"the fenced instance {plan.get('failed_instance_id')} and the volumes detached from it (tag {T.FENCED_BY}={plan.get('run_id')}"
+        f": {defused.get(plan.get('failed_instance_id'), {}).get('detached', 'see defuse')}) are kept for forensics. To look at a "
+        "volume: attach it to a separate instance WITHOUT Kaia, mount it read-only (`mount -o ro,noload`), never to a CN; "
+        "terminate the instance and delete the volumes once the cause is understood",
         f"remove the tag {T.IN_USE_BY} from snapshot {(snapshot or {}).get('snapshot_id')} when the replacement is accepted",
         "run kaia_cn_maintenance: back up the keys and image the new CN",
     ]
     states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id]).get(dag_run.run_id, {})
+    if states.get(DEFUSE_TASK) == "failed":
+        todo.insert(0, f"the fenced instance {plan.get('failed_instance_id')} still has its data volume (defuse failed): do NOT "
+                       "start it (it would run the validator key beside the replacement); clear fence.defuse")
     recorded = ti.xcom_pull(task_ids=RECORD_TASK, default=None)
     facts["live placement"] = (f"generation {recorded['generation']}: {recorded['after']} (was: {recorded['before']})" if recorded
                                else f"unchanged ({states.get(RECORD_TASK, 'not run')})")

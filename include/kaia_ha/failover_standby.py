@@ -131,10 +131,13 @@ def validate(conf: dict, run_id: str) -> dict:
         if not isinstance(conf.get(field, False), bool):
             raise FailoverInputError(f"{field}: must be true or false, got {conf.get(field)!r}")
     cell, _ = load_inventory().find_cn(failed_name)
+    wanted = conf.get("standby_cn") or ""
+    hosts = [cn.name for cn in cell.cns]
+    if wanted and wanted not in hosts:  # checked before anything is read: the live placement is in S3
+        raise FailoverInputError(f"standby_cn: {wanted!r} is not a CN of {cell.name}; choose one of {hosts} or leave it empty")
     placement = live.for_run(cell, DAG_ID, run_id)  # which host runs the validator now and which stand by: not the inventory's roles
     failed = cell.cn(placement.active.host)
     standbys = [s.host for s in placement.standbys]
-    wanted = conf.get("standby_cn") or ""
     if wanted and wanted not in standbys:
         raise FailoverInputError(f"standby_cn: {wanted!r} is not a standby of {cell.name} now (live placement: "
                                  f"{placement.summary()}); choose one of {standbys} or leave it empty")

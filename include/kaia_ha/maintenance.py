@@ -128,6 +128,26 @@ def cn_fingerprint(cell: Cell) -> dict:
     return {"fingerprint": digest, "kcn_version": version, "db_flags": compat.db_flags(node.conf().get("ADDITIONAL", ""))}
 
 
+KEY_FILES = ("nodekey", "bls-nodekey", "klay/nodekey", "klay/bls-nodekey")
+
+
+def root_disk_key_material(node: KaiaNodeHook, data_dir: str, additional: str) -> list[str]:
+    """Key files on the CN's ROOT disk, which an image would carry: a `--nodekey` file outside DATA_DIR, keys under
+    the DATA_DIR mount point (hidden by the volume, seen through a non-recursive bind of /), keys set aside beside
+    DATA_DIR by a fencing or a takeover. The volume's own keys are fine: the image excludes that volume."""
+    flag = compat.nodekey_file(additional)
+    outside = [flag] if flag and not flag.startswith(data_dir.rstrip("/") + "/") else []
+    under = " ".join(shlex.quote(f"{data_dir}/{name}") for name in KEY_FILES)
+    aside = shlex.quote(data_dir.rstrip("/") + ".keys-aside")
+    # Not `set -e`: a test that finds nothing is not an error; a bind that fails is (exit 3).
+    script = (f'd=$(mktemp -d) || exit 3; trap \'umount "$d" 2>/dev/null; rmdir "$d"\' EXIT; mount --bind / "$d" || exit 3; '
+              f'for p in {under}; do [ -e "$d$p" ] && echo "$p (under the DATA_DIR mount point)"; done; '
+              f'[ -d "$d"{aside} ] && find "$d"{aside} -type f | sed "s|^$d||; s|$| (set aside)|"; '
+              + "".join(f'[ -e {shlex.quote(p)} ] && echo {shlex.quote(p + " (--nodekey in ADDITIONAL)")}; ' for p in outside)
+              + "true")
+    return node.run(f"sudo bash -c {shlex.quote(script)}", secret_output=False).stdout.splitlines()
+
+
 @step
 def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
     """Decide whether this run makes a new CN image. IAM: ec2:DescribeImages."""
@@ -135,6 +155,11 @@ def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
     cn = cell.validator
     source = live.current(cell).active.instance_id  # the replacement, after a failover
     fp = cn_fingerprint(cell)
+    node, name = validator_node(cell)
+    found = root_disk_key_material(node, cn.data_dir, node.conf().get("ADDITIONAL", ""))
+    if found:
+        raise MaintenanceError(f"{name}: its root disk holds key material, which a CN image would carry to every "
+                               f"replacement: {'; '.join(found)}. Move or shred it, then clear this task")
     ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
     images = [i for i in ec2.find_images({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_CN_IMAGE})
               if i["State"] in ("available", "pending")]

@@ -16,19 +16,21 @@ import shlex
 
 from kaia_ha import compat, live
 from kaia_ha.alerts import alert
-from kaia_ha.failover_standby import holds_ip, standby_conf_problems
+from kaia_ha.failover_standby import holds_ip, release_floating_ip, standby_conf_problems
 from kaia_ha.health import ProbeError
 from kaia_ha.inventory import CN, Cell, load_inventory
 from kaia_ha.keys import InvalidKeyError
 from kaia_ha.placement import Standby
 from kaia_ha.report import step, table, timeline, write
-from kaia_ha.takeover import TakeoverError, answers_ssh, load_backup, sync_check
+from kaia_ha.takeover import TakeoverError, answers_ssh, fence_kcnd, load_backup, sync_check
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_standby_readiness"
 RESULT_KEY = "readiness"
 STANDBYS_TASK = "standbys"
+FENCED_TASK = "fenced"
+FENCED_KEY = "fenced_watch"
 KNI = re.compile(r"^(kni|enode)://([0-9a-f]{128})@([^:/?#@]+):(\d{1,5})(\?[^#]*)?$")
 CONF_KEYS = ("DATA_DIR", "ADDITIONAL", "NETWORK", "NETWORK_ID")
 
@@ -205,7 +207,7 @@ def assess(standby: CN, facts: dict, active: dict | None, active_cn: CN, backup:
 
 
 # ----- the tasks ---------------------------------------------------------------------------------------------------------
-def _publish(result: list[dict]) -> None:
+def _publish(result: list[dict] | dict) -> None:
     """Keep the checks in XCom also when the task then fails (the report needs them)."""
     try:
         from airflow.sdk import get_current_context
@@ -248,6 +250,61 @@ def check_standbys(cell_name: str, active: dict | None) -> dict:
     return {"cell": cell.name, "standbys": [r["standby"] for r in results]}
 
 
+def fenced_without_ssh(placement) -> list:
+    """Hosts fenced while they did not answer (declared dead, or confirmed down by the operator): their kcnd may
+    still be enabled and their keys where the node reads them, so each readiness run looks for them."""
+    return [f for f in placement.fenced if f.instance_id is None and not f.how.startswith("over SSH")]
+
+
+@step
+def watch_fenced(cell_name: str, run_id: str) -> dict:
+    """Probe every host fenced without SSH. One that answers again is fenced over SSH at once (kcnd stopped and
+    disabled, keys aside, floating IP released), recorded in the live placement, and alerted; URGENT when it was
+    running the validator's identity (two live nodes with one key)."""
+    cell = _cell(cell_name)
+    placement = live.current(cell)
+    seen: dict[str, str] = {}
+    urgent, unsent = [], []  # unsent: alerts that could not be sent, said with the verdict
+    for fenced in fenced_without_ssh(placement):
+        node = KaiaNodeHook(cell.cn(fenced.host), connect_timeout=10, connect_attempts=1)
+        up, why = answers_ssh(node, attempts=1)
+        if not up:
+            seen[fenced.host] = f"does not answer ({why}): fenced without SSH since {fenced.at}"
+            continue
+        running = None
+        if node.service_state() == "active":
+            try:
+                running = node.probe().node_id
+            except (NodeCommandError, ProbeError):
+                running = "unknown"
+        validator = load_backup(cell, cell.validator).node_id
+        done = fence_kcnd(node, f"{run_id}:{fenced.host}") | {"floating_ip": release_floating_ip(node, cell.floating_ip)}
+        was = "running as the VALIDATOR" if running == validator else "running" if running else "not running"
+        how = (f"over SSH by {DAG_ID} when it answered again (kcnd was {was}; now stopped and disabled, keys aside in "
+               f"{done['keys_aside']}, IP {done['floating_ip']})")
+
+        def refenced(p, host=fenced.host, how=how):
+            stamp = {"how": how, "at": live.now(), "dag_id": DAG_ID, "run_id": run_id}
+            return p.model_copy(update={"fenced": [f.model_copy(update=stamp) if f.host == host and f.instance_id is None
+                                                   else f for f in p.fenced]})
+
+        live.update(cell, refenced, dag_id=DAG_ID, run_id=f"{run_id}:{fenced.host}", why=f"fenced host {fenced.host} came back")
+        seen[fenced.host] = how
+        if running == validator:
+            urgent.append(fenced.host)
+        subject = (f"[kaia-ha] URGENT: fenced host {fenced.host} came back running the VALIDATOR key" if running == validator
+                   else f"[kaia-ha] fenced host {fenced.host} came back")
+        unsent.append(alert(cell, subject, (
+            f"{fenced.host} of {cell.name} was fenced without SSH ({fenced.how}, run {fenced.run_id}) and answers again. "
+            f"It is fenced over SSH now: {how}." + (" It was running the validator's identity beside the active "
+                                                   f"{placement.active.host}: check for double signing now." if running == validator else ""))))
+    _publish(seen)
+    if urgent:  # the URGENT line first, whatever became of its alert
+        raise ReadinessError("; ".join([f"URGENT: {', '.join(urgent)} came back running the validator key; fenced over SSH "
+                                        "now", *filter(None, unsent)]))
+    return seen
+
+
 def report(ti, dag_id: str, run_id: str) -> dict:
     steps, states = timeline(ti, dag_id, run_id)
     cells = []
@@ -260,7 +317,8 @@ def report(ti, dag_id: str, run_id: str) -> dict:
             placement = live.current(cell).summary()
         except Exception as exc:  # the report must still be written
             placement = f"unknown ({type(exc).__name__})"
-        cells.append({"cell": cell.name, "placement": placement, "standbys": standbys,
+        watched = ti.xcom_pull(task_ids=f"{cell.name}.{FENCED_TASK}", key=RESULT_KEY, default=None) or {}
+        cells.append({"cell": cell.name, "placement": placement, "standbys": standbys, "fenced": watched,
                       "active": active or {"cn": cell.validator.name, "error": states.get(f"{cell.name}.active")}})
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     ok = not failed and all(s["ok"] for c in cells for s in c["standbys"])
@@ -271,6 +329,7 @@ def report(ti, dag_id: str, run_id: str) -> dict:
         lines += [f"## {cell['cell']}", "", f"Live placement: {cell['placement']}", "", f"Active {active.get('cn')}: " + (
             f"node {active['node_id'][:16]}…, {active['kcn_version']}, {active['db_flags']}, floating IP "
             f"{'held' if active['holds_floating_ip'] else 'NOT held'}" if "node_id" in active else f"did not answer ({active.get('error')})"), ""]
+        lines += [f"Fenced host {host}: {what}" for host, what in cell.get("fenced", {}).items()] + [""]
         for standby in cell["standbys"]:
             rows = [c | {"ok": {True: "ok", False: "FAILED", None: "?"}[c["ok"]]} for c in standby["checks"]]
             lines += [f"### Standby {standby['standby']}: {'ready' if standby['ok'] else 'NOT READY'}", "", table(rows, ["name", "ok", "detail"])]

@@ -23,6 +23,8 @@ CLEAN_STOP = "kaia:clean-stop"
 KCN_VERSION = "kaia:kcn-version"
 DB_FLAGS = "kaia:db-flags"  # e.g. dbtype=LevelDB,shards=4,live-pruning=off,single=off
 IN_USE_BY = "kaia:in-use-by"  # a failover run using this image or snapshot; retention spares it
+FENCED_BY = "kaia:fenced-by"  # the failover run that defused this instance or detached this volume
+FENCED_FROM = "kaia:fenced-from"  # on a detached volume: <instance>:<device>, to put it back or inspect it
 
 KIND_CN_IMAGE = "cn-image"
 KIND_PN_CHAINDATA = "pn-chaindata"

@@ -14,6 +14,7 @@ import time
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowFailException
 
+from kaia_ha import compat
 from kaia_ha.health import SyncVerdict, assess_sync
 from kaia_ha.inventory import CN, Cell
 from kaia_ha.keys import KeyBackup
@@ -76,18 +77,21 @@ def aside_dir(data_dir: str, run_id: str) -> str:
 def keep_aside(node: KaiaNodeHook, run_id: str) -> str | None:
     """Move the node's own key files out of DATA_DIR (for a later fail-back), mode 0600. Idempotent.
 
-    Never overwrites: a file already kept aside by an earlier try stays as it is (a retry after the new
-    identity was installed must not replace the node's own key with the new one).
+    Never overwrites: a file already kept aside by an earlier try stays as it is; a different file found later under
+    the same name (a key kcnd generated when someone started it by hand) goes beside it with a suffix, and a copy of
+    what is aside already is removed. Every key file leaves DATA_DIR.
     """
     data_dir = node.node.data_dir
     aside = aside_dir(data_dir, run_id)
+    flag = compat.nodekey_file(node.conf().get("ADDITIONAL", ""))  # a key read from outside DATA_DIR goes aside too
     files = [p for p in node.existing([f"{data_dir}/{n}" for n in ("nodekey", "bls-nodekey")]
-                                      + [f"{data_dir}/klay/{n}" for n in ("nodekey", "bls-nodekey")])]
+                                      + [f"{data_dir}/klay/{n}" for n in ("nodekey", "bls-nodekey")] + ([flag] if flag else []))]
     if not files:
         return None
     moves = " && ".join(
-        f"{{ [ -e {shlex.quote(dst)} ] || mv {shlex.quote(p)} {shlex.quote(dst)}; }}"
-        for p in files for dst in [aside + "/" + p[len(data_dir) + 1:].replace("/", "_")]
+        f"{{ if [ ! -e {shlex.quote(dst)} ]; then mv {shlex.quote(p)} {shlex.quote(dst)}; elif cmp -s {shlex.quote(p)} {shlex.quote(dst)}; "
+        f"then rm -f {shlex.quote(p)}; else mv {shlex.quote(p)} {shlex.quote(dst)}.$(date +%s%N); fi; }}"
+        for p in files for dst in [aside + "/" + (p[len(data_dir) + 1:] if p.startswith(data_dir + "/") else p.lstrip("/")).replace("/", "_")]
     )
     node.run(f"sudo sh -c {shlex.quote(f'umask 077 && mkdir -p {shlex.quote(aside)} && {moves} && chmod 600 {shlex.quote(aside)}/*')}")
     return aside
@@ -208,7 +212,8 @@ def fence_kcnd(node: KaiaNodeHook, run_id: str) -> dict:
     node.run(f"sudo systemctl disable {cn.service} && sudo sed -i 's/^AUTO_RESTART_NODE=.*/AUTO_RESTART_NODE=0/' {conf}")
     stopped = node.stop_service()
     aside = keep_aside(node, run_id)
-    keys = " ".join(shlex.quote(p) for p in node.key_paths("nodekey") + node.key_paths("bls-nodekey"))
+    flag = compat.nodekey_file(node.conf().get("ADDITIONAL", ""))
+    keys = " ".join(shlex.quote(p) for p in node.key_paths("nodekey") + node.key_paths("bls-nodekey") + ([flag] if flag else []))
     script = (f"systemctl is-active {cn.service}; systemctl is-enabled {cn.service}; "
               f". {conf}; echo AUTO_RESTART_NODE=${{AUTO_RESTART_NODE:-0}}; for p in {keys}; do [ -e $p ] && echo $p; done; true")
     state, enabled, restart, *left = node.run(f"sudo bash -c {shlex.quote(script)}").stdout.split()

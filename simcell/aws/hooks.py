@@ -32,6 +32,9 @@ class WorldHooks(Protocol):
     def instance_launched(self, instance_id: str, image_id: str, private_ip: str) -> None:
         """RunInstances returned (state pending): make the host's root files from the image."""
 
+    def instance_user_data(self, instance_id: str, text: str) -> None:
+        """RunInstances carried user data: cloud-init runs its ``bootcmd`` at boot, before services start."""
+
     def instance_running(self, instance_id: str) -> None:
         """pending -> running (or stopped -> running): boot the host (sshd, enabled services)."""
 

@@ -729,6 +729,8 @@ class AwsFront:
         for item in _xml(reply).iterfind(_path("instancesSet/item")):
             instance_id, image_id = _text(item, "instanceId"), _text(item, "imageId")
             self._hook("instance_launched", instance_id, image_id, _text(item, "privateIpAddress"))
+            if req.params.get("UserData"):
+                self._hook("instance_user_data", instance_id, base64.b64decode(req.params["UserData"]).decode("utf-8", "replace"))
             self._launch_volumes(req, instance_id, image_id, _text(item, "placement/availabilityZone"))
             self._begin(
                 instance_id, "pending", self._latency.instance_pending(),
@@ -796,6 +798,13 @@ class AwsFront:
                 raise _ApiError("IncorrectInstanceState",
                                 f"The instance '{instance_id}' is not in a state from which it can be "
                                 "started.")
+            instance = self._instance(req, instance_id) or {}
+            root = instance.get("RootDeviceName")
+            if root and not any(m["DeviceName"] == root for m in instance.get("BlockDeviceMappings", [])):
+                # An instance whose root volume was detached cannot boot (AWS refuses the start; moto does not).
+                raise _ApiError("InvalidParameterValue",
+                                f"Invalid value '{instance_id}' for instanceId. Instance does not have a volume "
+                                f"attached at root ({root})")
         reply = self._forward(req)
         if not reply.ok:
             return reply

@@ -55,7 +55,8 @@ def test_dag_files_parse_fast(monkeypatch_module):
         assert time.perf_counter() - start < 5, path
 
 
-@pytest.mark.parametrize("dag_id, module", [("kaia_cn_failover_cloud", "failover_cloud"), ("kaia_cn_failover_standby", "failover_standby")])
+@pytest.mark.parametrize("dag_id, module", [("kaia_cn_failover_cloud", "failover_cloud"), ("kaia_cn_failover_standby", "failover_standby"),
+                                            ("kaia_cn_enroll_standby", "enroll")])
 def test_the_trigger_form_and_the_param_check_know_the_same_fields(dagbag, dag_id, module):
     """A field the form shows but the check refuses (or the reverse) would fail every trigger."""
     import importlib

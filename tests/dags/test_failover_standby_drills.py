@@ -82,8 +82,9 @@ def test_bad_params_are_refused_before_anything_changes(drill):
     cell, runner, before = drill
     with pytest.raises(Exception, match="failed_cn"):
         runner.run(DAG_ID, {"failed_cn": "cn-metal-b"})  # a standby, not an active
-    with pytest.raises(Exception, match="standby_cn"):
-        runner.run(DAG_ID, {"failed_cn": "cn-metal-a", "standby_cn": "cn-metal-a"})
+    run_id, state, _ = runner.run(DAG_ID, {"failed_cn": "cn-metal-a", "standby_cn": "cn-metal-a"})  # the active itself
+    assert state == "failed"
+    assert "standby_cn: 'cn-metal-a' is not a standby of cc-metal now" in runner.report(DAG_ID, run_id)["timeline"][0]["outcome"]
     run_id, state, states = runner.run(DAG_ID, {})  # nothing chosen: the form's default
     assert state == "failed" and states[("preflight.validate", -1)] == ("failed", 1)  # not retried: bad input stays bad
     assert "failed_cn: choose the active CN that failed" in runner.report(DAG_ID, run_id)["timeline"][0]["outcome"]
@@ -208,7 +209,8 @@ def test_drill_a_skipped_ip_move_is_caught_and_the_sync_check_says_why(drill, pl
         node = KaiaNodeHook(next(cn for cn in metal.cns if cn.name == "cn-metal-b"))
         verdict = sync_check(node, metal, backup)
         assert not verdict.ok
-        assert any("no PN accepts this node: its node ID or IP is not the one expected" in f for f in verdict.failed())
+        # Its PNs take it (a PN accepts any CN that dials it); the other operators' CNs do not, at that address.
+        assert any("no CN accepts this node: its node ID or IP is not the one expected" in f for f in verdict.failed())
         assert steps.standby_synced(plan) is None  # the DAG's sensor keeps waiting, it does not pass
     finally:
         cell.ssh("cn-metal-b", "sudo systemctl stop kcnd")

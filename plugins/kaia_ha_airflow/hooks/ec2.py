@@ -191,7 +191,7 @@ class CoreCellEC2Hook(EC2Hook):
         """IAM: ec2:DescribeInstances."""
         return self.conn.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
 
-    def launch_instance(self, *, image_id: str, launch, client_token: str, tags: dict[str, str]) -> str:
+    def launch_instance(self, *, image_id: str, launch, client_token: str, tags: dict[str, str], user_data: str = "") -> str:
         """RunInstances with a ClientToken: a retry gets the same instance back.
 
         IAM: ec2:RunInstances, ec2:CreateTags, ec2:DescribeInstances.
@@ -203,6 +203,8 @@ class CoreCellEC2Hook(EC2Hook):
         }
         if launch.key_name:
             config["KeyName"] = launch.key_name
+        if user_data:
+            config["UserData"] = user_data
         return self.conn.run_instances(**config)["Instances"][0]["InstanceId"]
 
     def create_volume(self, *, snapshot_id: str, zone: str, size: int, client_token: str, tags: dict[str, str],
@@ -255,6 +257,17 @@ class CoreCellEC2Hook(EC2Hook):
             if len(parts) >= 2 and parts[0] == key_type:
                 return f"{parts[0]} {parts[1]}"
         return None
+
+    def detach_for_good(self, instance_id: str, device: str, tags: dict[str, str]) -> str | None:
+        """Detach the volume at ``device`` of a stopped instance and tag it (kept, never deleted); None when nothing is
+        attached there (an earlier try did it). IAM: ec2:DescribeInstances, ec2:DetachVolume, ec2:CreateTags."""
+        mapping = next((m for m in self.instance(instance_id).get("BlockDeviceMappings", []) if m["DeviceName"] == device), None)
+        if mapping is None or "Ebs" not in mapping:
+            return None
+        volume_id = mapping["Ebs"]["VolumeId"]
+        self.tag(volume_id, tags)  # first: a try that dies after the detach still leaves the volume findable
+        self.conn.detach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
+        return volume_id
 
     def tag(self, resource_id: str, tags: dict[str, str]) -> None:
         """IAM: ec2:CreateTags."""
