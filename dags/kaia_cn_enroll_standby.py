@@ -26,9 +26,11 @@ from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import enroll as steps
-from kaia_ha_airflow.dag_defaults import core_cell_dag
+from kaia_ha.inventory import InventoryError, try_load_inventory
+from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 
-HOSTS = steps.metal_hosts()
+inventory, INVENTORY_ERROR = try_load_inventory()
+HOSTS = [cn.name for cell in (inventory.cells_of("bare-metal") if inventory else []) for cn in cell.cns]
 
 
 @task
@@ -36,7 +38,7 @@ def preflight() -> dict:
     context = get_current_context()
     try:
         return steps.preflight(context["params"], context["run_id"])
-    except (steps.FailoverInputError, steps.EnrolError) as exc:  # a retry cannot fix it: fail now
+    except (steps.FailoverInputError, steps.EnrolError, InventoryError) as exc:  # a retry cannot fix it: fail now
         raise AirflowFailException(str(exc)) from None
 
 
@@ -73,7 +75,7 @@ def report() -> dict:
 @dag(
     dag_id=steps.DAG_ID,
     schedule=None,
-    doc_md=__doc__,
+    doc_md=runbook(__doc__, INVENTORY_ERROR),
     **core_cell_dag(tags=["bare-metal", "standby"], retries=3),
     params={
         "host": Param("", type="string", enum=["", *HOSTS], title="Host to enrol as standby",

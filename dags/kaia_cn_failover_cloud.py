@@ -29,8 +29,8 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
    atomic), checked on disk.
 8. **Move the Elastic IP** to the replacement (as soon as fencing is confirmed and the replacement is up,
    beside 5-7: kcnd stays off there until step 9).
-9. **Start kcnd and verify**: the right node ID and BLS key, PN peers, not syncing, near a PN's head,
-   still rising.
+9. **Start kcnd and verify**: the right node ID and BLS key, PN peers and CN peers (the other validators
+   accept it; unless the inventory says `network_has_other_cns: false`), not syncing, near a PN's head, still rising.
 10. **Record the live placement** (only once the replacement is verified in sync): the validator runs on the
     replacement now, the failed instance is fenced. Maintenance and the next failover act on it; nobody edits
     the inventory. `python -m kaia_ha.live show` prints it.
@@ -57,15 +57,15 @@ from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_cont
 
 from kaia_ha import failover_cloud as steps
 from kaia_ha import maintenance, pn_stop
-from kaia_ha.inventory import load_inventory
+from kaia_ha.inventory import InventoryError, try_load_inventory
 from kaia_ha.report import record_task
-from kaia_ha_airflow.dag_defaults import core_cell_dag
+from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator, EBSSnapshotCompletedSensor
 
-inventory = load_inventory()
-CNS = steps.cloud_cns()
-PNS = sorted({pn.name for cell in inventory.cells_of("cloud") for pn in cell.pns})
-AWS = {"aws_conn_id": inventory.cells_of("cloud")[0].aws_conn_id if inventory.cells_of("cloud") else "aws_default"}
+inventory, INVENTORY_ERROR = try_load_inventory()
+CLOUD = inventory.cells_of("cloud") if inventory else []
+CNS = [cell.validator.name for cell in CLOUD]
+PNS = sorted({pn.name for cell in CLOUD for pn in cell.pns})
 SENSE = {"poke_interval": 2, "mode": "reschedule"}  # on the critical path: a poll costs its interval in RTO
 # Operators and sensors record their step for the report's timeline as @step functions do.
 RECORDED = {"on_success_callback": record_task, "on_retry_callback": record_task, "on_failure_callback": record_task}
@@ -80,7 +80,7 @@ def preflight() -> dict:
     context = _ctx()
     try:
         return steps.preflight(context["params"], context["run_id"], context["dag_run"].run_after)
-    except (steps.FailoverInputError, steps.TakeoverError) as exc:  # a retry cannot fix bad input: fail now
+    except (steps.FailoverInputError, steps.TakeoverError, InventoryError) as exc:  # a retry cannot fix bad input
         raise AirflowFailException(str(exc)) from None
 
 
@@ -213,7 +213,7 @@ def report() -> dict:
 @dag(
     dag_id=steps.DAG_ID,
     schedule=None,
-    doc_md=__doc__,
+    doc_md=runbook(__doc__, INVENTORY_ERROR),
     **core_cell_dag(tags=["failover", "cloud"], retries=3),
     params={
         # No CN is preselected: pressing Trigger with the defaults must not fence a healthy validator.
@@ -246,10 +246,13 @@ def report() -> dict:
 )
 def kaia_cn_failover_cloud():
     plan = preflight()
+    # The failed CN's own cell's account and region, from the plan: cells may live in other accounts or regions.
+    aws = {"aws_conn_id": plan["aws_conn_id"], "region_name": plan["region"]}
     go = not_dry_run(plan)
     final = report()
     with TaskGroup("fence"):
         fenced = confirm_fenced(plan)
+        # EC2 forces a stop within minutes: longer, and fencing is stuck.
         fence_result = fence(plan)
         # Polled every 2 s (the stop without the OS shutdown takes seconds); a stop that hangs is repeated with Force.
         go >> fence_result >> wait_stopped(plan, fence_result) >> fenced
@@ -263,13 +266,14 @@ def kaia_cn_failover_cloud():
             stop = stop_kpnd(plan)
             snapshot = EBSCreateSnapshotOperator(  # of the PN that stopped: the chosen one, or the next
                 task_id="create_snapshot", volume_id=stop["volume_id"], snapshot_tags=stop["tags"],
-                description="Kaia PN chain data for a failover", **RECORDED, **AWS)
+                description="Kaia PN chain data for a failover", **RECORDED, **aws)
             start = start_kpnd(plan)
             source >> reserved >> stop >> snapshot >> start
             # stop_kpnd is a setup too: clearing a failed create_snapshot then stops kpnd again first. Without it the
             # clear re-ran the snapshot of a PN the teardown had restarted: a dirty snapshot tagged clean-stop.
             start.as_teardown(setups=[reserved, stop], on_failure_fail_dagrun=True)
-            waited = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **RECORDED, **AWS)
+            waited = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5,
+                                                **RECORDED, **aws)
         chosen = chaindata_snapshot(plan)
         [source, waited] >> chosen
         volume = create_volume(plan, chosen)
@@ -278,7 +282,7 @@ def kaia_cn_failover_cloud():
         instance = launch(plan)
         go >> instance
         running = EC2InstanceStateSensor(task_id="wait_running", instance_id=instance, target_state="running",
-                                         deferrable=True, poke_interval=2, **RECORDED, **AWS)
+                                         deferrable=True, poke_interval=2, **RECORDED, **aws)
         host = learn_host(plan, instance)
         running >> host
     with TaskGroup("replace"):

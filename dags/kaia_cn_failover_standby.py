@@ -51,10 +51,13 @@ from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_cont
 from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import failover_standby as steps
-from kaia_ha_airflow.dag_defaults import core_cell_dag
+from kaia_ha.inventory import InventoryError, try_load_inventory
+from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 
-ACTIVES = steps.metal_actives()
-STANDBYS = steps.metal_standbys()
+inventory, INVENTORY_ERROR = try_load_inventory()
+METAL = inventory.cells_of("bare-metal") if inventory else []
+ACTIVES = [cell.validator.name for cell in METAL]
+STANDBYS = [cn.name for cell in METAL for cn in cell.cns]  # which of them stands by now is live placement
 
 
 @task
@@ -62,7 +65,7 @@ def validate() -> dict:
     context = get_current_context()
     try:
         return steps.validate(context["params"], context["run_id"])
-    except steps.FailoverInputError as exc:  # a retry cannot fix bad input: fail now
+    except (steps.FailoverInputError, InventoryError) as exc:  # a retry cannot fix bad input: fail now
         raise AirflowFailException(str(exc)) from None
 
 
@@ -156,7 +159,7 @@ def report() -> dict:
 @dag(
     dag_id=steps.DAG_ID,
     schedule=None,
-    doc_md=__doc__,
+    doc_md=runbook(__doc__, INVENTORY_ERROR),
     **core_cell_dag(tags=["failover", "bare-metal"], retries=3),
     params={
         # No CN is preselected: the operator must name the failed one (an empty choice fails the preflight).

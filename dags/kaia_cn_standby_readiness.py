@@ -40,15 +40,15 @@ from airflow.sdk import TaskGroup, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import readiness
-from kaia_ha.inventory import load_inventory
-from kaia_ha_airflow.dag_defaults import core_cell_dag
+from kaia_ha.inventory import try_load_inventory
+from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 
 # Its own DAG rather than a group in kaia_cn_maintenance: it only reads, so it can run every hour (a
 # standby that drifted out of sync must be found before the active fails, not at the next daily
 # maintenance), and a drift alert neither fails nor waits behind the maintenance's PN snapshot.
 SCHEDULE = "@hourly"
 
-inventory = load_inventory()
+inventory, INVENTORY_ERROR = try_load_inventory()  # broken: only the report, which fails with the error
 
 
 @task(task_id="active")
@@ -84,12 +84,12 @@ def report() -> dict:
 @dag(
     dag_id=readiness.DAG_ID,
     schedule=SCHEDULE,
-    doc_md=__doc__,
+    doc_md=runbook(__doc__, INVENTORY_ERROR),
     **core_cell_dag(tags=["bare-metal", "readiness"], retries=2),
 )
 def kaia_cn_standby_readiness():
     final = report()
-    for cell in inventory.cells_of("bare-metal"):
+    for cell in inventory.cells_of("bare-metal") if inventory else []:
         with TaskGroup(cell.name, tooltip=f"core cell {cell.name}: validator {cell.validator.name}"):
             active(cell.name) >> check_standbys(cell.name) >> final
             watch_fenced(cell.name) >> final

@@ -132,7 +132,7 @@ def latency(args) -> int:
 def fault(args) -> int:
     if args.clear:
         payload = {"clear": True}
-    elif not args.action or not (args.kind or args.action.startswith(("slow-stop:", "stuck-stop:"))):
+    elif not args.action or not (args.kind or args.action.startswith(("slow-stop:", "stuck-stop:", "isolate:"))):
         sys.exit("simcell fault: give ACTION and --kind (or --clear)")
     else:
         payload = {"action": args.action, "kind": args.kind, "times": args.times, "match": args.match}
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "fault",
         help="make the next N calls of an AWS action fail (ACTION may also be ssh:NODE with --kind drop|drop-after "
-        "[--match TEXT], slow-stop:NODE with --times SECONDS, or stuck-stop:NODE: its next EC2 stop hangs until Force)",
+        "[--match TEXT], slow-stop:NODE with --times SECONDS, stuck-stop:NODE (its next EC2 stop hangs until Force), or "
+        "isolate:CELL: the other operators' CNs refuse that cell's validator until --clear)",
     )
     p.add_argument("action", nargs="?")
     p.add_argument("--kind", choices=("throttle", "server-error", "drop", "drop-after"))

@@ -89,6 +89,7 @@ class Coordinator:
             self.front.clear_faults()
             self.world.clear_ssh_faults()
             self.world.stop_seconds.clear()
+            self.world.isolated.clear()
             return {"cleared": True}
         action, kind, times = req["action"], req["kind"], int(req.get("times", 1))
         if action.startswith("ssh:"):
@@ -107,6 +108,13 @@ class Coordinator:
             if not host.instance_id:
                 raise ControlError(f"{action[11:]} is not an EC2 instance")
             self.front.add_stuck_stop(host.instance_id)
+        elif action.startswith("isolate:"):
+            # isolate:<cell>: the other operators' CNs refuse the cell's validator (their allowlists lost its IP, say);
+            # its PNs still serve it blocks, so it syncs but is not in consensus. Until --clear.
+            cell = action[8:]
+            if cell not in self.world.validators:
+                raise ControlError(f"no core cell named {cell!r}; known: {sorted(self.world.validators)}")
+            self.world.isolated.add(cell)
         elif action.startswith("slow-stop:"):
             # slow-stop:<node>: the node needs `times` seconds to stop (past STOP_TIMEOUT it is killed).
             host = self.find_host(action[10:])

@@ -5,7 +5,9 @@
 - ``cc-metal``: a bare-metal active CN (``cn-metal-a``) holding the floating IP, its standby
   (``cn-metal-b``) syncing with its own nodekey, and a PN (``pn-metal-1``).
 - ``cloud_cells`` > 1 (benchmarks at scale): copies of ``cc-cloud`` named ``cc-cloud-2``, ``cc-cloud-3`` ...
-  whose nodes carry the cell's number (``cn-aws-1-c2``, ``pn-aws-1-c2``, ``pn-aws-2-c2``).
+  whose nodes carry the cell's number (``cn-aws-1-c2``, ``pn-aws-1-c2``, ``pn-aws-2-c2``). The even ones live
+  in a second region, ``us-west-2``, reached through an Airflow connection of their own (``kaia_aws_us_west_2``):
+  a DAG that acts on a cell in its neighbour's region or through its neighbour's connection finds nothing there.
 
 Every node is in sync. Node keys are made here, written to the hosts and forgotten: a CN's nodekey
 exists only on its host (backing it up is the maintenance DAG's job). The generated inventory carries
@@ -28,8 +30,11 @@ from simcell.node import TABLES, schema_of
 from simcell.world import Host, World
 
 REGION = "us-east-1"
+# The second region's cells, and the Airflow connection that reaches it (each region's own, as an operator's are).
+REGION_2 = "us-west-2"
+CONN_IDS = {REGION: "kaia_aws", REGION_2: "kaia_aws_us_west_2"}
+SUBNETS = {REGION: (1, 3), REGION_2: (5, 6)}  # third octets of each region's two loopback subnets (2: bare metal)
 VERSION = "v2.2.1"
-AZ = "us-east-1a"
 SNS_TOPIC = "kaia-ha-alerts"
 STATE_BUCKET = "kaia-ha-state"  # the live placement's home (inventory state.url)
 
@@ -53,9 +58,9 @@ ADDITIONAL="--dbtype LevelDB --db.num-statetrie-shards 4"
 """
 
 
-def aws_client(service: str, endpoint: str):
+def aws_client(service: str, endpoint: str, region: str = REGION):
     return boto3.client(
-        service, endpoint_url=endpoint, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+        service, endpoint_url=endpoint, region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing"
     )
 
 
@@ -109,10 +114,11 @@ def free_loopback_net() -> int:
     raise RuntimeError("no free 127.k.0.0/16 loopback network for the simulated hosts")
 
 
-def cloud_cell_names(k: int) -> tuple[str, str, list[str]]:
-    """Core cell ``k`` (from 1) of the cloud scheme: (cell, CN, PNs). Cell 1 is the seed's ``cc-cloud``."""
+def cloud_cell_names(k: int) -> tuple[str, str, list[str], str]:
+    """Core cell ``k`` (from 1) of the cloud scheme: (cell, CN, PNs, region). Cell 1 is the seed's ``cc-cloud``."""
     suffix = "" if k == 1 else f"-c{k}"
-    return ("cc-cloud" if k == 1 else f"cc-cloud-{k}", f"cn-aws-1{suffix}", [f"pn-aws-1{suffix}", f"pn-aws-2{suffix}"])
+    return ("cc-cloud" if k == 1 else f"cc-cloud-{k}", f"cn-aws-1{suffix}", [f"pn-aws-1{suffix}", f"pn-aws-2{suffix}"],
+            REGION_2 if k % 2 == 0 else REGION)
 
 
 class Seeder:
@@ -123,7 +129,8 @@ class Seeder:
         self.endpoint = endpoint
         self.cloud_cells = [cloud_cell_names(k) for k in range(1, cloud_cells + 1)]
         self.net = free_loopback_net()
-        self.ec2 = aws_client("ec2", endpoint)
+        self.regions = sorted({region for *_, region in self.cloud_cells} | {REGION})
+        self.vpcs: dict[str, dict] = {}  # region -> its EC2 client, subnet, security group, base AMI, SNS topic
         self.key = client_key()
         self.nodes: dict[str, dict] = {}  # name -> facts for the inventory and the env file
 
@@ -144,37 +151,49 @@ class Seeder:
         return Path(mounted) if mounted else paths.host_root(host) / data_dir.lstrip("/")
 
     # ----- EC2 ---------------------------------------------------------------------------------------------
-    def network(self) -> None:
-        vpc = self.ec2.create_vpc(CidrBlock=f"127.{self.net}.0.0/16")["Vpc"]["VpcId"]
-        # Loopback subnets: each instance's private IP is a loopback address its sshd listens on.
-        self.subnet = self.ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{self.net}.1.0/24", AvailabilityZone=AZ)["Subnet"]["SubnetId"]
-        self.subnet_b = self.ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{self.net}.3.0/24", AvailabilityZone="us-east-1b")["Subnet"]["SubnetId"]
-        self.sg = self.ec2.create_security_group(GroupName="kaia-cn", Description="Kaia CN/PN p2p 32323-32324", VpcId=vpc)["GroupId"]
-        self.base_ami = self.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    def network(self, region: str) -> None:
+        ec2 = aws_client("ec2", self.endpoint, region)
+        vpc = ec2.create_vpc(CidrBlock=f"127.{self.net}.0.0/16")["Vpc"]["VpcId"]
+        # Loopback subnets: each instance's private IP is a loopback address its sshd listens on (distinct per region).
+        a, b = SUBNETS[region]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{self.net}.{a}.0/24",
+                                   AvailabilityZone=f"{region}a")["Subnet"]["SubnetId"]
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{self.net}.{b}.0/24", AvailabilityZone=f"{region}b")
+        self.vpcs[region] = {
+            "ec2": ec2, "zone": f"{region}a", "subnet": subnet,
+            "sg": ec2.create_security_group(GroupName="kaia-cn", Description="Kaia CN/PN p2p 32323-32324",
+                                            VpcId=vpc)["GroupId"],
+            "base_ami": ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"],
+            "topic": aws_client("sns", self.endpoint, region).create_topic(Name=SNS_TOPIC)["TopicArn"],
+        }
 
     def tags(self, name: str, cell: str, role: str) -> list[dict]:
         return [{"Key": "Name", "Value": name}, {"Key": "kaia:cell", "Value": cell}, {"Key": "kaia:role", "Value": role}]
 
-    def ec2_node(self, name: str, cell: str, role: str, service: str) -> None:
+    def ec2_node(self, name: str, cell: str, role: str, service: str, region: str = REGION) -> None:
         data_dir = f"/var/{service}/data"
-        reservation = self.ec2.run_instances(
-            ImageId=self.base_ami, MinCount=1, MaxCount=1, InstanceType="m6i.8xlarge", SubnetId=self.subnet,
-            SecurityGroupIds=[self.sg], TagSpecifications=[{"ResourceType": "instance", "Tags": self.tags(name, cell, role)}],
+        vpc = self.vpcs[region]
+        ec2 = vpc["ec2"]
+        reservation = ec2.run_instances(
+            ImageId=vpc["base_ami"], MinCount=1, MaxCount=1, InstanceType="m6i.8xlarge", SubnetId=vpc["subnet"],
+            SecurityGroupIds=[vpc["sg"]],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": self.tags(name, cell, role)}],
         )
         iid = reservation["Instances"][0]["InstanceId"]
         self.world.hosts[iid].label, self.world.hosts[iid].cell, self.world.hosts[iid].role = name, cell, role
         self.install(iid, service, data_dir)
-        volume = self.ec2.create_volume(
-            AvailabilityZone=AZ, Size=4000, VolumeType="gp3", Iops=9000,
+        volume = ec2.create_volume(
+            AvailabilityZone=vpc["zone"], Size=4000, VolumeType="gp3", Iops=9000,
             TagSpecifications=[{"ResourceType": "volume", "Tags": self.tags(f"{name}-data", cell, "data")}],
         )["VolumeId"]
-        self.ec2.get_waiter("volume_available").wait(VolumeIds=[volume], WaiterConfig={"Delay": 0.2, "MaxAttempts": 600})
-        self.ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig={"Delay": 0.2, "MaxAttempts": 600})
-        self.ec2.attach_volume(VolumeId=volume, InstanceId=iid, Device="/dev/sdf")
+        ec2.get_waiter("volume_available").wait(VolumeIds=[volume], WaiterConfig={"Delay": 0.2, "MaxAttempts": 600})
+        ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig={"Delay": 0.2, "MaxAttempts": 600})
+        ec2.attach_volume(VolumeId=volume, InstanceId=iid, Device="/dev/sdf")
         self.world.add_fstab(iid, "/dev/sdf", data_dir)
         self.world.mount_op({"host": iid, "op": "mount", "device": "/dev/sdf", "mountpoint": data_dir})
-        alloc = self.ec2.allocate_address(Domain="vpc", TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": self.tags(f"{name}-eip", cell, role)}])
-        self.ec2.associate_address(AllocationId=alloc["AllocationId"], InstanceId=iid)
+        tags = self.tags(f"{name}-eip", cell, role)
+        alloc = ec2.allocate_address(Domain="vpc", TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": tags}])
+        ec2.associate_address(AllocationId=alloc["AllocationId"], InstanceId=iid)
         self.nodes[name] = {
             "host": iid, "cell": cell, "role": role, "service": service, "data_dir": data_dir, "instance_id": iid,
             "private_ip": self.world.hosts[iid].private_ip, "ip": alloc["PublicIp"], "volume_id": volume,
@@ -209,13 +228,14 @@ class Seeder:
         if result.returncode != 0:
             raise RuntimeError(f"seeding: {node['service']} on {name} did not start: {result.stderr.strip()}")
 
-    def cloud_cell(self, cell: str, cn: str, pns: list[str]) -> None:
+    def cloud_cell(self, cell: str, cn: str, pns: list[str], region: str) -> None:
         for name in pns:
-            self.ec2_node(name, cell, "pn", "kpnd")
-        self.ec2_node(cn, cell, "cn-active", "kcnd")
+            self.ec2_node(name, cell, "pn", "kpnd", region)
+        self.ec2_node(cn, cell, "cn-active", "kcnd", region)
 
     def seed(self) -> None:
-        self.network()
+        for region in self.regions:
+            self.network(region)
         self.cloud_cell(*self.cloud_cells[0])
         self.metal_node("pn-metal-1", "cc-metal", "pn", "kpnd", f"127.{self.net}.2.21", "10.50.0.21")
         self.metal_node("cn-metal-a", "cc-metal", "cn-active", "kcnd", f"127.{self.net}.2.11", "10.50.0.11")
@@ -228,18 +248,17 @@ class Seeder:
         for extra in self.cloud_cells[1:]:  # after the default world's nodes, which stay as they were
             self.cloud_cell(*extra)
         self.identities()
-        for _, cn, pns in self.cloud_cells:
+        for _, cn, pns, _ in self.cloud_cells:
             for pn in pns:
                 self.static_nodes(pn, [cn])
             self.static_nodes(cn, pns)
         self.static_nodes("pn-metal-1", ["cn-metal-a", "cn-metal-b"])  # the PN accepts the standby too
         self.static_nodes("cn-metal-a", ["pn-metal-1"])
         self.static_nodes("cn-metal-b", ["pn-metal-1"])
-        for cell, cn in [(cell, cn) for cell, cn, _ in self.cloud_cells] + [("cc-metal", "cn-metal-a")]:
+        for cell, cn in [(cell, cn) for cell, cn, *_ in self.cloud_cells] + [("cc-metal", "cn-metal-a")]:
             self.world.validators[cell] = (self.nodes[cn]["node_id"], self.nodes[cn]["ip"])
         for name in self.nodes:
             self.start(name)
-        self.topic = aws_client("sns", self.endpoint).create_topic(Name=SNS_TOPIC)["TopicArn"]
         aws_client("s3", self.endpoint).create_bucket(Bucket=STATE_BUCKET)
         self.wait_in_sync(timeout=max(30, 2 * len(self.nodes)))  # many cells on a small machine peer more slowly
 
@@ -268,21 +287,26 @@ class Seeder:
                 out |= {"data_volume_id": n["volume_id"]} if n["service"] == "kpnd" else {"elastic_ip_allocation_id": n["allocation_id"]}
             return out
 
-        def cloud(cell: str, cn: str, pns: list[str]) -> dict:
+        def cloud(cell: str, cn: str, pns: list[str], region: str) -> dict:
+            vpc = self.vpcs[region]
             return {
-                "name": cell, "scheme": "cloud", "aws_conn_id": "kaia_aws", "region": REGION, "sns_topic_arn": self.topic,
+                "name": cell, "scheme": "cloud", "aws_conn_id": CONN_IDS[region], "region": region,
+                "sns_topic_arn": vpc["topic"],
                 "cns": [node(cn)], "pns": [node(pn) for pn in pns],
-                "launch": {"instance_type": "m6i.8xlarge", "subnet_id": self.subnet, "security_group_ids": [self.sg], "ssh_conn_template": "ssh_new_cn"},
-                "maintenance": {"schedule": "@daily", "keep_images": 3, "keep_snapshots": 3},
+                "launch": {"instance_type": "m6i.8xlarge", "subnet_id": vpc["subnet"],
+                           "security_group_ids": [vpc["sg"]], "ssh_conn_template": "ssh_new_cn"},
+                "maintenance": {"keep_images": 3, "keep_snapshots": 3},
             }
 
         return {
             "version": 1,
-            "state": {"url": f"s3://{STATE_BUCKET}/simcell", "aws_conn_id": "kaia_aws", "region": REGION},
+            "maintenance_schedule": "@daily",
+            "state": {"url": f"s3://{STATE_BUCKET}/simcell", "aws_conn_id": CONN_IDS[REGION], "region": REGION},
             "cells": [
                 cloud(*self.cloud_cells[0]),
                 {
-                    "name": "cc-metal", "scheme": "bare-metal", "aws_conn_id": "kaia_aws", "region": REGION, "sns_topic_arn": self.topic,
+                    "name": "cc-metal", "scheme": "bare-metal", "aws_conn_id": CONN_IDS[REGION], "region": REGION,
+                    "sns_topic_arn": self.vpcs[REGION]["topic"],
                     "cns": [node("cn-metal-a"), node("cn-metal-b")], "pns": [node("pn-metal-1")],
                     # gateway: outbound connections must leave from the floating IP (peers allow CNs by source IP)
                     "floating_ip": {"address": "10.50.0.100/24", "interface": "eth0", "gateway": "10.50.0.1"},
@@ -305,10 +329,10 @@ class Seeder:
             export("SIMCELL_DIR", str(paths.STATE)),
             export("KAIA_HA_INVENTORY", str(paths.INVENTORY)),
             export("AIRFLOW_HOME", str(airflow_home)),
-            export(
-                "AIRFLOW_CONN_KAIA_AWS",
-                {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"region_name": REGION, "endpoint_url": self.endpoint}},
-            ),
+            *(export(f"AIRFLOW_CONN_{CONN_IDS[region].upper()}",
+                     {"conn_type": "aws", "login": "testing", "password": "testing",
+                      "extra": {"region_name": region, "endpoint_url": self.endpoint}})
+              for region in self.regions),
             # A replacement CN: login, port and key; its address and host key are learned at launch.
             export("AIRFLOW_CONN_SSH_NEW_CN", {"conn_type": "ssh", "login": "root", "port": paths.SSH_PORT, "extra": {"key_file": str(self.key)}}),
         ]

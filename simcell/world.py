@@ -93,6 +93,7 @@ class World:
         self.floating: dict[str, list[str]] = {}  # floating IP -> hosts that configured it, ARP owner last
         self.routes: list[dict] = []
         self.validators: dict[str, tuple[str, str]] = {}  # cell -> (node id, ip) the network expects
+        self.isolated: set[str] = set()  # cells whose validator the other operators' CNs refuse (fault isolate:CELL)
         self.events: list[dict] = []
         self._open_pairs: set[frozenset] = set()
         self.ssh_faults: dict[str, list[dict]] = {}  # host -> [{"kind": drop|drop-after, "match": str|None}]
@@ -433,11 +434,16 @@ class World:
         if node.kind == "pn":
             pn += EXTERNAL_PNS
             best = head
-        elif (node.node_id, self.host_ip(node.host)) in self.validators.values():
+        elif self._registered_cell(node) not in (None, *self.isolated):
             cn += EXTERNAL_CNS
             best = head
         counts = {k: v for k, v in (("cn", cn), ("pn", pn)) if v} | {"total": cn + pn}
         return counts, best
+
+    def _registered_cell(self, node: NodeState) -> str | None:
+        """The cell whose registered validator this CN is (its node ID at the registered IP), if any."""
+        me = (node.node_id, self.host_ip(node.host))
+        return next((cell for cell, registered in self.validators.items() if registered == me), None)
 
     def heartbeat(self, report: dict) -> dict:
         key = (report["host"], report["service"])
@@ -603,6 +609,7 @@ class World:
                 "elastic_ips": {ip: label.get(iid, iid) if iid else None for ip, iid in self.eips.items()},
                 "floating_ips": {ip: (hs[-1] if hs else None) for ip, hs in self.floating.items()},
                 "double_signing_events": list(self.events),
+                "isolated_cells": sorted(self.isolated),
                 "routes": [dict(r, host=self.hosts[r["host"]].label or r["host"]) for r in self.routes],
                 "hosts": [asdict(h) for h in self.hosts.values()],
             }

@@ -79,13 +79,13 @@ class Cell:
         self.cli("break", node, "--how", how)
 
     # ----- AWS and SSH -------------------------------------------------------------------------------
-    def client(self, service: str, **config):
+    def client(self, service: str, region: str = "us-east-1", **config):
         from botocore.config import Config
 
         return boto3.client(
             service,
             endpoint_url=self.env["AWS_ENDPOINT_URL"],
-            region_name="us-east-1",
+            region_name=region,
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
             config=Config(**config) if config else None,

@@ -75,3 +75,22 @@ def test_nothing_secret_is_written_in_the_file():
     for key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY"):
         # Shared by every component and required: compose refuses to start without them.
         assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", env[key]), f"{key} must come from the environment"
+
+
+def _pins(name: str) -> dict[str, str]:
+    pins = {}
+    for line in (REPO / name).read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==(\S+)", line)
+        if m:
+            pins[m[1].lower().replace("_", "-")] = m[2]
+    return pins
+
+
+def test_every_direct_dependency_is_declared_and_pinned_as_the_constraints_pin_it():
+    """What the code imports is declared (a provider upgrade dropping one would otherwise break the DAGs), at the
+    version the constraints resolve."""
+    declared, constraints = _pins("requirements.txt"), _pins("constraints.txt")
+    imported = {"cryptography", "pydantic", "pyyaml", "paramiko", "botocore", "boto3", "pendulum",
+                "apache-airflow-providers-standard", "apache-airflow-providers-amazon", "apache-airflow-providers-ssh"}
+    assert imported - set(declared) == set()
+    assert {name: (pin, constraints.get(name)) for name, pin in declared.items() if constraints.get(name) != pin} == {}

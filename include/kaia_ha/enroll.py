@@ -17,7 +17,7 @@ import shlex
 import time
 
 from kaia_ha import live
-from kaia_ha.alerts import notify
+from kaia_ha.alerts import alert
 from kaia_ha.failover_standby import holds_ip, release_floating_ip, standby_conf_problems
 from kaia_ha.inventory import CN, Cell, load_inventory
 from kaia_ha.keys import InvalidKeyError
@@ -40,11 +40,8 @@ class EnrolError(TakeoverError):
 
 
 def metal_hosts() -> list[str]:
-    """Every bare-metal CN host: the choices of ``host`` (safe at parse time)."""
-    try:
-        return [cn.name for cell in load_inventory().cells_of("bare-metal") for cn in cell.cns]
-    except Exception:  # the DAG must still parse (and show the error) with a broken inventory
-        return []
+    """Every bare-metal CN host; a broken inventory raises its own error (naming the field)."""
+    return [cn.name for cell in load_inventory().cells_of("bare-metal") for cn in cell.cns]
 
 
 def _ctx(plan: dict) -> tuple[Cell, CN, KaiaNodeHook]:
@@ -200,7 +197,7 @@ def tell_pn(pn: CN, kni: str, node_id: str) -> str:
 def synced(plan: dict, started: dict) -> dict | None:
     """The honest check with the standby's own identity: PN peers, not syncing, near a PN's head, rising."""
     cell, _, node = _ctx(plan)
-    verdict = sync_check(node, cell, None, ("pn",), expected_node_id=started["node_id"])
+    verdict = sync_check(node, cell, None, expected_node_id=started["node_id"])
     log.info("sync: %s", verdict.summary())
     return {"checks": verdict.checks} if verdict.ok else None
 
@@ -228,9 +225,14 @@ def report(ti, dag_run, plan: dict | None) -> dict:
     data = failover_report(ti, dag_run, title="Kaia CN standby enrolment", synced_task=SYNCED_TASK, facts=facts,
                            todo=[] if recorded else ["the host is not the standby: see the failed task, fix, clear it"],
                            checks=pull(SYNCED_TASK).get("checks"), dry_run=False)
+    unsent = None
     if plan.get("cell"):
-        notify(load_inventory().cell(plan["cell"]), f"[kaia-ha] {plan.get('host')} {'enrolled' if data['ok'] else 'NOT enrolled'} "
-               f"as standby of {plan['cell']}", f"Failed tasks: {data['failed_tasks'] or 'none'}. Report: {data['files']['markdown']}")
+        outcome = "enrolled" if data["ok"] else "NOT enrolled"
+        unsent = alert(load_inventory().cell(plan["cell"]), f"[kaia-ha] {plan.get('host')} {outcome} as standby of "
+                       f"{plan['cell']}", f"Failed tasks: {data['failed_tasks'] or 'none'}. "
+                       f"Report: {data['files']['markdown']}")
     if not data["ok"]:
-        raise EnrolError(f"enrolment not complete: {data['failed_tasks'] or 'not in sync'} (report {data['files']['markdown']})")
-    return {"ok": True, "report": data["files"]["markdown"]}
+        missing = data["failed_tasks"] or "not in sync"
+        raise EnrolError(f"enrolment not complete: {missing} (report {data['files']['markdown']})"
+                         + (f"; {unsent}" if unsent else ""))
+    return {"ok": True, "report": data["files"]["markdown"]} | ({"alert_not_sent": unsent} if unsent else {})

@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from kaia_ha import compat, live, maintenance, pn_stop, settings
 from kaia_ha import tags as T
-from kaia_ha.alerts import notify
+from kaia_ha.alerts import alert
 from kaia_ha.inventory import CN, Cell, load_inventory
 from kaia_ha.placement import Active, Fenced, Placement, after_failover
 from kaia_ha.report import step
@@ -45,10 +45,8 @@ PARAMS = ("failed_cn", "fence", "graceful_stop", "use_presnapshot", "max_snapsho
 
 
 def cloud_cns() -> list[str]:
-    try:
-        return [cell.validator.name for cell in load_inventory().cells_of("cloud")]
-    except Exception:  # the DAG must still parse (and show the error) with a broken inventory
-        return []
+    """The validators of the cloud cells; a broken inventory raises its own error (naming the field)."""
+    return [cell.validator.name for cell in load_inventory().cells_of("cloud")]
 
 
 def _ctx(plan: dict) -> tuple[Cell, CN, CoreCellEC2Hook]:
@@ -180,8 +178,9 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
     if not snapshot:
         permissions["CreateSnapshot"] = _dry_run(lambda: ec2.conn.create_snapshot(VolumeId=pn.data_volume_id, DryRun=True), "ec2:CreateSnapshot")
     plan |= {
-        "cell": cell.name, "run_id": run_id, "failed_instance_id": failed_id,
-        "placement": placement.model_dump(mode="json"), "aws_conn_id": cell.aws_conn_id, "region": cell.region, "failed_state": failed["State"]["Name"],
+        "cell": cell.name, "aws_conn_id": cell.aws_conn_id, "region": cell.region, "run_id": run_id,
+        "failed_instance_id": failed_id, "placement": placement.model_dump(mode="json"),
+        "failed_state": failed["State"]["Name"],
         "expected_node_id": backup.node_id, "image_id": image["ImageId"], "image_created": image.get("CreationDate"),
         "zone": zone, "allocation_id": cn.elastic_ip_allocation_id, "public_ip": eip["PublicIp"],
         "eip_holder": eip.get("InstanceId"), "snapshot_id": snapshot["SnapshotId"] if snapshot else None,
@@ -488,7 +487,8 @@ def start_kcnd(plan: dict, host: dict) -> dict:
 
 @step
 def in_sync(plan: dict, host: dict) -> dict | None:
-    """The honest check: identity, BLS key, PN peers, not syncing, near a PN's head and rising."""
+    """The honest check: identity, BLS key, PN and CN peers (``peers_needed``), not syncing, near a PN's head,
+    rising."""
     cell, cn, ec2 = _ctx(plan)
     holder = ec2.address(plan["allocation_id"]).get("InstanceId")
     if holder != host["new_instance_id"]:  # PNs and other CNs accept the validator only at its known IP
@@ -583,12 +583,15 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
     todo = urgent + todo  # first in the list: a PN down hurts the cell now
     data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task="verify.in_sync", facts=facts,
                            todo=[] if plan.get("dry_run") else todo, urgent=urgent, dry_run=bool(plan.get("dry_run")))
-    cell = load_inventory().cell(plan["cell"]) if plan.get("cell") else None
-    if cell:
+    unsent = None
+    if plan.get("cell"):
         subject = (f"[kaia-ha] URGENT: PN {plan.get('snapshot_pn')} may be DOWN; " if urgent else "[kaia-ha] ") + (
             f"failover of {plan['failed_cn']} {'succeeded' if data['ok'] else 'FAILED'}")
-        notify(cell, subject, f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Report: {data['files']['markdown']}")
+        unsent = alert(load_inventory().cell(plan["cell"]), subject, f"RTO {data['rto_seconds']} s. Failed tasks: "
+                       f"{data['failed_tasks'] or 'none'}. Report: {data['files']['markdown']}")
     if not data["ok"]:
-        raise TakeoverError("; ".join(urgent + [
-            f"failover not complete: {data['failed_tasks'] or 'the CN is not in sync'} (report {data['files']['markdown']})"]))
-    return {"ok": data["ok"], "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]}
+        verdict = (f"failover not complete: {data['failed_tasks'] or 'the CN is not in sync'} "
+                   f"(report {data['files']['markdown']})")
+        raise TakeoverError("; ".join([*urgent, verdict] + ([unsent] if unsent else [])))
+    return {"ok": data["ok"], "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]} | (
+        {"alert_not_sent": unsent} if unsent else {})

@@ -19,7 +19,7 @@ import shlex
 import time
 
 from kaia_ha import live
-from kaia_ha.alerts import notify
+from kaia_ha.alerts import alert, notify
 from kaia_ha.health import ProbeError
 from kaia_ha.inventory import CN, Cell, FloatingIP, load_inventory
 from kaia_ha.keys import InvalidKeyError, KeyBackup, NodeKey
@@ -55,20 +55,9 @@ KCND_UP = ("active", "activating", "reloading", "deactivating")
 
 
 def metal_actives() -> list[str]:
-    """The validators of the bare-metal cells: the choices of ``failed_cn`` (safe at parse time; where each runs now
-    is live placement, read by the preflight)."""
-    try:
-        return [cell.validator.name for cell in load_inventory().cells_of("bare-metal")]
-    except Exception:  # the DAG must still parse (and show the error) with a broken inventory
-        return []
-
-
-def metal_standbys() -> list[str]:
-    """Every bare-metal host (which of them stands by now is live placement, checked by the preflight)."""
-    try:
-        return [cn.name for cell in load_inventory().cells_of("bare-metal") for cn in cell.cns]
-    except Exception:
-        return []
+    """The validators of the bare-metal cells; a broken inventory raises its own error (naming the field). Where
+    each runs now is live placement, read by the preflight."""
+    return [cell.validator.name for cell in load_inventory().cells_of("bare-metal")]
 
 
 def failed_host(cn: CN) -> KaiaNodeHook:
@@ -206,7 +195,7 @@ def check_standby(plan: dict) -> dict:
     facts = {"standby": standby.name}
     if _holds_failed_key(node, backup):
         return facts | {"state": f"holds the key of {failed.name} already (a takeover an earlier run began); continuing it"}
-    verdict = sync_check(node, cell, None, ("pn",), expected_node_id=plan["standby_node_id"])
+    verdict = sync_check(node, cell, None, expected_node_id=plan["standby_node_id"])
     if not verdict.ok:
         raise TakeoverError(f"{standby.name} is not in sync, so it cannot take over now: {'; '.join(verdict.failed())}. "
                             "Fix it, or choose another standby (standby_cn)")
@@ -429,7 +418,7 @@ def standby_synced(plan: dict) -> dict | None:
     cell, failed, standby = _ctx(plan)
     node = KaiaNodeHook(standby)
     try:
-        verdict = sync_check(node, cell, load_backup(cell, cell.validator), ("pn", "cn"))
+        verdict = sync_check(node, cell, load_backup(cell, cell.validator))
     except (HostUnreachable, TakeoverError) as exc:  # a dropped session, or no PN answered: judge at the next poke
         log.warning("%s", exc)
         return None
@@ -510,17 +499,21 @@ def report(ti, dag_run, plan: dict | None) -> dict:
     }
     data = failover_report(ti, dag_run, title="Kaia CN bare-metal failover (Active-Standby)", synced_task=SYNCED_TASK, facts=facts,
                            todo=_todo(plan, fence, identity), checks=pull(SYNCED_TASK).get("checks"), dry_run=bool(plan.get("dry_run")))
+    unsent = None
     if plan.get("cell"):
-        cell = load_inventory().cell(plan["cell"])
         outcome = "dry run passed" if data["ok"] and plan.get("dry_run") else "succeeded" if data["ok"] else "FAILED"
-        notify(cell, f"[kaia-ha] failover of {failed_cn} to {standby_cn} {outcome}",
-               f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. Fencing: {fence['path']}. "
-               f"Report: {data['files']['markdown']}")
+        unsent = alert(load_inventory().cell(plan["cell"]), f"[kaia-ha] failover of {failed_cn} to {standby_cn} "
+                       f"{outcome}",
+                       f"RTO {data['rto_seconds']} s. Failed tasks: {data['failed_tasks'] or 'none'}. "
+                       f"Fencing: {fence['path']}. Report: {data['files']['markdown']}")
     if not data["ok"]:
+        where, also = f"(report {data['files']['markdown']})", f"; {unsent}" if unsent else ""
         if fence["path"] == "operator's answer" and fence["answer"] != ["Approve"]:
-            raise TakeoverError(f"not failed over: the operator did not confirm that {failed_cn} is down (report {data['files']['markdown']})")
-        raise TakeoverError(f"failover not complete: {data['failed_tasks'] or 'the standby is not in sync'} (report {data['files']['markdown']})")
-    return {"ok": True, "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]}
+            raise TakeoverError(f"not failed over: the operator did not confirm that {failed_cn} is down {where}{also}")
+        missing = data["failed_tasks"] or "the standby is not in sync"
+        raise TakeoverError(f"failover not complete: {missing} {where}{also}")
+    return {"ok": True, "rto_seconds": data["rto_seconds"], "report": data["files"]["markdown"]} | (
+        {"alert_not_sent": unsent} if unsent else {})
 
 
 def _todo(plan: dict, fence: dict, identity: dict) -> list[str]:

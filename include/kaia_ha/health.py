@@ -53,9 +53,6 @@ class Probe:
     def peer_total(self) -> int:
         return int(self.peers.get("total", 0))
 
-    def as_dict(self) -> dict:
-        return {"syncing": bool(self.syncing), "block": self.block, "peers": self.peers, "node_id": self.node_id}
-
 
 @dataclass
 class SyncVerdict:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 NODE_ID = r"^[0-9a-f]{128}$"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "inventory.yaml"
+DEFAULT_MAINTENANCE_SCHEDULE = "@daily"
 
 
 class InventoryError(ValueError):
@@ -151,7 +152,6 @@ class Launch(_Model):
 
 
 class Maintenance(_Model):
-    schedule: str = "@daily"
     image_max_age_hours: float = Field(default=168, gt=0)
     snapshot_max_age_hours: float = Field(default=24, gt=0)
     keep_images: int = Field(default=3, ge=1)
@@ -173,6 +173,15 @@ class Watchdog(_Model):
     auto_failover: bool = False  # True: the failover starts without an approval (the alert still goes out)
     repeat_alert_minutes: float = Field(default=30, gt=0)  # while still dead (or an immediate alert still holds)
     approval_timeout_minutes: float = Field(default=60, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_schedule(cls, data):
+        # One maintenance DAG serves every cell, so one schedule: a per-cell one would be silently ignored.
+        if isinstance(data, dict) and "schedule" in data:
+            raise ValueError("schedule: the maintenance DAG runs every core cell on one schedule; move it to the top "
+                             "level of the inventory as maintenance_schedule")
+        return data
 
 
 class State(_Model):
@@ -199,6 +208,9 @@ class Cell(_Model):
     launch: Launch | None = None
     maintenance: Maintenance = Maintenance()
     watchdog: Watchdog = Watchdog()
+    # False only where this cell's CN is the network's one CN (a private test network): then a failover's node
+    # cannot have CN peers, and only PN peers are required of it.
+    network_has_other_cns: bool = True
 
     @model_validator(mode="after")
     def _shape(self) -> Cell:
@@ -245,6 +257,8 @@ class Cell(_Model):
 
 class Inventory(_Model):
     version: Literal[1] = 1
+    # When kaia_cn_maintenance runs (cron or a preset): one DAG, so one schedule for every cell.
+    maintenance_schedule: str = Field(default=DEFAULT_MAINTENANCE_SCHEDULE, min_length=1)
     # Live placement's home; without it, a folder in AIRFLOW_HOME (one machine only).
     state: State | None = None
     cells: list[Cell] = Field(min_length=1)
@@ -329,6 +343,15 @@ def inventory_path() -> Path:
 @lru_cache(maxsize=4)
 def _load(path: str, mtime: float) -> Inventory:
     return parse_inventory(Path(path).read_text(), source=path)
+
+
+def try_load_inventory() -> tuple[Inventory | None, str | None]:
+    """At DAG parse time: ``(inventory, None)``, or ``(None, the error naming the field)``. A DAG must still parse
+    with a broken inventory, so that its page shows the error and its first task fails with it."""
+    try:
+        return load_inventory(), None
+    except InventoryError as exc:
+        return None, str(exc)
 
 
 def load_inventory(path: str | Path | None = None) -> Inventory:

@@ -2,7 +2,8 @@
 
 ``NodeKey`` and ``BlsKey`` wrap the 64 hex characters of ``nodekey`` / ``bls-nodekey``. Their ``repr`` and
 ``str`` show only what is public (the node ID), their errors never quote the value, and
-``reveal()`` is the one way to get the bytes (to write them to a host or to Secrets Manager).
+``reveal()`` is the one way to get the bytes (to write them to a host or to Secrets Manager). Every key is
+registered with Airflow's secret masker as it is read, so no caller has to remember to.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import re
 
+from airflow.sdk.log import mask_secret
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -41,6 +43,8 @@ class _Key:
 
     def __init__(self, raw: bytes | str):
         self._hex = _parse(raw, self.what)
+        # Here, where every reader (host file, secret) makes a key: a log line that quotes it shows ***.
+        mask_secret(self._hex)
 
     def reveal(self) -> str:
         return self._hex

@@ -13,11 +13,10 @@ from datetime import datetime, timedelta
 
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowSkipException
-from airflow.sdk.log import mask_secret
 
 from kaia_ha import compat, live, pn_stop, retention
 from kaia_ha import tags as T
-from kaia_ha.alerts import notify
+from kaia_ha.alerts import alert, notify
 from kaia_ha.health import Probe
 from kaia_ha.inventory import Cell, load_inventory
 from kaia_ha.keys import KeyBackup
@@ -58,10 +57,7 @@ def read_live_identity(cell: Cell) -> tuple[KeyBackup, Probe, str]:
     nodekey, path = node.read_key("nodekey")
     if nodekey is None:
         raise MaintenanceError(f"{name}: no nodekey in {cn.data_dir} or {cn.data_dir}/klay")
-    mask_secret(nodekey.reveal())
     bls, _ = node.read_key("bls-nodekey")
-    if bls is not None:
-        mask_secret(bls.reveal())
     probe = node.probe()
     if probe.node_id != nodekey.node_id:
         raise MaintenanceError(
@@ -360,10 +356,13 @@ def report(ti, dag_id: str, run_id: str) -> dict:
     text = render_report(data)
     paths = write(dag_id, run_id, data, text)
     log.info("Maintenance report (%s):\n%s", paths["markdown"], text)
+    unsent = []
     for entry in data["cells"]:  # the run's failure alert names only a failed task: a PN down gets its own
         if entry.get("urgent"):
-            notify(_cell(entry["cell"]), f"[kaia-ha] URGENT: a PN of {entry['cell']} may be DOWN after maintenance",
-                   f"{entry['urgent']}. Report: {paths['markdown']}")
+            unsent.append(alert(_cell(entry["cell"]), f"[kaia-ha] URGENT: a PN of {entry['cell']} may be DOWN after "
+                                "maintenance", f"{entry['urgent']}. Report: {paths['markdown']}"))
+    unsent = [u for u in unsent if u]
     if not data["ok"]:
-        raise MaintenanceError("; ".join(data["urgent"] + [f"maintenance run {run_id} failed: {', '.join(data['failed_tasks'])} (report {paths['markdown']})"]))
+        verdict = f"maintenance run {run_id} failed: {', '.join(data['failed_tasks'])} (report {paths['markdown']})"
+        raise MaintenanceError("; ".join([*data["urgent"], verdict, *unsent]))
     return {"ok": data["ok"], "report": paths["markdown"]}

@@ -15,7 +15,7 @@ import re
 import shlex
 
 from kaia_ha import compat, live
-from kaia_ha.alerts import notify
+from kaia_ha.alerts import alert
 from kaia_ha.failover_standby import holds_ip, release_floating_ip, standby_conf_problems
 from kaia_ha.health import ProbeError
 from kaia_ha.inventory import CN, Cell, load_inventory
@@ -127,7 +127,7 @@ def standby_facts(cell: Cell, cn: CN, own_node_id: str | None = None) -> dict:
         entries, bad = parse_static_nodes(node.run(f"sudo cat {shlex.quote(static[0])}").stdout)
         facts |= {"static_nodes": entries, "static_nodes_bad": bad}
     try:
-        verdict = sync_check(node, cell, None, ("pn",), expected_node_id=own_node_id or cn.node_id)
+        verdict = sync_check(node, cell, None, expected_node_id=own_node_id or cn.node_id)
         facts |= {"sync_ok": verdict.ok, "sync": verdict.checks, "live_node_id": node.probe().node_id}
     except (NodeCommandError, ProbeError, TakeoverError) as exc:
         facts |= {"sync_ok": False, "sync": [{"name": "answers", "ok": False, "detail": str(exc)[:300]}], "live_node_id": None}
@@ -242,8 +242,10 @@ def check_standbys(cell_name: str, active: dict | None) -> dict:
         lines = "\n".join(f"- {name}: {c['name']}: {c['detail']}" for name, c in drift)
         subject = (f"[kaia-ha] {cell.name} has NO standby" if not placement.standbys
                    else f"[kaia-ha] standby of {cell.name} is not ready for a failover")
-        notify(cell, subject, f"{cell.name} (validator {placement.validator} on {placement.active.host}) could not fail over now:\n{lines}")
-        raise ReadinessError(f"{cell.name}: " + "; ".join(f"{name}: {c['name']}: {c['detail']}" for name, c in drift))
+        unsent = alert(cell, subject, f"{cell.name} (validator {placement.validator} on {placement.active.host}) could "
+                                      f"not fail over now:\n{lines}")
+        found = [f"{name}: {c['name']}: {c['detail']}" for name, c in drift] + ([unsent] if unsent else [])
+        raise ReadinessError(f"{cell.name}: " + "; ".join(found))
     log.info("%s: every standby is ready (%s)", cell.name, ", ".join(r["standby"] for r in results))
     return {"cell": cell.name, "standbys": [r["standby"] for r in results]}
 
@@ -262,7 +264,7 @@ def watch_fenced(cell_name: str, run_id: str) -> dict:
     cell = _cell(cell_name)
     placement = live.current(cell)
     seen: dict[str, str] = {}
-    urgent = []
+    urgent, unsent = [], []  # unsent: alerts that could not be sent, said with the verdict
     for fenced in fenced_without_ssh(placement):
         node = KaiaNodeHook(cell.cn(fenced.host), connect_timeout=10, connect_attempts=1)
         up, why = answers_ssh(node, attempts=1)
@@ -290,14 +292,16 @@ def watch_fenced(cell_name: str, run_id: str) -> dict:
         seen[fenced.host] = how
         if running == validator:
             urgent.append(fenced.host)
-        notify(cell, ("[kaia-ha] URGENT: " if running == validator else "[kaia-ha] ") + f"fenced host {fenced.host} came back" + (
-            " running the VALIDATOR key" if running == validator else ""),
+        subject = (f"[kaia-ha] URGENT: fenced host {fenced.host} came back running the VALIDATOR key" if running == validator
+                   else f"[kaia-ha] fenced host {fenced.host} came back")
+        unsent.append(alert(cell, subject, (
             f"{fenced.host} of {cell.name} was fenced without SSH ({fenced.how}, run {fenced.run_id}) and answers again. "
             f"It is fenced over SSH now: {how}." + (" It was running the validator's identity beside the active "
-                                                   f"{placement.active.host}: check for double signing now." if running == validator else ""))
+                                                   f"{placement.active.host}: check for double signing now." if running == validator else ""))))
     _publish(seen)
-    if urgent:
-        raise ReadinessError(f"URGENT: {', '.join(urgent)} came back running the validator key; fenced over SSH now")
+    if urgent:  # the URGENT line first, whatever became of its alert
+        raise ReadinessError("; ".join([f"URGENT: {', '.join(urgent)} came back running the validator key; fenced over SSH "
+                                        "now", *filter(None, unsent)]))
     return seen
 
 

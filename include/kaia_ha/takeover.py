@@ -13,7 +13,6 @@ import time
 
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowFailException
-from airflow.sdk.log import mask_secret
 
 from kaia_ha import compat
 from kaia_ha.health import SyncVerdict, assess_sync
@@ -62,9 +61,6 @@ def load_backup(cell: Cell, cn: CN) -> KeyBackup:
             "while the CN is healthy; without it the replacement cannot take the validator's identity"
         ) from None
     backup = KeyBackup.from_secret_string(text, cn.nodekey_secret_id)
-    mask_secret(backup.nodekey.reveal())
-    if backup.bls is not None:
-        mask_secret(backup.bls.reveal())
     if cn.node_id and backup.node_id != cn.node_id:
         raise TakeoverError(
             f"the backup in {cn.nodekey_secret_id} is node {backup.node_id[:16]}…, the inventory expects {cn.node_id[:16]}… "
@@ -166,18 +162,26 @@ def pn_head(cell: Cell) -> int:
     return max(heads)
 
 
-def sync_check(node: KaiaNodeHook, cell: Cell, backup: KeyBackup | None, need_peer_types: tuple[str, ...] = ("pn",),
-               interval: float = 2.0, *, expected_node_id: str | None = None) -> SyncVerdict:
+def peers_needed(cell: Cell, validator: bool) -> tuple[str, ...]:
+    """One rule for both schemes. Every node needs PN peers. The validator (a replacement or promoted standby
+    running the backup's key) also needs CN peers where the network has other CNs: PNs hand it blocks even
+    when the other validators refuse it (its IP not the registered one), and then it is not in consensus."""
+    return ("pn", "cn") if validator and cell.network_has_other_cns else ("pn",)
+
+
+def sync_check(node: KaiaNodeHook, cell: Cell, backup: KeyBackup | None, interval: float = 2.0, *,
+               expected_node_id: str | None = None) -> SyncVerdict:
     """The honest check (kaia_ha.health): two probes ``interval`` apart against the cell's PN head.
 
-    The expected identity is the backup's (node ID and BLS key); without a backup (a standby running its
-    own key), ``expected_node_id`` if given.
+    The expected identity is the backup's (node ID and BLS key): the node must then be the validator
+    (``peers_needed``). Without a backup (a standby running its own key), ``expected_node_id`` if given.
     """
     first = node.probe()
     time.sleep(interval)
     last = node.probe()
     return assess_sync(first, last, pn_head(cell), expected_node_id=backup.node_id if backup else expected_node_id,
-                       expected_bls_public_key=backup.bls_public_key if backup else None, need_peer_types=need_peer_types)
+                       expected_bls_public_key=backup.bls_public_key if backup else None,
+                       need_peer_types=peers_needed(cell, validator=backup is not None))
 
 
 # ----- fencing ------------------------------------------------------------------------------------------------

@@ -8,6 +8,15 @@ from kaia_ha import settings
 from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
 
 
+def runbook(doc: str, inventory_error: str | None) -> str:
+    """The DAG's doc_md: with a broken inventory, its error first, where the operator opening the DAG reads."""
+    if not inventory_error:
+        return doc
+    quoted = "\n".join(f">     {line}" for line in inventory_error.splitlines())
+    return ("> **The inventory is broken: this DAG cannot run until it is fixed.** A run fails at its first task "
+            f"with this error:\n>\n{quoted}\n\n{doc}")
+
+
 def core_cell_dag(*, tags: list[str], retries: int = 3) -> dict:
     """Keyword arguments for ``@dag``; each DAG adds its id, schedule, doc_md and params."""
     return {

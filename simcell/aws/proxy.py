@@ -546,6 +546,7 @@ class AwsFront:
         entry = {
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "service": req.service,
+            "region": req.region,
             "action": req.action or None,
             "params": params,
             "status": reply.status,

@@ -65,3 +65,7 @@ def test_the_trigger_form_and_the_param_check_know_the_same_fields(dagbag, dag_i
     assert set(dagbag.dags[dag_id].params.keys()) == set(steps.PARAMS)
     with pytest.raises(steps.FailoverInputError, match="dryrun: not a parameter"):
         steps.refuse_unknown_params({"failed_cn": "x", "dryrun": True}, steps.PARAMS)
+
+
+def test_the_maintenance_runs_on_the_inventorys_top_level_schedule(dagbag):
+    assert dagbag.dags["kaia_cn_maintenance"].schedule == "0 3 * * *"  # inventory.example.yaml's

@@ -90,3 +90,32 @@ def test_the_iam_policy_covers_every_aws_call_the_dags_made(failover):
     assert made - allowed == set(), "declare these IAM actions where the code calls them"
     committed = json.loads((Path(__file__).resolve().parents[2] / "iam-policy.json").read_text())
     assert committed == generated, "regenerate: python -m kaia_ha_airflow.iam > iam-policy.json"
+
+
+def _xcom(run_id: str, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(run_id=run_id, key="return_value", task_ids=task_id, dag_ids=DAG_ID)
+        row = session.scalars(query).one()
+        return XComModel.deserialize_value(row)
+
+
+def test_a_replacement_the_other_validators_refuse_is_not_in_sync(failover):
+    """PNs keep handing blocks to a CN the other validators refuse: its head rises, it is not syncing, yet it is not
+    in consensus. The sync check wants CN peers too, as on bare metal (it waits, it does not pass)."""
+    from kaia_ha import failover_cloud as steps
+
+    cell, runner, _, run_id, *_ = failover
+    plan, host = _xcom(run_id, "preflight"), _xcom(run_id, "launch.learn_host")
+    assert steps.in_sync(plan, host) is not None  # accepted by all: in sync
+    cell.fault("isolate:cc-cloud")  # the other operators' CNs drop it (their allowlists lost its IP, say)
+    try:
+        cell.wait_for(lambda: not cell.node(host["new_instance_id"])["peer_count"].get("cn"), timeout=10,
+                      what="the replacement to lose its CN peers")
+        assert cell.node(host["new_instance_id"])["peer_count"].get("pn") == 2  # its PNs still serve it
+        assert steps.in_sync(plan, host) is None
+    finally:
+        cell.fault("--clear")
+    cell.wait_for(lambda: steps.in_sync(plan, host), timeout=20, what="in sync once accepted again")

@@ -171,7 +171,7 @@ def test_drill_a_skipped_ip_move_is_caught_and_the_sync_check_says_why(drill, pl
     try:
         metal = load_inventory().cell("cc-metal")
         node = KaiaNodeHook(next(cn for cn in metal.cns if cn.name == "cn-metal-b"))
-        verdict = sync_check(node, metal, backup, ("pn", "cn"))
+        verdict = sync_check(node, metal, backup)
         assert not verdict.ok
         # Its PNs take it (a PN accepts any CN that dials it); the other operators' CNs do not, at that address.
         assert any("no CN accepts this node: its node ID or IP is not the one expected" in f for f in verdict.failed())

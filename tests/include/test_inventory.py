@@ -29,6 +29,7 @@ def test_the_example_inventory_is_valid():
     metal = inventory.cell("cc-metal")
     assert [cn.name for cn in metal.standby_cns] == ["cn-b"]
     assert metal.floating_ip.ip == "10.0.0.100"
+    assert inventory.maintenance_schedule == "0 3 * * *"
 
 
 @pytest.mark.parametrize(
@@ -46,6 +47,10 @@ def test_the_example_inventory_is_valid():
         (lambda d: d["cells"][0]["cns"][0].update(nodkey_secret_id="x"), "cells[0].cns[0].nodkey_secret_id: unknown field"),
         (lambda d: d["cells"][1]["floating_ip"].update(address="10.0.0.100"), "needs a prefix length"),
         (lambda d: d["cells"][0]["maintenance"].update(snapshot_pn="pn-9"), "maintenance.snapshot_pn: 'pn-9' is not one of this cell's PNs"),
+        # One DAG serves every cell: a per-cell schedule would be ignored for all but one cell.
+        (lambda d: d["cells"][1].update(maintenance={"schedule": "@hourly"}),
+         "cells[1].maintenance.schedule: the maintenance DAG runs every core cell on one schedule; move it to the top "
+         "level of the inventory as maintenance_schedule"),
     ],
 )
 def test_bad_fields_are_named_with_the_fix(mutate, expected):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pickle
+import secrets
 
 import pytest
+from airflow.sdk._shared.secrets_masker import redact
 
 from kaia_ha.keys import BlsKey, InvalidKeyError, KeyBackup, NodeKey
 
@@ -49,3 +51,27 @@ def test_backup_round_trip_and_tamper_detection():
     with pytest.raises(InvalidKeyError) as exc:
         KeyBackup.from_secret_string('{"nodekey": "%s"}' % KEY[:60], "s")
     assert KEY[:60] not in str(exc.value)
+
+
+def test_a_key_from_a_secret_is_masked_in_logs_without_the_caller_asking():
+    nodekey, bls = secrets.token_hex(32), secrets.token_hex(32)  # new values: nothing masked them before
+    text = KeyBackup(NodeKey(nodekey), BlsKey(bls), None, "cn").to_secret_string()
+    KeyBackup.from_secret_string(text, "s")
+    assert redact(f"nodekey={nodekey} bls={bls}") == "nodekey=*** bls=***"
+
+
+def test_a_key_read_from_a_host_is_masked_in_logs(cell, tmp_path):
+    from cellkit import AirflowRunner
+
+    from kaia_ha.inventory import load_inventory
+    from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
+
+    with AirflowRunner(cell, tmp_path):
+        node = KaiaNodeHook(load_inventory().cell("cc-metal").validator)
+        try:
+            key, path = node.read_key("nodekey")
+        finally:
+            node.close()
+    on_disk = cell.ssh("cn-metal-a", f"sudo cat {path}").stdout.strip()
+    assert key is not None and len(on_disk) == 64
+    assert redact(f"read {on_disk}") == "read ***"

@@ -8,6 +8,7 @@ they are sent once per attempt and each attempt first looks for what an earlier 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -59,19 +60,19 @@ def is_transient(exc: Exception) -> bool:
 def create_once(find: Callable[[], dict | None], create: Callable[[], dict], what: str, attempts: int = 6,
                 base_delay: float = 1.0) -> tuple[dict, bool]:
     """Create a resource that has no ClientToken at most once: ``(resource, created_now)``."""
-    for attempt in range(attempts):
+    for attempt in itertools.count(1):
         existing = find()
         if existing:
             return existing, False
         try:
             return create(), True
         except Exception as exc:
-            if not is_transient(exc) or attempt == attempts - 1:
+            if not is_transient(exc) or attempt >= attempts:
                 raise
-            delay = base_delay * 2**attempt
-            log.warning("%s: %s on attempt %d; looking for it again in %.0fs", what, error_code(exc) or type(exc).__name__, attempt + 1, delay)
+            delay = base_delay * 2 ** (attempt - 1)
+            log.warning("%s: %s on attempt %d; looking for it again in %.0fs", what,
+                        error_code(exc) or type(exc).__name__, attempt, delay)
             time.sleep(delay)
-    raise RuntimeError(f"{what}: no result after {attempts} attempts")
 
 
 class CoreCellEC2Hook(EC2Hook):

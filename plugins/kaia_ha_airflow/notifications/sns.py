@@ -6,7 +6,7 @@ import logging
 
 from airflow.providers.amazon.aws.hooks.sns import SnsHook
 
-from kaia_ha.inventory import load_inventory
+from kaia_ha.inventory import InventoryError, load_inventory
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,11 @@ class CoreCellFailureNotifier:
             + (f": {context.get('exception')}" if context.get("exception") else "")
             + (f" ({context.get('reason')})" if context.get("reason") else "")
         )
-        topics = {(c.aws_conn_id, c.region, c.sns_topic_arn) for c in load_inventory().cells if c.sns_topic_arn}
+        try:
+            topics = {(c.aws_conn_id, c.region, c.sns_topic_arn) for c in load_inventory().cells if c.sns_topic_arn}
+        except InventoryError as exc:  # no topics to send to: the log still says why the run failed
+            log.error("%s (no alert sent: %s)", message, exc)
+            return
         for conn_id, region, arn in sorted(topics):
             try:
                 SnsHook(aws_conn_id=conn_id, region_name=region).publish_to_target(target_arn=arn, message=message, subject=subject[:100])
