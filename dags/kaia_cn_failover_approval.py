@@ -20,11 +20,12 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Param, dag, get_current_context, task
 
 from kaia_ha import watchdog
-from kaia_ha.inventory import load_inventory
-from kaia_ha_airflow.dag_defaults import core_cell_dag
+from kaia_ha.inventory import try_load_inventory
+from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 
+inventory, INVENTORY_ERROR = try_load_inventory()
 # The longest approval_timeout_minutes of any cell: a task's timeout is fixed when the DAG is parsed.
-TIMEOUT = max(c.watchdog.approval_timeout_minutes for c in load_inventory().cells)
+TIMEOUT = max((c.watchdog.approval_timeout_minutes for c in inventory.cells), default=60) if inventory else 60
 
 
 @task
@@ -51,7 +52,7 @@ defaults["max_active_runs"] = 16  # several validators may be dead at once: one 
 @dag(
     dag_id=watchdog.APPROVAL_DAG_ID,
     schedule=None,
-    doc_md=__doc__,
+    doc_md=runbook(__doc__, INVENTORY_ERROR),
     render_template_as_native_obj=True,  # the failover's conf is a dict
     **defaults,
     params={

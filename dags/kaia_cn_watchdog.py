@@ -35,12 +35,13 @@ from __future__ import annotations
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import watchdog
-from kaia_ha.inventory import load_inventory
-from kaia_ha_airflow.dag_defaults import core_cell_dag
+from kaia_ha.inventory import try_load_inventory
+from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 
-inventory = load_inventory()
+inventory, INVENTORY_ERROR = try_load_inventory()  # broken: one task, which fails with the error
 RUN_SECONDS = 45  # the rounds of one run fit in its minute, so the next run starts on time
 
 
@@ -61,10 +62,15 @@ def decide(verdict: dict) -> dict | None:
     return watchdog.decide(verdict, get_current_context()["ti"])
 
 
+@task(retries=0)
+def inventory_broken() -> None:
+    raise AirflowFailException(INVENTORY_ERROR)
+
+
 @dag(
     dag_id=watchdog.DAG_ID,
     schedule="* * * * *",
-    doc_md=__doc__,
+    doc_md=runbook(__doc__, INVENTORY_ERROR),
     render_template_as_native_obj=True,  # the approval's conf is a dict from XCom
     **core_cell_dag(tags=["watchdog", "detection"], retries=1),
     params={
@@ -73,6 +79,9 @@ def decide(verdict: dict) -> dict | None:
     },
 )
 def kaia_cn_watchdog():
+    if inventory is None:
+        inventory_broken()
+        return
     for cell in inventory.cells:
         with TaskGroup(cell.name, tooltip=f"core cell {cell.name}: validator {cell.validator.name}"):
             request = decide(watch_task(cell))

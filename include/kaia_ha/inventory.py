@@ -162,6 +162,15 @@ class Maintenance(_Model):
     pn_stop_limit_seconds: float = Field(default=60, gt=0)
     pn_stop_budget_seconds: float = Field(default=180, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_schedule(cls, data):
+        # One maintenance DAG serves every cell, so one schedule: a per-cell one would be silently ignored.
+        if isinstance(data, dict) and "schedule" in data:
+            raise ValueError("schedule: the maintenance DAG runs every core cell on one schedule; move it to the top "
+                             "level of the inventory as maintenance_schedule")
+        return data
+
 
 class Watchdog(_Model):
     """How ``kaia_cn_watchdog`` judges the cell's active CN and what it does when the CN is dead."""
@@ -173,15 +182,6 @@ class Watchdog(_Model):
     auto_failover: bool = False  # True: the failover starts without an approval (the alert still goes out)
     repeat_alert_minutes: float = Field(default=30, gt=0)  # while still dead (or an immediate alert still holds)
     approval_timeout_minutes: float = Field(default=60, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_schedule(cls, data):
-        # One maintenance DAG serves every cell, so one schedule: a per-cell one would be silently ignored.
-        if isinstance(data, dict) and "schedule" in data:
-            raise ValueError("schedule: the maintenance DAG runs every core cell on one schedule; move it to the top "
-                             "level of the inventory as maintenance_schedule")
-        return data
 
 
 class State(_Model):

@@ -40,7 +40,8 @@ def test_every_dag_loads_and_its_page_opens_with_the_error(broken):
 @pytest.mark.parametrize("dag_id, first", [("kaia_cn_failover_cloud", "preflight"),
                                            ("kaia_cn_failover_standby", "preflight.validate"),
                                            ("kaia_cn_enroll_standby", "preflight"),
-                                           ("kaia_cn_maintenance", "report"), ("kaia_cn_standby_readiness", "report")])
+                                           ("kaia_cn_maintenance", "report"), ("kaia_cn_standby_readiness", "report"),
+                                           ("kaia_cn_watchdog", "inventory_broken")])
 def test_a_run_fails_at_its_first_task_with_the_error(broken, dag_id, first):
     broken.log_text = ""
     _, state, states = broken.run(dag_id)
