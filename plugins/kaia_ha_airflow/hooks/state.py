@@ -66,19 +66,13 @@ class StateStore:
 
     def put(self, name: str, doc: dict) -> None:
         """Write ``doc`` at ``name``, replacing what is there (small records one writer owns, e.g. a watch counter)."""
-        body = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-        if self.scheme == "file":
-            path = self.root / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "w") as f:
-                f.write(body)
-            os.replace(tmp, path)  # atomic: a reader sees the old record or the new one
-            return
-        self._s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=body.encode(), ContentType="application/json")
+        self._write(name, doc, create_only=False)
 
     def create(self, name: str, doc: dict) -> None:
         """Write ``doc`` at ``name`` only if nothing is there yet; AlreadyExists otherwise."""
+        self._write(name, doc, create_only=True)
+
+    def _write(self, name: str, doc: dict, *, create_only: bool) -> None:
         body = json.dumps(doc, indent=2, sort_keys=True) + "\n"
         if self.scheme == "file":
             path = self.root / name
@@ -87,16 +81,22 @@ class StateStore:
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(body)
-                os.link(tmp, path)  # atomic, and refuses an existing name: the file system's create-only write
+                if create_only:
+                    os.link(tmp, path)  # atomic, and refuses an existing name: the file system's create-only write
+                else:
+                    os.replace(tmp, path)  # atomic: a reader sees the old record or the new one
             except FileExistsError:
                 raise AlreadyExists(name) from None
             finally:
-                os.unlink(tmp)
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
             return
+        condition = {"IfNoneMatch": "*"} if create_only else {}
         try:
-            self._s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=body.encode(), IfNoneMatch="*",
-                                ContentType="application/json")
+            self._s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=body.encode(),
+                                ContentType="application/json", **condition)
         except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+            if create_only and exc.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed", "ConditionalRequestConflict", "412"):
                 raise AlreadyExists(name) from None
             raise
