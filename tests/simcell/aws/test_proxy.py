@@ -601,7 +601,7 @@ def test_instance_is_stopping_then_stopped(make_aws) -> None:
     wait_for(lambda: aws.hooks.of("instance_running"))
     stopped = aws.ec2.stop_instances(InstanceIds=[instance_id])["StoppingInstances"][0]
     assert stopped["CurrentState"] == {"Code": 64, "Name": "stopping"}
-    assert aws.hooks.of("instance_stopping") == [(instance_id,)]
+    assert aws.hooks.of("instance_stopping") == [(instance_id, True)]  # graceful: no SkipOsShutdown
     assert aws.state(instance_id) == "stopping"
     with pytest.raises(ClientError) as excinfo:
         aws.ec2.start_instances(InstanceIds=[instance_id])
