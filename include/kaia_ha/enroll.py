@@ -140,9 +140,7 @@ def write_static_nodes(cell: Cell, cn: CN, node: KaiaNodeHook) -> str:
     urls = pn_entries(cell)
     paths = node.existing(node.key_paths("static-nodes.json"))
     path = paths[0] if paths else f"{cn.data_dir}/static-nodes.json"
-    tmp = f"{path}.kaia-ha.tmp"
-    node.run(f"sudo sh -c {shlex.quote(f'cat > {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}')}",
-             stdin=json.dumps(urls, indent=2) + "\n")
+    node.write_file(path, json.dumps(urls, indent=2) + "\n")
     return f"{path}: {len(urls)} PN(s)"
 
 
@@ -186,9 +184,7 @@ def tell_pn(pn: CN, kni: str, node_id: str) -> str:
     path = paths[0] if paths else f"{pn.data_dir}/static-nodes.json"
     urls = json.loads(node.run(f"sudo cat {shlex.quote(path)}", check=False).stdout or "[]") if paths else []
     if not any(node_id in u for u in urls):
-        tmp = f"{path}.kaia-ha.tmp"
-        node.run(f"sudo sh -c {shlex.quote(f'cat > {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}')}",
-                 stdin=json.dumps([*urls, kni], indent=2) + "\n")
+        node.write_file(path, json.dumps([*urls, kni], indent=2) + "\n")
     node.attach(f"admin.addPeer({json.dumps(kni)})")
     return f"{pn.name}: listed in {path}, peer added"
 

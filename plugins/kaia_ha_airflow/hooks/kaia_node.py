@@ -238,6 +238,12 @@ class KaiaNodeHook:
 
     def write_key(self, path: str, key: NodeKey | BlsKey) -> None:
         """Atomically write a key file, mode 0600, the value on stdin only."""
-        tmp = f"{path}.kaia-ha.tmp"
-        script = f"umask 077 && cat > {shlex.quote(tmp)} && chmod 600 {shlex.quote(tmp)} && sync {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
-        self.run(f"sudo sh -c {shlex.quote(script)}", stdin=key.reveal() + "\n", secret_output=True)
+        self.write_file(path, key.reveal() + "\n", secret=True)
+
+    def write_file(self, path: str, text: str, *, secret: bool = False) -> None:
+        """Atomically replace a file (a reader sees the old one or the new one), the content on stdin only; a
+        ``secret`` one is mode 0600 and kept out of errors."""
+        tmp = shlex.quote(f"{path}.kaia-ha.tmp")
+        mode = f"umask 077 && cat > {tmp} && chmod 600 {tmp}" if secret else f"cat > {tmp}"
+        script = f"{mode} && sync {tmp} && mv -f {tmp} {shlex.quote(path)}"
+        self.run(f"sudo sh -c {shlex.quote(script)}", stdin=text, secret_output=secret)
