@@ -41,10 +41,10 @@ from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 from kaia_ha_airflow.operators.ec2 import (
     EBSCreateSnapshotOperator,
     EBSDeleteSnapshotOperator,
-    EBSSnapshotCompletedSensor,
     EC2CreateImageOperator,
     EC2DeregisterImageOperator,
 )
+from kaia_ha_airflow.sensors.ec2 import EBSSnapshotCompletedSensor
 
 inventory, INVENTORY_ERROR = try_load_inventory()  # broken: only the report, which fails with the error
 CELLS = inventory.cells if inventory else []

@@ -1,4 +1,4 @@
-"""Operators for EC2 images and EBS snapshots, in the Amazon provider's style.
+"""Operators for EC2 images and EBS snapshots, in the Amazon provider's style (their waits: ``sensors.ec2``).
 
 Each is idempotent under retry and clear (it finds what an earlier try made), waits by deferral to a
 waiter-based trigger, and lists the IAM actions it needs.
@@ -6,30 +6,14 @@ waiter-based trigger, and lists the IAM actions it needs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
-from airflow.providers.amazon.aws.sensors.base_aws import AwsBaseSensor
-from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.common.compat.sdk import AirflowException
 
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
-from kaia_ha_airflow.triggers.ec2 import EBSSnapshotCompletedTrigger, EC2ImageAvailableTrigger
-
-
-def _complete(event: dict[str, Any] | None, key: str) -> str:
-    event = validate_execute_complete_event(event)
-    if event["status"] != "success":
-        raise AirflowException(f"{key} {event.get(key)}: {event.get('message', event)}")
-    return event[key]
-
-
-def attempts(hours: float, delay: int) -> int:
-    """Polls of a waiter that wait ``hours`` in all (a budget in time: a shorter poll must not mean a shorter wait)."""
-    return max(1, math.ceil(hours * 3600 / delay))
+from kaia_ha_airflow.triggers.ec2 import EC2ImageAvailableTrigger, attempts, completed
 
 
 class EC2CreateImageOperator(AwsBaseOperator[CoreCellEC2Hook]):
@@ -88,14 +72,14 @@ class EC2CreateImageOperator(AwsBaseOperator[CoreCellEC2Hook]):
         return image_id
 
     def execute_complete(self, context, event: dict[str, Any] | None = None) -> str:
-        return _complete(event, "image_id")
+        return completed(event, "image_id")
 
 
 class EBSCreateSnapshotOperator(AwsBaseOperator[CoreCellEC2Hook]):
     """Snapshot an EBS volume once per run; returns as soon as the snapshot is ``pending``.
 
     The volume may be used again at once (the snapshot is point in time), so by default this does not
-    wait: pair it with ``EBSSnapshotCompletedSensor``. A retry finds the snapshot by its run tags.
+    wait: pair it with ``sensors.ec2.EBSSnapshotCompletedSensor``. A retry finds the snapshot by its run tags.
     IAM: ec2:CreateSnapshot, ec2:CreateTags, ec2:DescribeSnapshots.
 
     :param volume_id: the volume to snapshot.
@@ -119,53 +103,6 @@ class EBSCreateSnapshotOperator(AwsBaseOperator[CoreCellEC2Hook]):
         self.log.info("%s snapshot %s of %s (%s)", "Created" if created else "Found", snapshot["SnapshotId"],
                       self.volume_id, snapshot.get("State"))
         return snapshot["SnapshotId"]
-
-
-class EBSSnapshotCompletedSensor(AwsBaseSensor[CoreCellEC2Hook]):
-    """Wait for a snapshot to complete, deferred so that no worker slot is held for hours.
-
-    IAM: ec2:DescribeSnapshots.
-
-    :param snapshot_id: the snapshot to wait for.
-    """
-
-    aws_hook_class = CoreCellEC2Hook
-    template_fields: Sequence[str] = aws_template_fields("snapshot_id")
-    IAM_ACTIONS = ("ec2:DescribeSnapshots",)
-
-    def __init__(self, *, snapshot_id: str, deferrable: bool = True, waiter_delay: int = 30,
-                 max_wait_hours: float = 48, **kwargs):
-        super().__init__(**kwargs)
-        self.snapshot_id = snapshot_id
-        self.deferrable = deferrable
-        self.waiter_delay = waiter_delay
-        # A PN's first snapshot copies the whole volume: ~33 h for 4,000 GiB at the README's modelled rate.
-        self.waiter_max_attempts = attempts(max_wait_hours, waiter_delay)
-
-    def poke(self, context) -> bool:
-        snapshot = self.hook.conn.describe_snapshots(SnapshotIds=[self.snapshot_id])["Snapshots"][0]
-        if snapshot["State"] == "error":
-            raise AirflowException(f"Snapshot {self.snapshot_id} failed: {snapshot.get('StateMessage', 'error')}")
-        self.log.info("Snapshot %s: %s %s", self.snapshot_id, snapshot["State"], snapshot.get("Progress", ""))
-        return snapshot["State"] == "completed"
-
-    def execute(self, context) -> str:
-        if not self.deferrable:
-            super().execute(context)
-            return self.snapshot_id
-        if not self.poke(context):
-            self.defer(
-                trigger=EBSSnapshotCompletedTrigger(
-                    snapshot_id=self.snapshot_id, waiter_delay=self.waiter_delay,
-                    waiter_max_attempts=self.waiter_max_attempts, aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name, verify=self.verify, botocore_config=self.botocore_config,
-                ),
-                method_name="execute_complete",
-            )
-        return self.snapshot_id
-
-    def execute_complete(self, context, event: dict[str, Any] | None = None) -> str:
-        return _complete(event, "snapshot_id")
 
 
 class EC2DeregisterImageOperator(AwsBaseOperator[CoreCellEC2Hook]):
