@@ -64,13 +64,13 @@ def run(failed_cn: str, poll: float = POLL) -> dict:
     )["SnapshotId"])
     timed("start_kpnd", maintenance.start_pn, plan["cell"], plan["snapshot_pn"])
     instance_id = timed("launch", steps.launch, plan)
-    timed("wait_running", wait, "running", lambda: state(instance_id) == "running", poll)
-    host = timed("learn_host", steps.learn_host, plan, instance_id)
+    host = timed("wait_running", wait, "running, with its host key", lambda: steps.running_host(plan, instance_id), poll)
     timed("wait_snapshot", wait, "snapshot completed",
           lambda: ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["State"] == "completed", poll)
     chosen = timed("chaindata_snapshot", steps.chaindata_snapshot, plan, snapshot)
     volume_id = timed("create_volume", steps.create_volume, plan, chosen)
-    timed("volume_available", wait, "volume available", lambda: steps.volume_available(plan, volume_id), poll)
+    timed("volume_available", wait, "volume available",
+          lambda: ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["State"] == "available", poll)
     timed("attach_and_mount", steps.attach_and_mount, plan, host, volume_id)
     timed("prune", steps.prune, plan, host)
     timed("install_keys", steps.install_keys, plan, host)

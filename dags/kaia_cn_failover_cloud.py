@@ -23,7 +23,8 @@ What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest
    started again at once and the next healthy PN of the cell is tried; when none stops, the newest
    pre-taken snapshot is used whatever its age (the report warns, with the blocks the CN must catch up).
 4. **Launch** the replacement from the CN image, at the same time as 3.
-5. **Attach and mount** the volume at DATA_DIR; the host key comes from the console output (EC2 API).
+5. **Attach and mount** the volume at DATA_DIR as soon as the replacement runs; its host key comes from the console
+   output (EC2 API), learned while waiting for it to run.
 6. **Prune** everything but `klay/chaindata`; DATA_DIR in kcnd.conf checked.
 7. **Install the identity**: the failed CN's nodekey and bls-nodekey into `DATA_DIR/klay` (0600,
    atomic), checked on disk.
@@ -51,7 +52,6 @@ stopped": start it by hand or clear `start_kpnd` first.
 
 from __future__ import annotations
 
-from airflow.providers.amazon.aws.sensors.ec2 import EC2InstanceStateSensor
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
 
@@ -60,7 +60,8 @@ from kaia_ha import maintenance, pn_stop
 from kaia_ha.inventory import InventoryError, try_load_inventory
 from kaia_ha.report import record_task
 from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
-from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator, EBSSnapshotCompletedSensor
+from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator
+from kaia_ha_airflow.sensors.ec2 import EBSSnapshotCompletedSensor, EBSVolumeAvailableSensor
 
 inventory, INVENTORY_ERROR = try_load_inventory()
 CLOUD = inventory.cells_of("cloud") if inventory else []
@@ -142,19 +143,20 @@ def create_volume(plan: dict, snapshot: dict) -> str:
     return steps.create_volume(plan, snapshot)
 
 
-@task.sensor(timeout=1800, **SENSE)
-def volume_available(plan: dict, volume_id: str) -> bool:
-    return steps.volume_available(plan, volume_id)
-
-
 @task
 def launch(plan: dict) -> str:
+    # Straight after the preflight, not behind the dry-run gate: one scheduler hop less on the critical path.
+    if plan["dry_run"]:
+        raise AirflowSkipException("dry run: no replacement launched")
     return steps.launch(plan)
 
 
-@task(retries=10)
-def learn_host(plan: dict, instance_id: str) -> dict:
-    return steps.learn_host(plan, instance_id)
+# Poke mode, every second: one worker slot for EC2's ~30 s of pending buys back the hops of a deferral, its
+# resumption and a separate task for the host key, all on the critical path.
+@task.sensor(task_id="wait_running", poke_interval=1, timeout=1800, mode="poke", **RECORDED)
+def wait_running(plan: dict, instance_id: str) -> PokeReturnValue:
+    host = steps.running_host(plan, instance_id)
+    return PokeReturnValue(is_done=host is not None, xcom_value=host)
 
 
 @task
@@ -182,7 +184,7 @@ def start_kcnd(plan: dict, host: dict) -> dict:
     return steps.start_kcnd(plan, host)
 
 
-@task.sensor(timeout=3600, **SENSE)
+@task.sensor(timeout=3600, **SENSE)  # reschedule: catching up from an older snapshot may take long
 def in_sync(plan: dict, host: dict) -> PokeReturnValue:
     synced = steps.in_sync(plan, host)
     return PokeReturnValue(is_done=synced is not None, xcom_value=synced)
@@ -206,7 +208,7 @@ def report() -> dict:
     def pull(task_id):
         return ti.xcom_pull(task_ids=task_id, default=None)
 
-    return steps.report(ti, context["dag_run"], pull("preflight"), pull("launch.learn_host"),
+    return steps.report(ti, context["dag_run"], pull("preflight"), pull("launch.wait_running"),
                         pull("chain_data.create_volume"), pull("chain_data.chaindata_snapshot"))
 
 
@@ -277,14 +279,10 @@ def kaia_cn_failover_cloud():
         chosen = chaindata_snapshot(plan)
         [source, waited] >> chosen
         volume = create_volume(plan, chosen)
-        ready = volume_available(plan, volume)
+        # Deferred: in seconds at AWS's pace, and beside the replacement's launch (off the critical path).
+        ready = EBSVolumeAvailableSensor(task_id="volume_available", volume_id=volume, waiter_delay=2, **RECORDED, **aws)
     with TaskGroup("launch"):
-        instance = launch(plan)
-        go >> instance
-        running = EC2InstanceStateSensor(task_id="wait_running", instance_id=instance, target_state="running",
-                                         deferrable=True, poke_interval=2, **RECORDED, **aws)
-        host = learn_host(plan, instance)
-        running >> host
+        host = wait_running(plan, launch(plan))
     with TaskGroup("replace"):
         mounted = attach_and_mount(plan, host, volume)
         ready >> mounted

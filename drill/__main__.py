@@ -5,6 +5,11 @@ own; ``kaia_cn_maintenance`` through the REST API (key backup, CN image, PN snap
 ``cn-aws-1`` killed; ``kaia_cn_failover_cloud`` triggered through the REST API and followed phase by phase;
 the report printed. Exit status 0 only if the failover succeeded. ``--stay`` (``make demo``) then keeps
 the UI up with its address and login until Ctrl-C.
+
+``--watchdog``: the failover is not triggered by hand. ``kaia_cn_watchdog`` runs back to back (as its
+every-minute schedule would), judges the CN dead and opens ``kaia_cn_failover_approval``; the drill approves
+through the REST API at once (the UI's *Required actions*) and follows the failover it starts: the time from the
+break to the validator in sync with one approval.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from pathlib import Path
 
 from drill.engine import REPO, AirflowEngine
+from drill.incident import APPROVAL, WATCHDOG, asked, synced_at, watch_until_dead
 
 sys.path.insert(0, str(REPO / "tests"))
 from cellkit import Cell  # noqa: E402  (the cell's command line, shared with the tests)
@@ -82,8 +88,33 @@ def report_text(engine: AirflowEngine, dag_id: str, run_id: str) -> str:
     return engine.log(dag_id, run_id, "report", report["try_number"]) if report and report["try_number"] else "(no report)"
 
 
-def drill(engine: AirflowEngine, cell: Cell, profile: str = "instant", time_scale: float = 1.0, fresh: bool = False) -> bool:
-    for dag_id in (MAINTENANCE, FAILOVER):
+def approved_failover(engine: AirflowEngine, broken: float, conf: dict) -> tuple[str, str]:
+    """The watchdog notices, asks, and the drill approves at once; the failover run it starts, followed."""
+    watch, approval = watch_until_dead(engine, FAILED_CN)
+    question = asked(engine, approval)
+    say(f"{WATCHDOG}: {FAILED_CN} judged dead by {watch}; {time.time() - broken:.1f}s after the break "
+        f"{APPROVAL} {approval} asks \"{question['subject']}\"")
+    engine.respond(APPROVAL, approval, "approve", "Approve")
+    say("  approved through the REST API (Required actions)")
+    run_id = f"approved__{approval}"
+    deadline = time.monotonic() + 120
+    while run_id not in engine.runs(FAILOVER):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{APPROVAL} {approval} was approved but {FAILOVER} {run_id} never started")
+        time.sleep(0.5)
+    run = engine.run(FAILOVER, run_id)
+    if run["conf"] != conf:
+        raise RuntimeError(f"{FAILOVER} {run_id} started with {run['conf']}, not {conf}")
+    started = time.monotonic()
+    say(f"{FAILOVER}: started {run_id} conf={run['conf']}")
+    state = engine.wait(FAILOVER, run_id, 3600, on_progress=Progress(started))
+    say(f"{FAILOVER}: {state.upper()} after {time.monotonic() - started:.1f}s")
+    return run_id, state
+
+
+def drill(engine: AirflowEngine, cell: Cell, profile: str = "instant", time_scale: float = 1.0, fresh: bool = False,
+          watchdog: bool = False) -> bool:
+    for dag_id in (MAINTENANCE, FAILOVER, *((WATCHDOG, APPROVAL) if watchdog else ())):
         engine.unpause(dag_id)
     say("\n== 1. Maintenance: key backup, CN image, PN snapshot")
     _, state = run_dag(engine, MAINTENANCE, None, timeout=900)
@@ -93,11 +124,17 @@ def drill(engine: AirflowEngine, cell: Cell, profile: str = "instant", time_scal
         cell.cli("latency", "--profile", profile, "--time-scale", str(time_scale))
         say(f"\n   AWS latency from now on: {profile} profile x{time_scale}")
     say(f"\n== 2. Incident: {FAILED_CN} killed")
+    broken = time.time()
     cell.break_(FAILED_CN, "kill")
     say(f"  {FAILED_CN} running: {cell.node(FAILED_CN)['running']}")
     say(f"\n== 3. Failover: {FAILOVER} (phases: {', '.join(PHASES)})")
-    conf = {"failed_cn": FAILED_CN} | ({"use_presnapshot": False} if fresh else {})
-    run_id, state = run_dag(engine, FAILOVER, conf, timeout=3600)
+    if watchdog:
+        run_id, state = approved_failover(engine, broken, {"failed_cn": FAILED_CN})
+        if (synced := synced_at(engine, FAILOVER, run_id)) is not None:
+            say(f"BREAK TO SYNCED (watchdog, one approval): {synced - broken:.1f} s")
+    else:
+        conf = {"failed_cn": FAILED_CN} | ({"use_presnapshot": False} if fresh else {})
+        run_id, state = run_dag(engine, FAILOVER, conf, timeout=3600)
     say("\n== 4. Report\n")
     say(report_text(engine, FAILOVER, run_id))
     return state == "success"
@@ -113,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="AWS latency during the incident (aws: instances pending 30 s, stopping 60 s, snapshots 300 s...)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="with --profile aws: 1 is AWS's own pace")
     parser.add_argument("--fresh", action="store_true", help="fail over from a fresh PN snapshot instead of the pre-taken one")
+    parser.add_argument("--watchdog", action="store_true",
+                        help="the watchdog notices and asks, the drill approves (instead of triggering the failover)")
     args = parser.parse_args(argv)
+    if args.watchdog and args.fresh:
+        parser.error("--watchdog starts the failover with its defaults (the pre-taken snapshot): drop --fresh")
     if args.stay and not args.port and port_free(8080):
         args.port = 8080  # the address an operator expects for a demo
 
@@ -129,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"drill: starting Airflow at {engine.url} (log: {engine.home / 'standalone.log'})")
         engine.start()
         say(f"drill: Airflow up after {time.monotonic() - began:.0f}s")
-        ok = drill(engine, cell, args.profile, args.time_scale, args.fresh)
+        ok = drill(engine, cell, args.profile, args.time_scale, args.fresh, args.watchdog)
         say(f"\ndrill: {'PASSED' if ok else 'FAILED'} in {time.monotonic() - began:.0f}s")
         if args.stay:
             user, password = engine.login()

@@ -245,6 +245,22 @@ class AirflowEngine:
         self.wait_parsed(dag_id)
         self.patch(f"/dags/{dag_id}", {"is_paused": False})
 
+    def pause(self, dag_id: str) -> None:
+        self.patch(f"/dags/{dag_id}", {"is_paused": True})
+
+    def hitl(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict:
+        """The question a waiting task asks (*Required actions* in the UI): subject, body, options."""
+        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails")
+
+    def respond(self, dag_id: str, run_id: str, task_id: str, option: str, map_index: int = -1) -> dict:
+        """Answer it as the UI does (the operator's button)."""
+        return self.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails",
+                          {"chosen_options": [option], "params_input": {}})
+
+    def runs(self, dag_id: str) -> dict[str, dict]:
+        """Every run of the DAG by run id (state, conf, dates)."""
+        return {r["dag_run_id"]: r for r in self.get(f"/dags/{dag_id}/dagRuns", limit=1000)["dag_runs"]}
+
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
         run = self.post(f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
         return run["dag_run_id"]

@@ -360,12 +360,6 @@ def create_volume(plan: dict, snapshot: dict) -> str:
     )
 
 
-@step
-def volume_available(plan: dict, volume_id: str) -> bool:
-    _, _, ec2 = _ctx(plan)
-    return ec2.conn.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["State"] == "available"
-
-
 # ----- 4. launch --------------------------------------------------------------------------------------------------
 @step
 def launch(plan: dict) -> str:
@@ -377,14 +371,22 @@ def launch(plan: dict) -> str:
                                client_token=T.client_token(plan["run_id"], "launch"))
 
 
-@step
-def learn_host(plan: dict, instance_id: str) -> dict:
-    """The new instance's address and SSH host key, from the EC2 API (console output), not from a first connect."""
+def running_host(plan: dict, instance_id: str) -> dict | None:
+    """One poke: the new instance's address and SSH host key once it runs and cloud-init has printed the key to
+    the console output (the EC2 API, not a first connect); None until then. IAM: ec2:DescribeInstances,
+    ec2:GetConsoleOutput."""
     _, _, ec2 = _ctx(plan)
     instance = ec2.instance(instance_id)
+    state = instance["State"]["Name"]
+    if state in ("stopping", "stopped", "shutting-down", "terminated"):
+        reason = instance.get("StateReason", {}).get("Message", "no reason given")
+        raise TakeoverError(f"the replacement {instance_id} is {state} ({reason}): clear launch and what follows")
+    if state != "running":
+        return None
     host_key = ec2.host_key_from_console(instance_id)
     if not host_key:
-        raise TakeoverError(f"{instance_id}: no SSH host key in the console output yet (cloud-init prints it at first boot); retrying")
+        log.info("%s runs; no SSH host key in its console output yet (cloud-init prints it at first boot)", instance_id)
+        return None
     log.info("%s at %s has host key %s", instance_id, instance["PrivateIpAddress"], host_key)
     return {"new_instance_id": instance_id, "new_private_ip": instance["PrivateIpAddress"], "new_host_key": host_key}
 

@@ -108,7 +108,7 @@ def test_a_replacement_the_other_validators_refuse_is_not_in_sync(failover):
     from kaia_ha import failover_cloud as steps
 
     cell, runner, _, run_id, *_ = failover
-    plan, host = _xcom(run_id, "preflight"), _xcom(run_id, "launch.learn_host")
+    plan, host = _xcom(run_id, "preflight"), _xcom(run_id, "launch.wait_running")
     assert steps.in_sync(plan, host) is not None  # accepted by all: in sync
     cell.fault("isolate:cc-cloud")  # the other operators' CNs drop it (their allowlists lost its IP, say)
     try:

@@ -1,6 +1,10 @@
 """The cloud failover through the real scheduler, executor and triggerer, driven and checked through the
 REST API as an operator does from the UI: the run, every task's state and try, the logs, the report.
 
+The failover starts the way it does at 3 a.m.: the CN is killed, ``kaia_cn_watchdog`` judges it dead and opens
+``kaia_cn_failover_approval``, and the operator approves through the REST API (the UI's *Required actions*).
+A rejected approval starts nothing.
+
 An SSH session to the snapshot's PN is dropped once during the run: the preflight must fail on it, be
 retried by the scheduler and pass, and the first try's log must say why it failed."""
 
@@ -8,25 +12,28 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 
 import pytest
 
 from .conftest import TIMES
 from .enginekit import FAILOVER, MAINTENANCE, keys_of
-from drill.engine import EngineError
+from cellkit import Cell
+from drill.engine import AirflowEngine, EngineError
+from drill.incident import APPROVAL, WATCHDOG, asked, synced_at, watch_until_dead
 
 FRESH_SNAPSHOT = {f"chain_data.fresh_snapshot.{t}" for t in ("reserve_pn", "stop_kpnd", "create_snapshot", "start_kpnd", "wait_snapshot")}
 RAN = {"preflight", "not_dry_run", "fence.fence", "fence.wait_stopped", "fence.confirm_fenced", "fence.defuse",
        "chain_data.chaindata_source",
        "chain_data.chaindata_snapshot", "chain_data.create_volume", "chain_data.volume_available", "launch.launch",
-       "launch.wait_running", "launch.learn_host", "replace.attach_and_mount", "replace.prune", "replace.install_keys",
+       "launch.wait_running", "replace.attach_and_mount", "replace.prune", "replace.install_keys",
        "verify.move_ip", "verify.start_kcnd", "verify.in_sync", "verify.record_placement", "report"}
 
 
 # Deferring tasks: Airflow 3.3 may count one extra try when the trigger fires before the scheduler has
 # processed the deferring try's exit (a stale executor event; apache/airflow#71580, #72716). Every other
 # task must have run exactly once.
-DEFERRING = {"cc-cloud.cn_image.create_image", "cc-cloud.pn_snapshot.wait_snapshot", "launch.wait_running"}
+DEFERRING = {"cc-cloud.cn_image.create_image", "cc-cloud.pn_snapshot.wait_snapshot", "chain_data.volume_available"}
 
 
 def ran_once(task_id: str, try_number: int) -> bool:
@@ -42,18 +49,72 @@ def snapshot_source_pn(cell) -> str:
 
 @pytest.fixture(scope="module")
 def failover(maintained):
+    """The operator's path end to end: the CN dies, the watchdog notices and asks, the operator approves through
+    the REST API (the UI's *Required actions*), the approved failover runs."""
     engine, cell = maintained.engine, maintained.cell
     assert maintained.maintenance_state == "success"
+    for dag_id in (WATCHDOG, APPROVAL):
+        engine.unpause(dag_id)
     before = cell.node("cn-aws-1")
+    broken = time.time()
     cell.break_("cn-aws-1", "kill")
-    pn = snapshot_source_pn(cell)
+    watch, approval = watch_until_dead(engine, "cn-aws-1")
+    question = asked(engine, approval)
+    TIMES["break to approval"] = time.time() - broken
+    pn = snapshot_source_pn(cell)  # the cloud cell's watch has ended (dead): the fault below is the preflight's
     cell.fault(f"ssh:{pn}", "--kind", "drop", "--times", "1")
-    started = time.monotonic()
-    run_id = engine.trigger(FAILOVER, {"failed_cn": "cn-aws-1"})
+    answered = engine.respond(APPROVAL, approval, "approve", "Approve")
+    assert engine.wait(APPROVAL, approval, timeout=120) == "success"
+    run_id = f"approved__{approval}"
     state = engine.wait(FAILOVER, run_id, timeout=600)
-    TIMES["failover run"] = time.monotonic() - started
     tis = {t["task_id"]: (t["state"], t["try_number"]) for t in engine.task_instances(FAILOVER, run_id)}
-    return engine, cell, before, pn, run_id, state, tis
+    assert engine.wait(WATCHDOG, watch, timeout=180) == "success"
+    if (synced := synced_at(engine, FAILOVER, run_id)) is not None:
+        TIMES["break to synced"] = synced - broken
+    return Failover(engine, cell, before, pn, run_id, state, tis, approval, question, answered)
+
+
+@dataclass
+class Failover:
+    engine: AirflowEngine
+    cell: Cell
+    before: dict
+    pn: str
+    run_id: str
+    state: str
+    tis: dict
+    approval: str
+    question: dict
+    answered: dict
+
+
+def test_a_rejected_approval_starts_nothing(maintained):
+    """An approval asked for a healthy CN (as a watchdog would) and rejected through the REST API: the run ends,
+    no failover starts."""
+    engine = maintained.engine
+    engine.unpause(APPROVAL)
+    before = set(engine.runs(FAILOVER))
+    conf = {"cell": "cc-cloud", "validator": "cn-aws-1", "failover_dag_id": FAILOVER, "evidence": "cn-aws-1: DEAD (test)",
+            "auto_failover": False, "failover_conf": {"failed_cn": "cn-aws-1"}}
+    run_id = engine.trigger(APPROVAL, conf)
+    question = asked(engine, run_id)
+    assert question["subject"] == "Fail over cn-aws-1 now?" and question["options"] == ["Approve", "Reject"]
+    engine.respond(APPROVAL, run_id, "approve", "Reject")
+    engine.wait(APPROVAL, run_id, timeout=120)
+    states = {t["task_id"]: t["state"] for t in engine.task_instances(APPROVAL, run_id)}
+    assert states["fail_over"] == "skipped" and states["record"] == "skipped", states
+    assert set(engine.runs(FAILOVER)) == before
+
+
+def test_the_approval_showed_the_evidence_and_started_the_failover_with_its_params(failover):
+    engine, question, answered = failover.engine, failover.question, failover.answered
+    assert question["subject"] == "Fail over cn-aws-1 now?"
+    assert "kcnd is not running" in question["body"] and "failed_cn" in question["body"], question["body"]
+    assert answered["chosen_options"] == ["Approve"]
+    run = engine.run(FAILOVER, failover.run_id)
+    assert run["conf"] == {"failed_cn": "cn-aws-1"}
+    links = engine.task_instances(APPROVAL, failover.approval)
+    assert {t["task_id"]: t["state"] for t in links}["record"] == "success"
 
 
 def test_maintenance_ran_every_task_once(maintained):
@@ -65,7 +126,7 @@ def test_maintenance_ran_every_task_once(maintained):
 
 
 def test_failover_succeeds_with_one_retry_of_the_preflight(failover):
-    *_, run_id, state, tis = failover
+    run_id, state, tis = failover.run_id, failover.state, failover.tis
     assert state == "success", {k: v for k, v in tis.items() if v[0] != "success"}
     assert set(tis) == RAN | FRESH_SNAPSHOT
     assert tis["preflight"] == ("success", 2)
@@ -75,7 +136,7 @@ def test_failover_succeeds_with_one_retry_of_the_preflight(failover):
 
 
 def test_the_failed_try_log_shows_the_dropped_ssh(failover):
-    engine, _, _, pn, run_id, *_ = failover
+    engine, pn, run_id = failover.engine, failover.pn, failover.run_id
     first = engine.log(FAILOVER, run_id, "preflight", 1)
     assert "HostUnreachable" in first and pn in first
     second = engine.log(FAILOVER, run_id, "preflight", 2)
@@ -83,7 +144,7 @@ def test_the_failed_try_log_shows_the_dropped_ssh(failover):
 
 
 def test_the_report_log_has_the_timeline_and_rto(failover):
-    engine, _, _, _, run_id, *_ = failover
+    engine, run_id = failover.engine, failover.run_id
     log = engine.log(FAILOVER, run_id, "report", 1)
     assert "Result: OK, validator back in sync" in log
     rto = float(re.search(r"RTO \(trigger to synced\): ([0-9.]+) s", log).group(1))
@@ -96,7 +157,7 @@ def test_the_report_log_has_the_timeline_and_rto(failover):
 
 
 def test_the_replacement_is_the_validator_with_its_ip(failover):
-    _, cell, before, *_ = failover
+    cell, before = failover.cell, failover.before
     status = cell.status()
     live = [n for n in status["nodes"] if n["node_id"] == before["node_id"] and n["running"]]
     assert len(live) == 1 and live[0]["instance_id"] != before["instance_id"]
@@ -111,7 +172,8 @@ def test_no_key_in_any_task_log(maintained, failover):
     engine, cell = maintained.engine, maintained.cell
     keys = keys_of(cell)
     fetched = 0
-    for dag_id, run_id in ((MAINTENANCE, maintained.maintenance_run), (FAILOVER, failover[4])):
+    runs = ((MAINTENANCE, maintained.maintenance_run), (APPROVAL, failover.approval), (FAILOVER, failover.run_id))
+    for dag_id, run_id in runs:
         for ti in engine.task_instances(dag_id, run_id):
             for attempt in range(1, ti["try_number"] + 1):
                 try:

@@ -31,7 +31,7 @@ CLOUD_ROUNDS = [
     (["fence.fence", "launch.launch", "chain_data.fresh_snapshot.stop_kpnd"],
      [aws(CLOUD, "StopInstances"), aws(CLOUD, "RunInstances"),
       ssh(CLOUD, "chain_data.fresh_snapshot.stop_kpnd", "pn-aws-1", "systemctl stop kpnd")]),
-    (["launch.learn_host", "chain_data.fresh_snapshot.create_snapshot"],
+    (["launch.wait_running", "chain_data.fresh_snapshot.create_snapshot"],
      [aws(CLOUD, "GetConsoleOutput", "server-error"), aws(CLOUD, "CreateSnapshot", "server-error", 6)]),
     (["chain_data.fresh_snapshot.start_kpnd", "chain_data.chaindata_snapshot"],  # the PN stays down until the clear
      [ssh(CLOUD, "chain_data.fresh_snapshot.start_kpnd", "pn-aws-1", "systemctl start kpnd", "drop"), aws(CLOUD, "CreateTags")]),
