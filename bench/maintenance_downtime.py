@@ -20,9 +20,7 @@ import tempfile
 from pathlib import Path
 
 from common import Bench, say
-
 from simcell.aws import latency as L
-
 
 COLUMNS = [("kpnd_down_s", "kpnd down (s, not scaled)"), ("snapshot_complete_s", "snapshot complete after the stop (s, as run)"),
            ("not_scaled_s", "of which not scaled (s)"), ("snapshot_complete_real_s", "snapshot complete at real AWS speed (s)")]

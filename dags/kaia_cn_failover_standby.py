@@ -194,7 +194,7 @@ def kaia_cn_failover_standby():
         checks >> go
     with TaskGroup("fence", tooltip="the failed active can never sign again"):
         path = fence_path(plan)
-        confirm = ApprovalOperator(
+        confirm_down = ApprovalOperator(
             task_id="confirm_down",
             subject="Is {{ params.failed_cn }} down for good? The standby takes over its key once you approve",
             body=(
@@ -208,7 +208,7 @@ def kaia_cn_failover_standby():
             response_timeout=pendulum.duration(hours=2),
         )
         fenced = verify_fenced()
-        go >> path >> [fence_over_ssh(plan), declared_down(plan), confirm] >> fenced
+        go >> path >> [fence_over_ssh(plan), declared_down(plan), confirm_down] >> fenced
     with TaskGroup("takeover", tooltip="the standby gets the failed active's identity and IP"):
         moved = move_floating_ip(plan)
         fenced >> stop_standby(plan) >> replace_identity(plan) >> moved

@@ -147,14 +147,13 @@ def answer_when_asked(dag_id: str, task_id: str, option: str, seen: dict, timeou
     from datetime import datetime, timezone
 
     def run():
-        from sqlalchemy import select
-
         from airflow.models.hitl import HITLDetail
         from airflow.models.taskinstance import TaskInstance
         from airflow.models.trigger import handle_event_submit
         from airflow.triggers.base import TriggerEvent
         from airflow.utils.session import create_session
         from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import select
 
         since, deadline = datetime.now(timezone.utc), time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -281,7 +280,6 @@ class AirflowRunner:
         from unittest import mock
 
         from airflow.models.dagrun import DagRun
-
         from airflow.utils import timezone
         from airflow.utils.state import DagRunState
 

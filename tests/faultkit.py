@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -517,7 +517,7 @@ def report(ti, dag_run, plan: dict | None) -> dict:
 
 
 def _todo(plan: dict, fence: dict, identity: dict) -> list[str]:
-    failed, standby, cell = plan.get("failed_cn"), plan.get("standby_cn"), plan.get("cell")
+    standby, cell = plan.get("standby_cn"), plan.get("cell")
     if plan.get("dry_run"):
         return ["nothing was changed: to fail over, trigger again with dry run off"]
     host = plan.get("failed_host")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 
 import cellkit
-
 from kaia_ha import failover_standby as steps
 from kaia_ha.inventory import load_inventory
 from kaia_ha.keys import InvalidKeyError, KeyBackup

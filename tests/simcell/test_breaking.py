@@ -82,7 +82,10 @@ def test_breaking_ssh_and_instances(fresh_cell):
     cell.break_("cn-aws-1", "stop-instance")
     ec2 = cell.client("ec2")
     instance = cell.node("cn-aws-1")["instance_id"]
-    state = lambda: ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    def state():
+        return ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
     cell.wait_for(lambda: state() == "stopped", what="instance stopped")
     assert not cell.node("cn-aws-1")["running"]
     assert cell.ssh("cn-aws-1", "true", check=False).returncode == 255
