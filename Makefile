@@ -11,7 +11,7 @@ STAMP := $(VENV)/.bootstrapped
 help:
 	@echo "make demo            the drill, then the Airflow UI stays up (address and login printed) until Ctrl-C"
 	@echo "make drill           a failover drill through the real Airflow: maintenance, CN killed, failover, report"
-	@echo "make test            every test suite (sets everything up on first use)"
+	@echo "make test            ruff check, then every test suite (sets everything up on first use)"
 	@echo "make bench           every benchmark (RUNS=5 more runs, CELLS=1,5 skip 20 cells) -> .artifacts/bench/*.json"
 	@echo "make faults          the full fault sweep; writes .artifacts/fault-matrix.md and .json"
 	@echo "make simcell-up|simcell-down|simcell-status"
@@ -23,6 +23,7 @@ $(STAMP): requirements.txt constraints.txt scripts/bootstrap.sh
 setup: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(RUN) $(PY) -m pytest tests -q -p no:cacheprovider
 
 # Benchmarks one after another (they share 2 cores); RUNS overrides each one's default run count,

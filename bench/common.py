@@ -29,8 +29,10 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO)]  # cellkit (the DAG tests' Cell 
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kib / 2**20, 1), "python": platform.python_version(),
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))
+    return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kib / 2**20, 1),
+            "python": platform.python_version(),
             "kernel": platform.release()}
 
 
@@ -43,7 +45,8 @@ def spread(values: list[float]) -> dict:
     got = [v for v in values if v is not None]
     if not got:
         return {"median": None, "min": None, "max": None, "runs": 0}
-    return {"median": round(statistics.median(got), 3), "min": round(min(got), 3), "max": round(max(got), 3), "runs": len(got)}
+    return {"median": round(statistics.median(got), 3), "min": round(min(got), 3), "max": round(max(got), 3),
+            "runs": len(got)}
 
 
 def fmt(s: dict) -> str:
@@ -87,7 +90,8 @@ def run_steps(dag_id: str, run_id: str) -> list[dict]:
     with create_session() as session:
         dr = session.query(DagRun).filter_by(dag_id=dag_id, run_id=run_id).one()
         t0 = dr.start_date.timestamp()
-        steps = [{"task": ti.task_id, "t_start": round(ti.start_date.timestamp() - t0, 2), "t_end": round(ti.end_date.timestamp() - t0, 2),
+        steps = [{"task": ti.task_id, "t_start": round(ti.start_date.timestamp() - t0, 2),
+                  "t_end": round(ti.end_date.timestamp() - t0, 2),
                   "seconds": round((ti.end_date - ti.start_date).total_seconds(), 2)}
                  for ti in dr.get_task_instances(session=session)
                  if getattr(ti.state, "value", ti.state) == "success" and ti.start_date and ti.end_date]
@@ -143,7 +147,8 @@ class Bench:
         data = json.loads((OUT / f"{name}.json").read_text())
         bench = cls.__new__(cls)
         bench.name, bench.params, bench.notes, bench.results = name, data["params"], data["notes"], data["results"]
-        bench.started, bench.load_start, bench.log = time.time() - data["duration_s"], data["load"]["start"], OUT / f"{name}.log"
+        bench.started, bench.load_start = time.time() - data["duration_s"], data["load"]["start"]
+        bench.log = OUT / f"{name}.log"
         bench.command = data.get("command") or f".venv/bin/python bench/{name}.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in data["params"].items() if k in ("cells", "runs", "time_scale"))
         bench.date, bench.load_end = data["date"], data["load"]["end"]
@@ -167,7 +172,8 @@ class Bench:
             out.append(figures)
             self.save()  # after every run: an interrupted benchmark keeps what it measured
             say(f"  {self.name} {label} run {i + 1}/{runs}: " + ", ".join(
-                f"{k}={v}" for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool) or k == "error"))
+                f"{k}={v}" for k, v in figures.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) or k == "error"))
         return out
 
     def stats(self, label: str, metric: str) -> dict:
@@ -180,13 +186,17 @@ class Bench:
             for label, res in self.results.items():
                 res["stats"] = {metric: self.stats(label, metric) for metric, _ in columns}
             lines = ["| | " + " | ".join(title for _, title in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-            lines += [f"| {label} | " + " | ".join(fmt(res["stats"][m]) for m, _ in columns) + " |" for label, res in self.results.items()]
+            lines += [f"| {label} | " + " | ".join(fmt(res["stats"][m]) for m, _ in columns) + " |"
+                      for label, res in self.results.items()]
             table = "\n".join(lines)
         loads = [r[k][0] for res in self.results.values() for r in res["runs"] for k in ("load_before", "load_after")]
         self.data = {
-            "benchmark": self.name, "date": self.date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": self.command, "complete": bool(columns), "machine": machine(), "params": self.params, "notes": self.notes,
-            "load": {"start": self.load_start, "end": getattr(self, "load_end", None) or load(), "1min_during": spread(loads)},
+            "benchmark": self.name,
+            "date": self.date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": self.command, "complete": bool(columns), "machine": machine(), "params": self.params,
+            "notes": self.notes,
+            "load": {"start": self.load_start, "end": getattr(self, "load_end", None) or load(),
+                     "1min_during": spread(loads)},
             "duration_s": round(time.time() - self.started, 1), "columns": dict(columns or []), "table": table,
             "results": self.results,
         }
@@ -199,5 +209,6 @@ class Bench:
         path = self.save(columns)
         data = self.data
         say(f"\n## {self.name}  ({data['date']}, {data['machine']['cores']} cores, 1-min load during runs "
-            f"{fmt(data['load']['1min_during'])})\n" + data["table"] + f"\n-> {path.relative_to(REPO)} (log: {self.log.relative_to(REPO)})")
+            f"{fmt(data['load']['1min_during'])})\n"
+            + data["table"] + f"\n-> {path.relative_to(REPO)} (log: {self.log.relative_to(REPO)})")
         return path

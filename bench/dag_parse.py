@@ -62,7 +62,8 @@ def child(path: str, warm: int) -> None:
 
 def measure(path: Path, warm: int) -> dict:
     env = dict(os.environ, KAIA_HA_INVENTORY=str(REPO / "inventory.example.yaml"))
-    out = subprocess.run([sys.executable, __file__, "--child", str(path), "--warm", str(warm)], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--child", str(path), "--warm", str(warm)], env=env,
+                         capture_output=True,
                          text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-1000:])
@@ -81,7 +82,8 @@ def main() -> None:
     if args.child:
         return child(args.child, args.warm)
     bench = Bench("dag_parse", params={"runs": args.runs, "warm_parses_per_run": args.warm},
-                  notes=["cold: first DagBag parse of the file in a fresh process, after `from airflow.dag_processing.dagbag import DagBag`",
+                  notes=["cold: first DagBag parse of the file in a fresh process, after `from "
+                         "airflow.dag_processing.dagbag import DagBag`",
                          "warm: median of the re-parses in the same process", "inventory: inventory.example.yaml"])
     with tempfile.TemporaryDirectory() as tmp:
         trivial = Path(tmp) / "trivial_dag.py"
@@ -96,8 +98,10 @@ def main() -> None:
         for r in res["runs"]:
             if r.get("ok"):
                 r["cold_minus_trivial_s"] = round(r["cold_s"] - trivial_cold, 4)
-    bench.finish([("cold_s", "cold parse (s)"), ("cold_minus_trivial_s", "cold minus trivial's median (s)"), ("warm_s", "warm parse (s)"),
-                  ("report_duration_s", "DagBag duration, as `dags report` (s)"), ("tasks", "tasks"), ("import_s", "import DagBag (s)")])
+    bench.finish([("cold_s", "cold parse (s)"), ("cold_minus_trivial_s", "cold minus trivial's median (s)"),
+                  ("warm_s", "warm parse (s)"),
+                  ("report_duration_s", "DagBag duration, as `dags report` (s)"), ("tasks", "tasks"),
+                  ("import_s", "import DagBag (s)")])
 
 
 if __name__ == "__main__":

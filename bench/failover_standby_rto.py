@@ -34,16 +34,17 @@ def once() -> dict:
                 from kaia_ha import maintenance
 
                 assert maintenance.backup_nodekey("cc-metal", "bench-setup")["action"] == "created"
-                # A dry run first (preflight only, changes nothing): the first task of a process pays Airflow's in-process
-                # start (execution API client, provider imports, ~15 s here), which is no part of the failover. The cloud
-                # benchmark's maintenance run does the same for it.
+                # A dry run first (preflight only, changes nothing): the first task of a process pays Airflow's
+                # in-process start (execution API client, provider imports, ~15 s here), which is no part of the
+                # failover. The cloud benchmark's maintenance run does the same for it.
                 runner.run(DAG, {"failed_cn": FAILED, "dry_run": True})
                 cell.break_(FAILED, "kill")
                 run_id, state, _ = runner.run(DAG, {"failed_cn": FAILED})
                 assert state == "success", "failover failed"
                 report = runner.report(DAG, run_id)
                 steps = run_steps(DAG, run_id)
-                return path_figures(report["rto_seconds"], steps, critical_path(runner.dag(DAG), steps, "start.standby_synced"))
+                return path_figures(report["rto_seconds"], steps,
+                                    critical_path(runner.dag(DAG), steps, "start.standby_synced"))
         finally:
             cell.down()
 
@@ -52,7 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    bench = Bench("failover_standby_rto", params={"runs": args.runs, "failed_cn": FAILED, "profile": "instant (no AWS transition involved)"})
+    bench = Bench("failover_standby_rto", params={"runs": args.runs, "failed_cn": FAILED,
+                                                  "profile": "instant (no AWS transition involved)"})
     say(f"failover_standby_rto: {args.runs} runs")
     bench.repeat("bare-metal failover (standby takes over)", args.runs, once)
     bench.finish([("rto_s", "RTO (s)"), ("critical_path_s", "critical path (s)"), ("overhead_s", "overhead (s)"),

@@ -20,12 +20,12 @@ import tempfile
 from pathlib import Path
 
 from common import Bench, say
-
 from simcell.aws import latency as L
 
-
-COLUMNS = [("kpnd_down_s", "kpnd down (s, not scaled)"), ("snapshot_complete_s", "snapshot complete after the stop (s, as run)"),
-           ("not_scaled_s", "of which not scaled (s)"), ("snapshot_complete_real_s", "snapshot complete at real AWS speed (s)")]
+COLUMNS = [("kpnd_down_s", "kpnd down (s, not scaled)"),
+           ("snapshot_complete_s", "snapshot complete after the stop (s, as run)"),
+           ("not_scaled_s", "of which not scaled (s)"),
+           ("snapshot_complete_real_s", "snapshot complete at real AWS speed (s)")]
 
 
 def derive(bench: Bench) -> None:
@@ -55,7 +55,8 @@ def main() -> None:
 
     bench = Bench("maintenance_downtime", params={"profile": "aws", "time_scale": args.time_scale, "runs": args.runs,
                                                   "modelled_snapshot_unscaled_s": L.INCREMENTAL_SNAPSHOT_S},
-                  notes=["one cell for all runs; two instant maintenance runs first so that every measured snapshot is incremental",
+                  notes=["one cell for all runs; two instant maintenance runs first so that every measured snapshot "
+                         "is incremental",
                          "snapshot completion is when the deferred sensor saw it (polls every 5 s)"])
     with tempfile.TemporaryDirectory() as tmp:
         cell = Cell(Path(tmp) / "cell")
@@ -66,8 +67,10 @@ def main() -> None:
                 def maintenance(scale: float | None) -> dict:
                     run_id, state, _ = runner.run("kaia_cn_maintenance")
                     assert state == "success", "maintenance failed"
-                    snap = next(c for c in runner.report("kaia_cn_maintenance", run_id)["cells"] if c["cell"] == "cc-cloud")["pn_snapshot"]
-                    return {"pn": snap["pn"], "kpnd_down_s": snap["kpnd_down_seconds"], "snapshot_complete_s": snap["snapshot_complete_seconds"]}
+                    cells = runner.report("kaia_cn_maintenance", run_id)["cells"]
+                    snap = next(c for c in cells if c["cell"] == "cc-cloud")["pn_snapshot"]
+                    return {"pn": snap["pn"], "kpnd_down_s": snap["kpnd_down_seconds"],
+                            "snapshot_complete_s": snap["snapshot_complete_seconds"]}
 
                 say("maintenance_downtime: preparing (2 maintenance runs, instant profile)")
                 bench.repeat("preparation: first (full) snapshots, instant profile", 2, maintenance, None)
@@ -78,7 +81,8 @@ def main() -> None:
             cell.down()
     derive(bench)
     bench.finish(COLUMNS)
-    say(f"modelled incremental snapshot: {L.INCREMENTAL_SNAPSHOT_S:.0f} s unscaled = {L.INCREMENTAL_SNAPSHOT_S * args.time_scale:.1f} s at x{args.time_scale}")
+    say(f"modelled incremental snapshot: {L.INCREMENTAL_SNAPSHOT_S:.0f} s unscaled = "
+        f"{L.INCREMENTAL_SNAPSHOT_S * args.time_scale:.1f} s at x{args.time_scale}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def cell_processes(state_dir: Path) -> dict:
             with open(f"/proc/{entry}/environ", "rb") as f:
                 environ = f.read()
             # sshd rewrites its environ and argv (setproctitle); its title still names its config in the state dir
-            if marker not in environ.split(b"\0") and str(state_dir).encode() not in Path(f"/proc/{entry}/cmdline").read_bytes():
+            if (marker not in environ.split(b"\0")
+                    and str(state_dir).encode() not in Path(f"/proc/{entry}/cmdline").read_bytes()):
                 continue
             stat = Path(f"/proc/{entry}/stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
@@ -68,7 +69,8 @@ def scale(bench: Bench, n: int, runs: int) -> None:
         cell = Cell(Path(tmp) / "cell")
         t0 = time.monotonic()
         # Not cell.up(): its 5 min CLI timeout is too short for seeding 20 cells on 2 cores.
-        up = subprocess.run([sys.executable, "-m", "simcell", "up", "--cloud-cells", str(n), "--timeout", "1800"], env=cell.base_env,
+        up = subprocess.run([sys.executable, "-m", "simcell", "up", "--cloud-cells", str(n), "--timeout", "1800"],
+                            env=cell.base_env,
                             cwd=REPO, capture_output=True, text=True, timeout=1900)
         if up.returncode != 0:
             raise RuntimeError(f"simcell up --cloud-cells {n} failed: {up.stdout[-500:]} {up.stderr[-2000:]}")
@@ -76,7 +78,8 @@ def scale(bench: Bench, n: int, runs: int) -> None:
         up_s = round(time.monotonic() - t0, 1)
         idle = cell_processes(cell.state_dir)
         time.sleep(10)
-        idle_cpu = (cell_processes(cell.state_dir)["cpu_s"] - idle["cpu_s"]) / 10  # the cell's own cost at rest (block ticks, heartbeats)
+        # the cell's own cost at rest (block ticks, heartbeats)
+        idle_cpu = (cell_processes(cell.state_dir)["cpu_s"] - idle["cpu_s"]) / 10
         say(f"maintenance_scale: {n} cloud cells up in {up_s} s: {idle['processes']} processes ({idle['sshd']} sshd), "
             f"{idle['rss_mib']} MiB, idle CPU {idle_cpu:.2f} core")
         try:
@@ -91,7 +94,8 @@ def scale(bench: Bench, n: int, runs: int) -> None:
                     return {"wall_run_s": wall, "tasks": tasks, "per_cell_s": round(wall / n, 2),
                             "cell_cpu_s": round(after["cpu_s"] - before["cpu_s"], 1),
                             "airflow_cpu_s": round(ru2.user + ru2.system - ru.user - ru.system, 1),
-                            "cell_rss_mib": after["rss_mib"], "cell_processes": after["processes"], "sshd": after["sshd"],
+                            "cell_rss_mib": after["rss_mib"], "cell_processes": after["processes"],
+                            "sshd": after["sshd"],
                             "up_s": up_s, "idle_cell_cpu_cores": round(idle_cpu, 2)}
 
                 bench.repeat(f"{n} cells, first run", 1, maintenance)
@@ -100,8 +104,10 @@ def scale(bench: Bench, n: int, runs: int) -> None:
             cell.down()
 
 
-COLUMNS = [("wall_run_s", "DAG run wall (s)"), ("tasks", "tasks"), ("per_cell_s", "per cell (s)"), ("cell_cpu_s", "cell CPU (s)"),
-           ("airflow_cpu_s", "Airflow process CPU (s)"), ("cell_rss_mib", "cell RSS (MiB)"), ("cell_processes", "cell processes"),
+COLUMNS = [("wall_run_s", "DAG run wall (s)"), ("tasks", "tasks"), ("per_cell_s", "per cell (s)"),
+           ("cell_cpu_s", "cell CPU (s)"),
+           ("airflow_cpu_s", "Airflow process CPU (s)"), ("cell_rss_mib", "cell RSS (MiB)"),
+           ("cell_processes", "cell processes"),
            ("sshd", "sshd"), ("up_s", "simcell up (s)"), ("idle_cell_cpu_cores", "cell CPU at rest (cores)")]
 
 
@@ -111,14 +117,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--large-runs", type=int, default=1,
                         help="steady-state runs for N >= 10 (a 20-cell run takes 10-30 min on 2 cores)")
-    parser.add_argument("--finish", action="store_true", help="only the table of the runs saved so far (after an interrupted run)")
+    parser.add_argument("--finish", action="store_true", help="only the table of the runs saved so far (after an "
+                                                              "interrupted run)")
     args = parser.parse_args()
     if args.finish:
         Bench.load("maintenance_scale").finish(COLUMNS)
         return
-    bench = Bench("maintenance_scale", params={"profile": "instant", "cells": args.cells, "runs": args.runs, "large_runs": args.large_runs},
+    bench = Bench("maintenance_scale", params={"profile": "instant", "cells": args.cells, "runs": args.runs,
+                                               "large_runs": args.large_runs},
                   notes=["instant profile: AWS transitions take no time; the figures are orchestration cost",
-                         "each N has 3N EC2 hosts plus the bare-metal cell's 3 hosts, each its own sshd and node process"])
+                         "each N has 3N EC2 hosts plus the bare-metal cell's 3 hosts, each its own sshd and node "
+                         "process"])
     for n in (int(x) for x in args.cells.split(",")):
         scale(bench, n, args.runs if n < 10 else args.large_runs)
     bench.finish(COLUMNS)

@@ -43,7 +43,8 @@ def run(failed_cn: str, poll: float = POLL) -> dict:
         start = time.time()
         value = fn(*args)
         end = time.time()
-        timeline.append({"task": task, "t_start": round(start - t0, 2), "t_end": round(end - t0, 2), "seconds": round(end - start, 2)})
+        timeline.append({"task": task, "t_start": round(start - t0, 2), "t_end": round(end - t0, 2),
+                         "seconds": round(end - start, 2)})
         return value
 
     run_id = "sequential-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -60,7 +61,8 @@ def run(failed_cn: str, poll: float = POLL) -> dict:
     timed("stop_kpnd", maintenance.stop_pn, plan["cell"], plan["snapshot_pn"])
     snapshot = timed("create_snapshot", lambda: ec2.create_snapshot(
         VolumeId=plan["pn_volume_id"], Description="Kaia PN chain data (sequential failover)",
-        TagSpecifications=[{"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in plan["snapshot_tags"].items()]}],
+        TagSpecifications=[{"ResourceType": "snapshot",
+                            "Tags": [{"Key": k, "Value": v} for k, v in plan["snapshot_tags"].items()]}],
     )["SnapshotId"])
     timed("start_kpnd", maintenance.start_pn, plan["cell"], plan["snapshot_pn"])
     instance_id = timed("launch", steps.launch, plan)
@@ -77,7 +79,8 @@ def run(failed_cn: str, poll: float = POLL) -> dict:
     timed("move_ip", steps.move_ip, plan, host)
     timed("start_kcnd", steps.start_kcnd, plan, host)
     timed("in_sync", wait, "in sync", lambda: steps.in_sync(plan, host), poll)
-    return {"rto_seconds": timeline[-1]["t_end"], "timeline": timeline, "snapshot_id": snapshot, "instance_id": instance_id}
+    return {"rto_seconds": timeline[-1]["t_end"], "timeline": timeline, "snapshot_id": snapshot,
+            "instance_id": instance_id}
 
 
 if __name__ == "__main__":

@@ -153,7 +153,8 @@ def record_placement(plan: dict) -> dict:
 @task(trigger_rule="all_done", retries=0)
 def report() -> dict:
     context = get_current_context()
-    return steps.report(context["ti"], context["dag_run"], context["ti"].xcom_pull(task_ids="preflight.validate", default=None))
+    return steps.report(context["ti"], context["dag_run"],
+                        context["ti"].xcom_pull(task_ids="preflight.validate", default=None))
 
 
 @dag(
@@ -170,18 +171,21 @@ def report() -> dict:
                            section="What failed"),
         "standby_cn": Param("", type="string", enum=["", *STANDBYS], title="Standby to promote",
                             values_display={"": "The cell's standby now (live placement)"},
-                            description="Only if the cell has several standbys: the one that takes over. It must be in sync.",
+                            description="Only if the cell has several standbys: the one that takes over. It must be "
+                                        "in sync.",
                             section="What failed"),
         "fence_failed_active": Param(True, type="boolean", title="Fence the failed active",
-                                     description="If its host answers over SSH: stop kcnd there, disable it, release the floating IP and "
-                                                 "move its keys aside. Turn off only if you did this by hand; the run still refuses to "
-                                                 "continue while kcnd runs there.", section="What failed"),
+                                     description="If its host answers over SSH: stop kcnd there, disable it, release "
+                                                 "the floating IP and move its keys aside. Turn off only if you did "
+                                                 "this by hand; the run still refuses to continue while kcnd runs "
+                                                 "there.", section="What failed"),
         "host_known_dead": Param(False, type="boolean", title="The failed host is known to be dead",
-                                 description="Only when its host does not answer: you have made sure it is powered off or cut off and "
-                                             "cannot come back with kcnd running. Off: the run stops and asks you to confirm it "
-                                             "(Required actions).", section="What failed"),
+                                 description="Only when its host does not answer: you have made sure it is powered off "
+                                             "or cut off and cannot come back with kcnd running. Off: the run stops "
+                                             "and asks you to confirm it (Required actions).", section="What failed"),
         "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="Run the preflight checks only; nothing is changed. The report says what would happen.",
+                         description="Run the preflight checks only; nothing is changed. The report says what would "
+                                     "happen.",
                          section="Run"),
     },
 )
@@ -194,21 +198,22 @@ def kaia_cn_failover_standby():
         checks >> go
     with TaskGroup("fence", tooltip="the failed active can never sign again"):
         path = fence_path(plan)
-        confirm = ApprovalOperator(
+        confirm_down = ApprovalOperator(
             task_id="confirm_down",
             subject="Is {{ params.failed_cn }} down for good? The standby takes over its key once you approve",
             body=(
                 "**{{ params.failed_cn }} does not answer over SSH** "
-                "({{ ti.xcom_pull(task_ids='preflight.check_failed_active')['detail'] }}), so this run cannot stop kcnd there.\n\n"
-                "**Approve** only if you have made sure it cannot sign again: powered off (BMC/IPMI, PDU) or cut from the "
-                "network, and it will not come back at boot with kcnd and the floating IP. The run then checks that no other "
-                "host answers ARP for the floating IP before the standby takes over.\n\n"
+                "({{ ti.xcom_pull(task_ids='preflight.check_failed_active')['detail'] }}), "
+                "so this run cannot stop kcnd there.\n\n"
+                "**Approve** only if you have made sure it cannot sign again: powered off (BMC/IPMI, PDU) or cut from "
+                "the network, and it will not come back at boot with kcnd and the floating IP. The run then checks "
+                "that no other host answers ARP for the floating IP before the standby takes over.\n\n"
                 "**Reject** stops the failover; nothing is changed."
             ),
             response_timeout=pendulum.duration(hours=2),
         )
         fenced = verify_fenced()
-        go >> path >> [fence_over_ssh(plan), declared_down(plan), confirm] >> fenced
+        go >> path >> [fence_over_ssh(plan), declared_down(plan), confirm_down] >> fenced
     with TaskGroup("takeover", tooltip="the standby gets the failed active's identity and IP"):
         moved = move_floating_ip(plan)
         fenced >> stop_standby(plan) >> replace_identity(plan) >> moved

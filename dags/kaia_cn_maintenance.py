@@ -125,7 +125,8 @@ def report() -> dict:
     schedule=inventory.maintenance_schedule if inventory else DEFAULT_MAINTENANCE_SCHEDULE,
     doc_md=runbook(__doc__, INVENTORY_ERROR),
     **core_cell_dag(tags=["maintenance"], retries=3),
-    params={"note": Param("", type="string", title="Note", description="Why this run was started by hand (shown in the report)")},
+    params={"note": Param("", type="string", title="Note",
+                          description="Why this run was started by hand (shown in the report)")},
 )
 def kaia_cn_maintenance():
     final = report()
@@ -158,14 +159,17 @@ def kaia_cn_maintenance():
                 start = start_kpnd(cell.name)
                 start.as_teardown(setups=[snap_plan, stop], on_failure_fail_dagrun=True)
                 stop >> snapshot >> start >> kpnd_back(cell.name, start) >> final  # the report says if the PN is down
-                wait = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5, **aws)
+                wait = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5,
+                                                  **aws)
                 done = snapshot_done(wait.output)
             with TaskGroup("retention"):
                 old_images, old_snapshots = images_to_delete(cell.name), snapshots_to_delete(cell.name)
                 image >> old_images
                 done >> old_snapshots
-                EC2DeregisterImageOperator.partial(task_id="deregister_images", **aws).expand(image_id=old_images) >> final
-                EBSDeleteSnapshotOperator.partial(task_id="delete_snapshots", **aws).expand(snapshot_id=old_snapshots) >> final
+                (EC2DeregisterImageOperator.partial(task_id="deregister_images", **aws)
+                 .expand(image_id=old_images) >> final)
+                (EBSDeleteSnapshotOperator.partial(task_id="delete_snapshots", **aws)
+                 .expand(snapshot_id=old_snapshots) >> final)
 
 
 kaia_cn_maintenance()

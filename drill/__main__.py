@@ -58,14 +58,16 @@ class Progress:
         return head if head in PHASES else "preflight" if head == "not_dry_run" else head
 
     def __call__(self, task_instances: list[dict]) -> None:
-        for ti in sorted(task_instances, key=lambda t: (PHASES.index(self.phase(t["task_id"])) if self.phase(t["task_id"]) in PHASES else 99,
+        for ti in sorted(task_instances, key=lambda t: (PHASES.index(self.phase(t["task_id"]))
+                                                        if self.phase(t["task_id"]) in PHASES else 99,
                                                          t["task_id"])):
             key = f"{ti['task_id']}[{ti['map_index']}]" if ti["map_index"] >= 0 else ti["task_id"]
             state = ti["state"] or "none"
             if self.seen.get(key) != state:
                 if state != "none":
                     tries = f" (try {ti['try_number']})" if ti["try_number"] > 1 else ""
-                    say(f"  {time.monotonic() - self.started:7.1f}s  {self.phase(ti['task_id']):<10} {key:<45} {state}{tries}")
+                    say(f"  {time.monotonic() - self.started:7.1f}s  {self.phase(ti['task_id']):<10} {key:<45} "
+                        f"{state}{tries}")
                 self.seen[key] = state
 
 
@@ -85,7 +87,9 @@ def report_text(engine: AirflowEngine, dag_id: str, run_id: str) -> str:
     if path.exists():
         return path.read_text()
     report = next((t for t in engine.task_instances(dag_id, run_id) if t["task_id"] == "report"), None)
-    return engine.log(dag_id, run_id, "report", report["try_number"]) if report and report["try_number"] else "(no report)"
+    if report and report["try_number"]:
+        return engine.log(dag_id, run_id, "report", report["try_number"])
+    return "(no report)"
 
 
 def approved_failover(engine: AirflowEngine, broken: float, conf: dict) -> tuple[str, str]:
@@ -147,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the UI's port (default: 8080 with --stay if free, else any free port)")
     parser.add_argument("--keep", action="store_true", help="keep the drill's folder (Airflow home, logs, reports)")
     parser.add_argument("--profile", choices=("instant", "aws"), default="instant",
-                        help="AWS latency during the incident (aws: instances pending 30 s, stopping 60 s, snapshots 300 s...)")
+                        help="AWS latency during the incident (aws: instances pending 30 s, stopping 60 s, snapshots "
+                             "300 s...)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="with --profile aws: 1 is AWS's own pace")
-    parser.add_argument("--fresh", action="store_true", help="fail over from a fresh PN snapshot instead of the pre-taken one")
+    parser.add_argument("--fresh", action="store_true",
+                        help="fail over from a fresh PN snapshot instead of the pre-taken one")
     parser.add_argument("--watchdog", action="store_true",
                         help="the watchdog notices and asks, the drill approves (instead of triggering the failover)")
     args = parser.parse_args(argv)
@@ -174,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\ndrill: {'PASSED' if ok else 'FAILED'} in {time.monotonic() - began:.0f}s")
         if args.stay:
             user, password = engine.login()
-            say(f"\n  Airflow UI:  {engine.url}\n  Login:       {user} / {password}\n"
-                f"  Simulated core cell: SIMCELL_DIR={cell.state_dir} python -m simcell status\n\nCtrl-C stops everything.")
+            say(f"\n  Airflow UI:  {engine.url}\n  Login:       {user} / {password}\n  Simulated core cell: "
+                f"SIMCELL_DIR={cell.state_dir} python -m simcell status\n\nCtrl-C stops everything.")
             while engine.process.poll() is None:
                 time.sleep(1)
     except KeyboardInterrupt:

@@ -61,7 +61,8 @@ def up(args) -> int:
         print("simcell: already up; `. .simcell/env` to use it")
         return 0
     down(None, quiet=True)
-    for stale in (paths.HOSTS, paths.VOLUMES.parent, paths.IMAGES, paths.CALL_LOG, paths.ENV_FILE, paths.INVENTORY, paths.SSH_FAULTS_FLAG):
+    for stale in (paths.HOSTS, paths.VOLUMES.parent, paths.IMAGES, paths.CALL_LOG, paths.ENV_FILE, paths.INVENTORY,
+                  paths.SSH_FAULTS_FLAG):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     paths.STATE.mkdir(parents=True, exist_ok=True)
     cmd = [paths.PYTHON, "-m", "simcell.supervisor", "--profile", args.profile, "--time-scale", str(args.time_scale),
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-scale", type=float, default=float(os.environ.get("SIMCELL_TIME_SCALE", "1")),
                    help="multiplies the aws profile's durations (0.01: a 40 s launch takes 0.4 s)")
     p.add_argument("--cloud-cells", type=int, default=int(os.environ.get("SIMCELL_CLOUD_CELLS", "1")),
-                   help="copies of the cloud core cell cc-cloud (cc-cloud-2 ...), each a CN and 2 PNs; for benchmarks at scale")
+                   help="copies of the cloud core cell cc-cloud (cc-cloud-2 ...), each a CN and 2 PNs; for benchmarks "
+                        "at scale")
     p.add_argument("--timeout", type=float, default=180)
     p.set_defaults(func=up)
     sub.add_parser("down", help="stop everything the cell started").set_defaults(func=down)
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("node")
     p.add_argument("--how", required=True, choices=("kill", "stop-instance", "cut-ssh"))
     p.set_defaults(func=break_)
-    p = sub.add_parser("power-on", help="a bare-metal host that was powered off boots again (its enabled services start)")
+    p = sub.add_parser("power-on", help="a bare-metal host that was powered off boots again (its enabled services "
+                                        "start)")
     p.add_argument("node")
     p.set_defaults(func=power_on)
     p = sub.add_parser("latency", help="switch the AWS latency profile for transitions that begin from now on")
@@ -167,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "fault",
         help="make the next N calls of an AWS action fail (ACTION may also be ssh:NODE with --kind drop|drop-after "
-        "[--match TEXT], slow-stop:NODE with --times SECONDS, stuck-stop:NODE (its next EC2 stop hangs until Force), or "
-        "isolate:CELL: the other operators' CNs refuse that cell's validator until --clear)",
+             "[--match TEXT], slow-stop:NODE with --times SECONDS, stuck-stop:NODE (its next EC2 stop hangs until "
+             "Force), or isolate:CELL: the other operators' CNs refuse that cell's validator until --clear)",
     )
     p.add_argument("action", nargs="?")
     p.add_argument("--kind", choices=("throttle", "server-error", "drop", "drop-after"))

@@ -47,7 +47,8 @@ class Coordinator:
         for host in self.world.hosts.values():
             if node in (host.name, host.label, host.instance_id):
                 return host
-        raise ControlError(f"no node named {node!r}; known: {sorted(h.label or h.name for h in self.world.hosts.values())}")
+        raise ControlError(f"no node named {node!r}; known: "
+                           f"{sorted(h.label or h.name for h in self.world.hosts.values())}")
 
     def do_break(self, node: str, how: str) -> dict:
         if how not in BREAK_HOW:
@@ -98,7 +99,8 @@ class Coordinator:
             if kind not in SSH_FAULT_KINDS:
                 raise ControlError(f"SSH faults take --kind {' or '.join(SSH_FAULT_KINDS)}")
             if action[4:] == ANY_HOST and not req.get("match"):
-                raise ControlError("ssh:* faults need --match (a command of the host meant, e.g. of an instance not launched yet)")
+                raise ControlError("ssh:* faults need --match (a command of the host meant, e.g. of an instance not "
+                                   "launched yet)")
             host = ANY_HOST if action[4:] == ANY_HOST else self.find_host(action[4:]).name
             fault = {"kind": kind, "match": req.get("match") or None}
             self.world.add_ssh_faults(host, [dict(fault) for _ in range(times)])
@@ -130,7 +132,8 @@ class Coordinator:
         status["pending_faults"] = {
             "aws": self.front.pending_faults(),
             "ssh": {k: len(v) for k, v in self.world.ssh_faults.items() if v},
-            "ssh_detail": {k: [f"{f['kind']} {f['match'] or '(any command)'}" for f in v] for k, v in self.world.ssh_faults.items() if v},
+            "ssh_detail": {k: [f"{f['kind']} {f['match'] or '(any command)'}" for f in v]
+                           for k, v in self.world.ssh_faults.items() if v},
             "slow_stop": dict(self.world.stop_seconds),
         }
         return status

@@ -24,7 +24,8 @@ UNITS = {"kcnd": "kcn", "kpnd": "kpn"}
 
 def coord(path: str, payload: dict) -> dict:
     req = urllib.request.Request(
-        os.environ["SIMCELL_COORD"] + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        os.environ["SIMCELL_COORD"] + path, data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -77,7 +78,9 @@ class Unit:
             ["bash", "-c", 'set -a; . "$1"; exec env -0', "_", str(self.conf)], capture_output=True, check=True
         ).stdout
         env = dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
-        return env | {k: os.environ[k] for k in ("SIMCELL_HOST", "SIMCELL_COORD", "SIMCELL_DIR", "SIMCELL_OWNER", "PYTHONPATH") if k in os.environ}
+        return env | {k: os.environ[k]
+                      for k in ("SIMCELL_HOST", "SIMCELL_COORD", "SIMCELL_DIR", "SIMCELL_OWNER", "PYTHONPATH")
+                      if k in os.environ}
 
     def start(self) -> int:
         if self.pid():
@@ -135,11 +138,13 @@ class Unit:
         state = self.state()
         detail = {
             "active": f"active (running)\n   Main PID: {self.pid()} ({UNITS[self.name]})",
-            "failed": f"failed (Result: exit-code)\n     Reason: {self.failed.read_text() if self.failed.exists() else ''}",
+            "failed": "failed (Result: exit-code)\n     Reason: "
+                      f"{self.failed.read_text() if self.failed.exists() else ''}",
             "inactive": "inactive (dead)",
         }[state]
         enabled = "enabled" if self.enabled.exists() else "disabled"
-        print(f"● {self.name}.service - (null)\n     Loaded: loaded (/etc/init.d/{self.name}; {enabled})\n     Active: {detail}")
+        print(f"● {self.name}.service - (null)\n     Loaded: loaded (/etc/init.d/{self.name}; {enabled})\n     "
+              f"Active: {detail}")
         return 0 if state == "active" else 3
 
 
@@ -269,7 +274,8 @@ def arping(args: list[str]) -> int:
         print(f"Sent 1 probes (1 broadcast(s))\nReceived {len(answered)} response(s)")
         return 1 if answered else 0
     if not ({"-U", "-A"} & set(args)):
-        return die("arping: only unsolicited (gratuitous) ARP (-U, -A) and duplicate address detection (-D) are simulated")
+        return die("arping: only unsolicited (gratuitous) ARP (-U, -A) and duplicate address detection (-D) are "
+                   "simulated")
     reply = coord("/host/ip", {"host": os.environ["SIMCELL_HOST"], "op": "arp", "ip": address})
     if reply.get("error"):
         return die(f"arping: {reply['error']}", 2)
@@ -303,7 +309,8 @@ def mount(args: list[str]) -> int:
 def umount(args: list[str]) -> int:
     mountpoint = [a for a in args if not a.startswith("-")][0]
     reply = coord("/host/mount", {"host": os.environ["SIMCELL_HOST"], "op": "umount", "mountpoint": mountpoint})
-    if reply.get("error") and subprocess.run(["/usr/bin/umount", "-l", mountpoint], capture_output=True).returncode == 0:
+    if (reply.get("error")
+            and subprocess.run(["/usr/bin/umount", "-l", mountpoint], capture_output=True).returncode == 0):
         return 0  # a bind mount (not a volume the coordinator knows)
     if reply.get("error"):
         return die(f"umount: {mountpoint}: {reply['error']}", 32)

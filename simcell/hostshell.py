@@ -12,8 +12,8 @@ import ctypes
 import json
 import os
 import signal
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 from simcell import paths

@@ -178,9 +178,11 @@ class Node:
         else:
             self.db = json.loads(current.read_text())
             if self.db["schema"] > mine:
-                raise Fatal(f"database version is v{self.db['schema']}, {self.binary} {self.version} only supports v{mine}")
+                raise Fatal(f"database version is v{self.db['schema']}, {self.binary} {self.version} only supports "
+                            f"v{mine}")
             if self.db["dbtype"] != self.flags["dbtype"]:
-                raise Fatal(f"Failed to open database: written with --dbtype {self.db['dbtype']}, opened as {self.flags['dbtype']}")
+                raise Fatal(f"Failed to open database: written with --dbtype {self.db['dbtype']}, opened as "
+                            f"{self.flags['dbtype']}")
             if self.db["statetrie_shards"] != self.flags["statetrie_shards"]:
                 raise Fatal(
                     f"Failed to open database: {self.db['statetrie_shards']} statetrie shards on disk, "
@@ -324,7 +326,8 @@ class Node:
                 "stopped": stopped,
             }
         ).encode()
-        req = urllib.request.Request(self.coord + "/node/heartbeat", data=body, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(self.coord + "/node/heartbeat", data=body,
+                                     headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=5) as resp:
             self.net = json.loads(resp.read())
 

@@ -12,7 +12,8 @@ STATE = Path(os.environ.get("SIMCELL_DIR", REPO / ".simcell")).resolve()
 ENV_FILE = STATE / "env"
 RUNTIME_FILE = STATE / "runtime.json"  # ports and pids of the running supervisor
 CALL_LOG = STATE / "aws-calls.jsonl"
-SSH_FAULTS_FLAG = STATE / "ssh-faults-pending"  # present while SSH faults wait: only then a session asks the coordinator
+# present while SSH faults wait: only then a session asks the coordinator
+SSH_FAULTS_FLAG = STATE / "ssh-faults-pending"
 SUPERVISOR_LOG = STATE / "supervisor.log"
 INVENTORY = STATE / "inventory.yaml"
 KEYS = STATE / "keys"

@@ -69,7 +69,8 @@ def client_key() -> Path:
     key = paths.KEYS / "id_ed25519"
     if not key.exists():
         paths.KEYS.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kaia-ha-operator", "-f", str(key)], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kaia-ha-operator", "-f", str(key)],
+                       check=True)
     (paths.KEYS / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
     return key
 
@@ -168,7 +169,8 @@ class Seeder:
         }
 
     def tags(self, name: str, cell: str, role: str) -> list[dict]:
-        return [{"Key": "Name", "Value": name}, {"Key": "kaia:cell", "Value": cell}, {"Key": "kaia:role", "Value": role}]
+        return [{"Key": "Name", "Value": name}, {"Key": "kaia:cell", "Value": cell},
+                {"Key": "kaia:role", "Value": role}]
 
     def ec2_node(self, name: str, cell: str, role: str, service: str, region: str = REGION) -> None:
         data_dir = f"/var/{service}/data"
@@ -201,11 +203,13 @@ class Seeder:
         }
 
     def metal_node(self, name: str, cell: str, role: str, service: str, private_ip: str, public_ip: str) -> None:
-        self.world.add_host(Host(name=name, kind="metal", label=name, cell=cell, role=role, private_ip=private_ip, public_ip=public_ip))
+        self.world.add_host(Host(name=name, kind="metal", label=name, cell=cell, role=role, private_ip=private_ip,
+                                 public_ip=public_ip))
         data_dir = f"/var/{service}/data"
         self.install(name, service, data_dir)
         self.world.boot(name)
-        self.nodes[name] = {"host": name, "cell": cell, "role": role, "service": service, "data_dir": data_dir, "private_ip": private_ip, "ip": public_ip}
+        self.nodes[name] = {"host": name, "cell": cell, "role": role, "service": service, "data_dir": data_dir,
+                            "private_ip": private_ip, "ip": public_ip}
 
     # ----- keys, chain data and peering ---------------------------------------------------------------------
     def identities(self) -> None:
@@ -219,12 +223,14 @@ class Seeder:
 
     def static_nodes(self, name: str, peers: list[str]) -> None:
         node = self.nodes[name]
-        urls = [kni(self.nodes[p]["node_id"], self.nodes[p]["ip"], "cn" if self.nodes[p]["service"] == "kcnd" else "pn") for p in peers]
+        urls = [kni(self.nodes[p]["node_id"], self.nodes[p]["ip"], "cn" if self.nodes[p]["service"] == "kcnd" else "pn")
+                for p in peers]
         (self.data_path(node["host"], node["data_dir"]) / "static-nodes.json").write_text(json.dumps(urls, indent=2))
 
     def start(self, name: str) -> None:
         node = self.nodes[name]
-        result = self.world.run_on_host(node["host"], f"systemctl enable {node['service']} && systemctl start {node['service']}")
+        result = self.world.run_on_host(node["host"], f"systemctl enable {node['service']} && systemctl start "
+                                                      f"{node['service']}")
         if result.returncode != 0:
             raise RuntimeError(f"seeding: {node['service']} on {name} did not start: {result.stderr.strip()}")
 
@@ -281,10 +287,12 @@ class Seeder:
             n = self.nodes[name]
             out = {"name": name, "ssh_conn_id": self.conn_id(name), "data_dir": n["data_dir"], "host": n["private_ip"]}
             if n["service"] == "kcnd":
-                out |= {"role": n["role"].split("-")[1], "node_id": n["node_id"], "nodekey_secret_id": f"kaia-ha/{n['cell']}/{name}/nodekey"}
+                out |= {"role": n["role"].split("-")[1], "node_id": n["node_id"],
+                        "nodekey_secret_id": f"kaia-ha/{n['cell']}/{name}/nodekey"}
             if "instance_id" in n:
                 out |= {"instance_id": n["instance_id"], "data_device": "/dev/sdf"}
-                out |= {"data_volume_id": n["volume_id"]} if n["service"] == "kpnd" else {"elastic_ip_allocation_id": n["allocation_id"]}
+                out |= ({"data_volume_id": n["volume_id"]} if n["service"] == "kpnd"
+                        else {"elastic_ip_allocation_id": n["allocation_id"]})
             return out
 
         def cloud(cell: str, cn: str, pns: list[str], region: str) -> dict:
@@ -334,7 +342,8 @@ class Seeder:
                       "extra": {"region_name": region, "endpoint_url": self.endpoint}})
               for region in self.regions),
             # A replacement CN: login, port and key; its address and host key are learned at launch.
-            export("AIRFLOW_CONN_SSH_NEW_CN", {"conn_type": "ssh", "login": "root", "port": paths.SSH_PORT, "extra": {"key_file": str(self.key)}}),
+            export("AIRFLOW_CONN_SSH_NEW_CN", {"conn_type": "ssh", "login": "root", "port": paths.SSH_PORT,
+                                               "extra": {"key_file": str(self.key)}}),
         ]
         for name, node in self.nodes.items():
             host = self.world.hosts[node["host"]]
@@ -345,6 +354,8 @@ class Seeder:
 
     def write(self, coord_url: str, airflow_home: Path) -> None:
         paths.INVENTORY.write_text(
-            "# Generated by `python -m simcell up` for the simulated core cells.\n" + yaml.safe_dump(self.inventory(), sort_keys=False)
+            "# Generated by `python -m simcell up` for the simulated core cells.\n"
+            + yaml.safe_dump(self.inventory(), sort_keys=False)
         )
-        paths.ENV_FILE.write_text("\n".join(["# . .simcell/env  (written by `python -m simcell up`)", *self.env_lines(coord_url, airflow_home)]) + "\n")
+        paths.ENV_FILE.write_text("\n".join(["# . .simcell/env  (written by `python -m simcell up`)",
+                                             *self.env_lines(coord_url, airflow_home)]) + "\n")

@@ -138,7 +138,8 @@ class World:
         key = paths.host_dir(name) / "ssh" / "ssh_host_ed25519_key"
         if not key.exists():
             key.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}", "-f", str(key)], check=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}", "-f", str(key)],
+                           check=True)
         self.hosts[name].host_key = " ".join(key.with_suffix(".pub").read_text().split()[:2])
         return key
 
@@ -423,7 +424,8 @@ class World:
         accepts the inbound connection (no --netrestrict in a core cell)."""
         me = (node.node_id, self.host_ip(node.host))
         other = "pn" if node.kind == "cn" else "cn"
-        return [n for n in alive if n.kind == other and (me in n.static or (n.node_id, self.host_ip(n.host)) in node.static)]
+        return [n for n in alive
+                if n.kind == other and (me in n.static or (n.node_id, self.host_ip(n.host)) in node.static)]
 
     def _peers(self, node: NodeState, alive: list[NodeState]) -> tuple[dict, int]:
         links = self._links(node, alive)
@@ -453,7 +455,8 @@ class World:
                 return {"peers": {"total": 0}, "best": 0}
             node = self.nodes.get(key)
             if node is None or node.pid != report["pid"]:
-                node = NodeState(report["host"], report["service"], report["kind"], report["pid"], report["node_id"], 0, set())
+                node = NodeState(report["host"], report["service"], report["kind"], report["pid"], report["node_id"], 0,
+                                 set())
                 self.nodes[key] = node
             node.height, node.seen = report["height"], time.monotonic()
             node.static = {tuple(entry) for entry in report["static"]}
@@ -483,7 +486,8 @@ class World:
                 current.add(pair)
                 if pair not in self._open_pairs:
                     self.events.append(
-                        {"time": time.time(), "node_id": node_id, "hosts": sorted(self.hosts[h].label or h for h in pair)}
+                        {"time": time.time(), "node_id": node_id,
+                         "hosts": sorted(self.hosts[h].label or h for h in pair)}
                     )
                     log.warning("double signing: node %s… on %s", node_id[:16], sorted(pair))
         self._open_pairs = current

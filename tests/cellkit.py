@@ -26,10 +26,12 @@ class Cell:
     # ----- the CLI ---------------------------------------------------------------------------------
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [sys.executable, "-m", "simcell", *args], env=self.base_env, cwd=REPO, capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "simcell", *args], env=self.base_env, cwd=REPO, capture_output=True, text=True,
+            timeout=300
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"simcell {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(f"simcell {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n"
+                                 f"{result.stderr}")
         return result
 
     def up(self, *args: str) -> None:
@@ -104,7 +106,8 @@ class Cell:
         conn = self.conn(name)
         if instance_id:
             ec2 = self.client("ec2")
-            address = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+            instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+            address = instance["PrivateIpAddress"]
             console = ec2.get_console_output(InstanceId=instance_id)["Output"]  # botocore decodes the base64
             key = next(line for line in console.splitlines() if line.startswith("ssh-ed25519 AAAA"))
             conn = conn | {"host": address, "extra": conn["extra"] | {"host_key": " ".join(key.split()[:2])}}
@@ -113,7 +116,8 @@ class Cell:
         known.write_text(f"[{conn['host']}]:{conn['port']} {conn['extra']['host_key']}\n")
         result = subprocess.run(
             ["ssh", "-i", conn["extra"]["key_file"], "-p", str(conn["port"]), "-o", f"UserKnownHostsFile={known}",
-             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"{conn['login']}@{conn['host']}", command],
+             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+             f"{conn['login']}@{conn['host']}", command],
             capture_output=True, text=True, input=stdin, timeout=120,
         )
         if check and result.returncode != 0:
@@ -121,7 +125,8 @@ class Cell:
         return result
 
     def attach(self, name: str, expr: str, data_dir: str = "/var/kcnd/data", binary: str = "kcn"):
-        out = self.ssh(name, f"sudo {binary} attach --datadir {data_dir} --exec {shlex.quote('JSON.stringify(' + expr + ')')}").stdout
+        out = self.ssh(name, f"sudo {binary} attach --datadir {data_dir} --exec "
+                             f"{shlex.quote('JSON.stringify(' + expr + ')')}").stdout
         return json.loads(json.loads(out))
 
     def calls(self, action: str | None = None) -> list[dict]:
@@ -147,14 +152,13 @@ def answer_when_asked(dag_id: str, task_id: str, option: str, seen: dict, timeou
     from datetime import datetime, timezone
 
     def run():
-        from sqlalchemy import select
-
         from airflow.models.hitl import HITLDetail
         from airflow.models.taskinstance import TaskInstance
         from airflow.models.trigger import handle_event_submit
         from airflow.triggers.base import TriggerEvent
         from airflow.utils.session import create_session
         from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import select
 
         since, deadline = datetime.now(timezone.utc), time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -194,7 +198,8 @@ def end_interrupted_runs() -> None:
 
     ours = [p.stem for p in (REPO / "dags").glob("kaia_*.py")]  # each DAG file is named after its DAG
     with create_session() as session:
-        session.query(DagRun).filter(DagRun.state == DagRunState.RUNNING, DagRun.dag_id.in_(ours)).update({DagRun.state: DagRunState.FAILED})
+        (session.query(DagRun).filter(DagRun.state == DagRunState.RUNNING, DagRun.dag_id.in_(ours))
+         .update({DagRun.state: DagRunState.FAILED}))
 
 
 class AirflowRunner:
@@ -221,7 +226,8 @@ class AirflowRunner:
         return bag.get_dag(dag_id)
 
     def run(self, dag_id: str, conf: dict | None = None, retries: int | None = None):
-        """``dag.test()`` and the final state of every task instance: ``(run_id, state, {(task_id, map_index): (state, try)})``.
+        """``dag.test()`` and the final state of every task instance:
+        ``(run_id, state, {(task_id, map_index): (state, try)})``.
 
         Every log record of the run is kept in ``self.log_text`` for leak scans; with ``self.leak_scan`` set (a
         ``leakscan.LeakScan``), the run's process command lines are watched too. ``retries``: every task's, instead
@@ -260,7 +266,8 @@ class AirflowRunner:
                 from airflow.models.taskinstance import TaskInstance
 
                 with create_session() as session:
-                    for ti in session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id,
+                    for ti in session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id,
+                                                                 TaskInstance.run_id == run_id,
                                                                  TaskInstance.task_id.in_(list(subset.task_dict))):
                         ti.max_tries = ti.try_number + retries
 
@@ -281,7 +288,6 @@ class AirflowRunner:
         from unittest import mock
 
         from airflow.models.dagrun import DagRun
-
         from airflow.utils import timezone
         from airflow.utils.state import DagRunState
 

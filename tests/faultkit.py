@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,8 +39,10 @@ KINDS = [*(f"aws {k}" for k in AWS_KINDS), *(f"ssh {k}" for k in SSH_KINDS)]
 AWS_ACTIONS = {
     MAINTENANCE: ("GetSecretValue", "CreateSecret", "PutSecretValue", "Publish", "DescribeImages", "CreateImage",
                   "DescribeSnapshots", "CreateSnapshot", "DeregisterImage", "DeleteSnapshot"),
-    CLOUD: ("GetSecretValue", "DescribeInstances", "DescribeAddresses", "DescribeImages", "DescribeSubnets", "DescribeSnapshots",
-            "StopInstances", "CreateSnapshot", "CreateTags", "CreateVolume", "DescribeVolumes", "RunInstances", "GetConsoleOutput",
+    CLOUD: ("GetSecretValue", "DescribeInstances", "DescribeAddresses", "DescribeImages", "DescribeSubnets",
+            "DescribeSnapshots",
+            "StopInstances", "CreateSnapshot", "CreateTags", "CreateVolume", "DescribeVolumes", "RunInstances",
+            "GetConsoleOutput",
             "AttachVolume", "AssociateAddress", "Publish"),
     METAL: ("GetSecretValue", "Publish"),
 }
@@ -117,7 +119,8 @@ class Fault:
         return f"{self.step}: `{self.match}` on {self.target[4:]}" if self.is_ssh else self.target
 
     def inject(self, cell: Cell) -> None:
-        cell.fault(self.target, "--kind", self.kind, "--times", str(self.times), *(("--match", self.match) if self.match else ()))
+        cell.fault(self.target, "--kind", self.kind, "--times", str(self.times),
+                   *(("--match", self.match) if self.match else ()))
 
     def pending_in(self, pending: dict) -> bool:
         if self.is_ssh:
@@ -130,7 +133,8 @@ def aws_faults(dag_id: str, kind: str, actions: tuple[str, ...] | None = None) -
 
 
 def ssh_faults(dag_id: str, kind: str, steps: tuple | None = None) -> list[Fault]:
-    return [Fault(dag_id, f"ssh:{host}", kind, SSH_KINDS[kind], match, task) for task, host, match in steps or SSH_STEPS[dag_id]]
+    return [Fault(dag_id, f"ssh:{host}", kind, SSH_KINDS[kind], match, task)
+            for task, host, match in steps or SSH_STEPS[dag_id]]
 
 
 def faults_of(dag_id: str, kind: str) -> list[Fault]:
@@ -204,7 +208,8 @@ class RunOutcome:
         return not self.duplicates and not self.pns_stopped and not self.double_signing_events and not self.leaks
 
 
-def fault_run(cell: Cell, runner: AirflowRunner, dag_id: str, conf: dict | None, faults: list[Fault], group: str) -> RunOutcome:
+def fault_run(cell: Cell, runner: AirflowRunner, dag_id: str, conf: dict | None, faults: list[Fault],
+              group: str) -> RunOutcome:
     """Run the DAG with the faults injected, then judge it: which faults were reached, what the run made, every
     PN running, no double signing, and the leak scan (a leak fails here, naming where)."""
     since = len(cell.calls())
@@ -220,7 +225,8 @@ def fault_run(cell: Cell, runner: AirflowRunner, dag_id: str, conf: dict | None,
     leaks, _ = runner.leak_scan.findings()
     made = made_by_run(cell, run_id)
     outcome = RunOutcome(
-        dag_id=dag_id, group=group, run_id=run_id, state=str(getattr(state, "value", state)), seconds=seconds, made=made,
+        dag_id=dag_id, group=group, run_id=run_id, state=str(getattr(state, "value", state)), seconds=seconds,
+        made=made,
         duplicates=duplicates(made),
         pns_stopped=[n["name"] for n in status["nodes"] if n["service"] == "kpnd" and not n["running"]],
         double_signing_events=status["double_signing_events"], failed=failure_messages(runner, dag_id, run_id),
@@ -229,7 +235,8 @@ def fault_run(cell: Cell, runner: AirflowRunner, dag_id: str, conf: dict | None,
     )
     print(f"\nfault run {dag_id} [{group}]: {outcome.state} in {seconds} s; retried {outcome.retried}", flush=True)
     for fault in faults:
-        row = {"dag": dag_id, "family": "ssh" if fault.is_ssh else "aws", "row": fault.row, "kind": fault.kind, "times": fault.times, "reached": not fault.pending_in(pending),
+        row = {"dag": dag_id, "family": "ssh" if fault.is_ssh else "aws", "row": fault.row, "kind": fault.kind,
+               "times": fault.times, "reached": not fault.pending_in(pending),
                "outcome": "success" if outcome.state == "success" else "failed", "duplicates": outcome.duplicates}
         if fault.is_ssh:
             row["tries"] = states.get((fault.step, -1), (None, 0))[1]
@@ -315,17 +322,19 @@ class Matrix:
     def _cell(row: dict) -> str:
         if not row["reached"]:
             return "not reached"
-        text = "run ok" if row["outcome"] == "success" else "run FAILED"  # the run's outcome; the step's own try follows
+        # the run's outcome; the step's own try follows
+        text = "run ok" if row["outcome"] == "success" else "run FAILED"
         text += f", try {row['tries']}" if "tries" in row else f", {row['calls']} calls ({row['faulted']} faulted)"
         return text + (f", DUPLICATES {row['duplicates']}" if row["duplicates"] else "")
 
     def markdown(self, runs: list[dict], extra: dict[str, list[dict]]) -> str:
         lines = ["# Fault matrix", "",
-                 "Each cell: the outcome of the run the fault was in; for AWS the calls of the action in that run (how many "
-                 "got the fault), for SSH the try at which the step that runs the command ended. Faults: " + ", ".join(f"{k} x{t}" for k, t in AWS_KINDS.items())
+                 "Each cell: the outcome of the run the fault was in; for AWS the calls of the action in that run "
+                 "(how many got the fault), for SSH the try at which the step that runs the command ended. Faults: "
+                 + ", ".join(f"{k} x{t}" for k, t in AWS_KINDS.items())
                  + " (AWS; drop = performed, answer lost); " + ", ".join(f"ssh {k} x{t}" for k, t in SSH_KINDS.items())
-                 + " (drop = before the command runs; drop-after = it ran, the answer lost). Runs of the quick subset are "
-                 "listed with their group `quick`.", ""]
+                 + " (drop = before the command runs; drop-after = it ran, the answer lost). Runs of the quick "
+                   "subset are listed with their group `quick`.", ""]
         rows = [r | {"group": o["group"]} for o in runs for r in o["rows"]]
         for dag_id in (MAINTENANCE, CLOUD, METAL):
             for family, kinds in (("aws", list(AWS_KINDS)), ("ssh", list(SSH_KINDS))):
@@ -333,27 +342,32 @@ class Matrix:
                 if not mine:
                     continue
                 lines += [f"## {dag_id}: {'AWS actions' if family == 'aws' else 'SSH steps'}", "",
-                          "| " + ("action" if family == "aws" else "step: command on host") + " | " + " | ".join(kinds) + " |",
+                          "| " + ("action" if family == "aws" else "step: command on host") + " | "
+                          + " | ".join(kinds) + " |",
                           "|---|" + "---|" * len(kinds)]
                 for name in dict.fromkeys(r["row"] for r in mine):
                     cells = []
                     for kind in kinds:
                         hit = [r for r in mine if r["row"] == name and r["kind"] == kind]
-                        cells.append("; ".join(self._cell(r) + (" (quick)" if r["group"] == "quick" else "") for r in hit) or "-")
+                        cells.append("; ".join(self._cell(r) + (" (quick)" if r["group"] == "quick" else "")
+                                               for r in hit) or "-")
                     lines.append(f"| {name.replace('|', '/')} | " + " | ".join(cells) + " |")
                 lines.append("")
-        lines += ["## Runs", "", "| DAG | group | run | state | s | made (by run tag) | duplicates | PNs stopped | double signing | leaks | failed | tasks retried (try) |",
+        lines += ["## Runs", "", "| DAG | group | run | state | s | made (by run tag) | duplicates | PNs stopped | "
+                                 "double signing | leaks | failed | tasks retried (try) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for o in runs:
             failed = "; ".join(f"{t}: {m[:160]}" for t, m in o["failed"].items()).replace("|", "/").replace("\n", " ")
-            lines.append(f"| {o['dag_id']} | {o['group']} | {o['run_id']} | {o['state']} | {o['seconds']} | {o['made'] or '-'} | "
-                         f"{o['duplicates'] or 'none'} | {o['pns_stopped'] or 'none'} | {len(o['double_signing_events'])} | "
-                         f"{len(o['leaks']) or 'none'} | {failed or '-'} | {o['retried'] or '-'} |")
+            lines.append(f"| {o['dag_id']} | {o['group']} | {o['run_id']} | {o['state']} | {o['seconds']} | "
+                         f"{o['made'] or '-'} | {o['duplicates'] or 'none'} | {o['pns_stopped'] or 'none'} | "
+                         f"{len(o['double_signing_events'])} | {len(o['leaks']) or 'none'} | {failed or '-'} | "
+                         f"{o['retried'] or '-'} |")
         for title, table_rows in extra.items():
             if table_rows:
                 columns = list(table_rows[0])
                 lines += ["", f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-                lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "/").replace("\n", " ") for c in columns) + " |" for r in table_rows]
+                lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "/").replace("\n", " ") for c in columns)
+                          + " |" for r in table_rows]
         return "\n".join(lines) + "\n"
 
     def write(self, stem: str = "fault-matrix") -> Path:

@@ -175,7 +175,8 @@ class LeakScan:
         if url.startswith("sqlite:///"):
             db_hits, rows = scan_sqlite(self.keys, Path(url[len("sqlite:///"):]))
             hits += db_hits
-        scanned = {"keys": len(self.keys), "log records": bool(getattr(self.runner, "log_text", "")), "log files": len(logs),
+        scanned = {"keys": len(self.keys), "log records": bool(getattr(self.runner, "log_text", "")),
+                   "log files": len(logs),
                    "report files": len([p for p in reports if p.is_file()]), "command lines": len(self.cmdlines.seen),
                    "xcom rows": rows.get("xcom", 0), "db tables": len(rows)}
         return hits, scanned
@@ -184,5 +185,6 @@ class LeakScan:
         """Fail naming every place a key was found (never the key); also fail if there was nothing to scan."""
         hits, scanned = self.findings()
         assert not hits, "validator keys leaked:\n  " + "\n  ".join(sorted(set(hits)))
-        assert scanned["log records"] and scanned["xcom rows"] and scanned["db tables"] and scanned["report files"], scanned
+        assert (scanned["log records"] and scanned["xcom rows"] and scanned["db tables"]
+                and scanned["report files"]), scanned
         return scanned

@@ -23,7 +23,8 @@ def test_the_official_airflow_3_shape():
             "airflow-triggerer", "airflow-worker", "airflow-init"} <= set(SERVICES)
     commands = {name: s.get("command") for name, s in SERVICES.items()}
     assert commands["airflow-apiserver"] == "api-server" and commands["airflow-worker"] == "celery worker"
-    assert all(s["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor" for n, s in SERVICES.items() if n.startswith("airflow-"))
+    assert all(s["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor" for n, s in SERVICES.items()
+               if n.startswith("airflow-"))
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -35,7 +36,8 @@ def test_every_service_refers_to_what_exists(name):
         # ${VAR:-default}: the default, what compose mounts when the operator sets nothing
         source = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", volume).split(":")[0]
         if source.startswith("."):
-            assert source in RUNTIME_DIRS or (REPO / source).exists(), f"{name} mounts {source}, which is not in the repository"
+            assert source in RUNTIME_DIRS or (REPO / source).exists(), (
+                f"{name} mounts {source}, which is not in the repository")
         else:
             assert source in COMPOSE.get("volumes", {}), f"{name} uses an undefined volume {source}"
     if "build" in service:

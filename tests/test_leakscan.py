@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+
 from leakscan import CmdlineWatch, _hit, needles, scan_files, scan_sqlite
 
 KEY = "5f" * 16 + "a0" * 16  # made up, not a key of the cell

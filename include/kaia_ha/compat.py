@@ -50,5 +50,6 @@ def problems(cn_flags: str, cn_version: str, pn_flags: str, pn_version: str, pn:
     if cn_flags != pn_flags:
         out.append(f"DB flags differ: the CN image runs with {cn_flags}, {pn} wrote its data with {pn_flags}")
     if version(cn_version) < version(pn_version):
-        out.append(f"kcn {cn_version} in the CN image is older than kpn {pn_version} on {pn}: it would refuse the newer database")
+        out.append(f"kcn {cn_version} in the CN image is older than kpn {pn_version} on {pn}: it would refuse the "
+                   "newer database")
     return out

@@ -18,14 +18,22 @@ import time
 
 from kaia_ha import live
 from kaia_ha.alerts import alert
-from kaia_ha.failover_standby import holds_ip, release_floating_ip, standby_conf_problems
+from kaia_ha.failover_standby import release_floating_ip, standby_conf_problems
 from kaia_ha.inventory import CN, Cell, load_inventory
 from kaia_ha.keys import InvalidKeyError
 from kaia_ha.placement import Standby, after_enrolment
 from kaia_ha.readiness import parse_static_nodes
 from kaia_ha.report import step
-from kaia_ha.takeover import (FailoverInputError, TakeoverError, answers_ssh, failover_report, keep_aside, load_backup,
-                              refuse_unknown_params, sync_check)
+from kaia_ha.takeover import (
+    FailoverInputError,
+    TakeoverError,
+    answers_ssh,
+    failover_report,
+    keep_aside,
+    load_backup,
+    refuse_unknown_params,
+    sync_check,
+)
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 
 log = logging.getLogger(__name__)
@@ -90,8 +98,9 @@ def prepare(plan: dict) -> dict:
         except Exception:  # noqa: BLE001 - a node that does not answer is stopped below anyway
             running = None
         if running == validator_id:
-            raise EnrolError(f"kcnd on {cn.name} runs as the VALIDATOR ({validator_id[:16]}…): two live nodes with one key. "
-                             f"Fence it first (stop kcnd, keys aside); it is not the active ({plan['placement']['active']['host']})")
+            raise EnrolError(f"kcnd on {cn.name} runs as the VALIDATOR ({validator_id[:16]}…): two live nodes with "
+                             "one key. Fence it first (stop kcnd, keys aside); it is not the active "
+                             f"({plan['placement']['active']['host']})")
         node.set_autostart(False)
         stopped = node.stop_service()
         if not stopped["clean"]:
@@ -110,7 +119,8 @@ def prepare(plan: dict) -> dict:
         node.run("sudo rm -f " + " ".join(shlex.quote(p) for p in node.key_paths("bls-nodekey")))
     aside_root = cn.data_dir.rstrip("/") + ".keys-aside"
     if plan["shred"]:
-        script = f"[ -d {shlex.quote(aside_root)} ] && find {shlex.quote(aside_root)} -type f -exec shred -u {{}} + ; rm -rf {shlex.quote(aside_root)}; true"
+        script = (f"[ -d {shlex.quote(aside_root)} ] && find {shlex.quote(aside_root)} -type f -exec shred -u {{}} + ; "
+                  f"rm -rf {shlex.quote(aside_root)}; true")
         node.run(f"sudo sh -c {shlex.quote(script)}")
         done["keys_aside"] = f"shredded ({aside_root})"
     else:
@@ -118,7 +128,8 @@ def prepare(plan: dict) -> dict:
     done["static_nodes"] = write_static_nodes(cell, cn, node)
     done["floating_ip"] = release_floating_ip(node, cell.floating_ip)
     key, path = node.read_key("nodekey")
-    done["own_key"] = f"its own key at {path} (node {key.node_id[:16]}…)" if key else "none: the node generates a fresh one at start"
+    done["own_key"] = (f"its own key at {path} (node {key.node_id[:16]}…)" if key
+                       else "none: the node generates a fresh one at start")
     return done
 
 
@@ -129,7 +140,8 @@ def pn_entries(cell: Cell) -> list[str]:
     paths = active.existing(active.key_paths("static-nodes.json"))
     entries, _ = parse_static_nodes(active.run(f"sudo cat {shlex.quote(paths[0])}").stdout) if paths else ([], [])
     pn_ids = {KaiaNodeHook(pn).probe().node_id: pn.name for pn in cell.pns}
-    found = {e["node_id"]: f"kni://{e['node_id']}@{e['ip']}:{e['port']}?discport=0&ntype=pn" for e in entries if e["node_id"] in pn_ids}
+    found = {e["node_id"]: f"kni://{e['node_id']}@{e['ip']}:{e['port']}?discport=0&ntype=pn" for e in entries
+             if e["node_id"] in pn_ids}
     missing = [name for nid, name in pn_ids.items() if nid not in found]
     if missing:
         raise EnrolError(f"the active's static-nodes.json does not list PN {', '.join(missing)}: fix it there first")
@@ -202,7 +214,8 @@ def synced(plan: dict, started: dict) -> dict | None:
 def record_placement(plan: dict, started: dict) -> dict:
     """The host stands by now, with the identity it runs; it is no longer fenced. Conditional, once per run."""
     cell, cn, _ = _ctx(plan)
-    new = live.update(cell, lambda p: after_enrolment(p, Standby(host=cn.name, node_id=started["node_id"])), dag_id=DAG_ID,
+    new = live.update(cell, lambda p: after_enrolment(p, Standby(host=cn.name, node_id=started["node_id"])),
+                      dag_id=DAG_ID,
                       run_id=plan["run_id"], why=f"{cn.name} enrolled as standby (node {started['node_id'][:16]}…)",
                       since=plan["placement"]["generation"])
     return {"generation": new.generation, "before": new.change.before, "after": new.change.after}
@@ -215,7 +228,8 @@ def report(ti, dag_run, plan: dict | None) -> dict:
         return ti.xcom_pull(task_ids=task_id, default=None) or {}
 
     recorded = pull(RECORD_TASK)
-    facts = {"core cell": plan.get("cell"), "host": plan.get("host"), "was": plan.get("was"), "prepared": pull("prepare"),
+    facts = {"core cell": plan.get("cell"), "host": plan.get("host"), "was": plan.get("was"),
+             "prepared": pull("prepare"),
              "started": pull("start"),
              "live placement": f"generation {recorded['generation']}: {recorded['after']}" if recorded else "unchanged"}
     data = failover_report(ti, dag_run, title="Kaia CN standby enrolment", synced_task=SYNCED_TASK, facts=facts,

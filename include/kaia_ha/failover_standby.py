@@ -43,7 +43,8 @@ from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook, NodeC
 
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_failover_standby"
-KEY_FILES = ("nodekey", "bls-nodekey")  # what may shadow klay/ on a standby (its static-nodes.json is its PN list: kept)
+# what may shadow klay/ on a standby (its static-nodes.json is its PN list: kept)
+KEY_FILES = ("nodekey", "bls-nodekey")
 # Branch targets of the fence phase (task ids in the DAG).
 FENCE_OVER_SSH, CONFIRM_DOWN, DECLARED_DOWN = "fence.fence_over_ssh", "fence.confirm_down", "fence.declared_down"
 SYNCED_TASK = "start.standby_synced"
@@ -126,7 +127,8 @@ def validate(conf: dict, run_id: str) -> dict:
     if not failed_name:
         raise FailoverInputError(f"failed_cn: choose the active CN that failed, one of {actives}")
     if failed_name not in actives:
-        raise FailoverInputError(f"failed_cn: {failed_name!r} is not the validator of a bare-metal core cell; choose one of {actives}")
+        raise FailoverInputError(f"failed_cn: {failed_name!r} is not the validator of a bare-metal core cell; choose "
+                                 f"one of {actives}")
     for field in ("fence_failed_active", "host_known_dead", "dry_run"):
         if not isinstance(conf.get(field, False), bool):
             raise FailoverInputError(f"{field}: must be true or false, got {conf.get(field)!r}")
@@ -134,16 +136,18 @@ def validate(conf: dict, run_id: str) -> dict:
     wanted = conf.get("standby_cn") or ""
     hosts = [cn.name for cn in cell.cns]
     if wanted and wanted not in hosts:  # checked before anything is read: the live placement is in S3
-        raise FailoverInputError(f"standby_cn: {wanted!r} is not a CN of {cell.name}; choose one of {hosts} or leave it empty")
-    placement = live.for_run(cell, DAG_ID, run_id)  # which host runs the validator now and which stand by: not the inventory's roles
+        raise FailoverInputError(f"standby_cn: {wanted!r} is not a CN of {cell.name}; choose one of {hosts} or leave "
+                                 "it empty")
+    # which host runs the validator now and which stand by: not the inventory's roles
+    placement = live.for_run(cell, DAG_ID, run_id)
     failed = cell.cn(placement.active.host)
     standbys = [s.host for s in placement.standbys]
     if wanted and wanted not in standbys:
         raise FailoverInputError(f"standby_cn: {wanted!r} is not a standby of {cell.name} now (live placement: "
                                  f"{placement.summary()}); choose one of {standbys} or leave it empty")
     if not standbys:
-        raise FailoverInputError(f"failed_cn: core cell {cell.name} has no standby now ({placement.summary()}): nothing to fail "
-                                 "over to. Enrol one with kaia_cn_enroll_standby")
+        raise FailoverInputError(f"failed_cn: core cell {cell.name} has no standby now ({placement.summary()}): "
+                                 "nothing to fail over to. Enrol one with kaia_cn_enroll_standby")
     fip = cell.floating_ip
     standby = placement.standby(wanted or standbys[0])
     plan = {
@@ -151,22 +155,26 @@ def validate(conf: dict, run_id: str) -> dict:
         "standby_node_id": standby.node_id or cell.cn(standby.host).node_id, "run_id": run_id,
         "placement": placement.model_dump(mode="json"),
         "fence": conf.get("fence_failed_active", True), "known_dead": conf.get("host_known_dead", False),
-        "dry_run": conf.get("dry_run", False), "floating_ip": fip.address, "interface": fip.interface, "gateway": fip.gateway,
+        "dry_run": conf.get("dry_run", False), "floating_ip": fip.address, "interface": fip.interface,
+        "gateway": fip.gateway,
     }
-    log.info("Failover plan: %s takes over %s from %s in %s (floating IP %s)", plan["standby_cn"], failed_name, failed.name,
+    log.info("Failover plan: %s takes over %s from %s in %s (floating IP %s)", plan["standby_cn"], failed_name,
+             failed.name,
              cell.name, fip.address)
     return plan
 
 
 @step
 def check_backup(plan: dict) -> dict:
-    """The failed active's keys exist in Secrets Manager and are the inventory's node. IAM: secretsmanager:GetSecretValue."""
+    """The failed active's keys exist in Secrets Manager and are the inventory's node.
+    IAM: secretsmanager:GetSecretValue."""
     cell, failed, standby = _ctx(plan)
     backup = load_backup(cell, cell.validator)
     if plan["standby_node_id"] == backup.node_id:
-        raise TakeoverError(f"{standby.name} is recorded with the validator's node ID: a standby must run its own key; enrol it "
-                            "again (kaia_cn_enroll_standby) or fix the inventory")
-    return {"secret_id": cell.validator.nodekey_secret_id, "node_id": backup.node_id, "bls_nodekey": backup.bls is not None,
+        raise TakeoverError(f"{standby.name} is recorded with the validator's node ID: a standby must run its own "
+                            "key; enrol it again (kaia_cn_enroll_standby) or fix the inventory")
+    return {"secret_id": cell.validator.nodekey_secret_id, "node_id": backup.node_id,
+            "bls_nodekey": backup.bls is not None,
             "bls_public_key": backup.bls_public_key is not None}
 
 
@@ -177,7 +185,8 @@ def standby_conf_problems(node: KaiaNodeHook, cn: CN) -> list[str]:
     if conf.get("DATA_DIR", "").rstrip("/") != cn.data_dir.rstrip("/"):
         out.append(f"kcnd.conf says DATA_DIR={conf.get('DATA_DIR')!r}, the inventory says {cn.data_dir!r}")
     if re.search(r"(^|\s)--nodekey(\s|=)", conf.get("ADDITIONAL", "")):
-        out.append("kcnd.conf passes --nodekey in ADDITIONAL: the node reads its key from that file, not DATA_DIR/klay/nodekey")
+        out.append("kcnd.conf passes --nodekey in ADDITIONAL: the node reads its key from that file, not "
+                   "DATA_DIR/klay/nodekey")
     return out
 
 
@@ -194,11 +203,12 @@ def check_standby(plan: dict) -> dict:
     backup = load_backup(cell, cell.validator)
     facts = {"standby": standby.name}
     if _holds_failed_key(node, backup):
-        return facts | {"state": f"holds the key of {failed.name} already (a takeover an earlier run began); continuing it"}
+        return facts | {"state": f"holds the key of {failed.name} already (a takeover an earlier run began); "
+                                 "continuing it"}
     verdict = sync_check(node, cell, None, expected_node_id=plan["standby_node_id"])
     if not verdict.ok:
-        raise TakeoverError(f"{standby.name} is not in sync, so it cannot take over now: {'; '.join(verdict.failed())}. "
-                            "Fix it, or choose another standby (standby_cn)")
+        raise TakeoverError(f"{standby.name} is not in sync, so it cannot take over now: "
+                            f"{'; '.join(verdict.failed())}. Fix it, or choose another standby (standby_cn)")
     return facts | {"state": "in sync with its own identity", "checks": verdict.checks}
 
 
@@ -210,9 +220,11 @@ def check_failed_active(plan: dict) -> dict:
     facts = host_state(failed_host(failed), cell.floating_ip)
     if facts["reachable"]:
         facts["fence"] = ("over SSH: stop kcnd, disable it, release the IP, keys aside" if plan["fence"]
-                          else "fencing off: the run stops if kcnd runs there" if facts["kcnd"] in KCND_UP else "fencing off; kcnd not running")
+                          else "fencing off: the run stops if kcnd runs there" if facts["kcnd"] in KCND_UP
+                          else "fencing off; kcnd not running")
     else:
-        facts["fence"] = "declared dead by the host_known_dead param" if plan["known_dead"] else "the run will ask you to confirm it is down"
+        facts["fence"] = ("declared dead by the host_known_dead param" if plan["known_dead"]
+                          else "the run will ask you to confirm it is down")
     return facts
 
 
@@ -223,7 +235,8 @@ def check_floating_ip(plan: dict) -> dict:
     fip = cell.floating_ip
     shown = KaiaNodeHook(standby).run(f"ip -4 addr show dev {shlex.quote(fip.interface)}", check=False)
     if shown.rc != 0:
-        raise TakeoverError(f"floating_ip.interface: {standby.name} has no interface {fip.interface!r}: {shown.stderr.strip()[-200:]}")
+        raise TakeoverError(f"floating_ip.interface: {standby.name} has no interface {fip.interface!r}: "
+                            f"{shown.stderr.strip()[-200:]}")
     commands = {w: fip.command(w) for w in ("add", "announce", "check_free", "del") if getattr(fip, f"{w}_cmd")}
     if fip.gateway:
         commands |= {"source": fip.command("source"), "unsource": fip.command("unsource")}
@@ -240,17 +253,17 @@ def fence_path(plan: dict) -> str:
         if plan["fence"]:
             return FENCE_OVER_SSH
         if host["kcnd"] in KCND_UP:
-            raise TakeoverError(f"fence_failed_active is off but kcnd is running on {failed.name}: two live nodes with one key "
-                                "double-sign. Stop it yourself, or trigger again with fencing on")
+            raise TakeoverError(f"fence_failed_active is off but kcnd is running on {failed.name}: two live nodes "
+                                "with one key double-sign. Stop it yourself, or trigger again with fencing on")
         return DECLARED_DOWN
     detail = host["detail"]
     log.warning("%s does not answer over SSH: %s", failed.name, detail)
     if plan["known_dead"]:
         return DECLARED_DOWN
     notify(cell, f"[kaia-ha] confirm {failed.name} is down",
-           f"The failover of {failed.name} ({cell.name}) to {plan['standby_cn']} waits for you: {failed.name} does not answer over SSH "
-           f"({detail}). Make sure it is powered off or cut off, then approve 'confirm_down' under Required actions in Airflow "
-           f"(DAG {DAG_ID}, run {plan['run_id']}).")
+           f"The failover of {failed.name} ({cell.name}) to {plan['standby_cn']} waits for you: {failed.name} does "
+           f"not answer over SSH ({detail}). Make sure it is powered off or cut off, then approve 'confirm_down' "
+           f"under Required actions in Airflow (DAG {DAG_ID}, run {plan['run_id']}).")
     return CONFIRM_DOWN
 
 
@@ -275,9 +288,11 @@ def fence_over_ssh(plan: dict) -> dict:
 
 @step
 def declared_down(plan: dict) -> dict:
-    """No change on the failed host: it does not answer and the operator declared it dead, or fencing is off and kcnd is not running."""
+    """No change on the failed host: it does not answer and the operator declared it dead, or fencing is off and kcnd
+    is not running."""
     _, failed, _ = _ctx(plan)
-    why = "host_known_dead: the operator declared the host dead" if plan["known_dead"] else "fencing off; kcnd not running there"
+    why = ("host_known_dead: the operator declared the host dead" if plan["known_dead"]
+           else "fencing off; kcnd not running there")
     return {"how": why, "cn": failed.name}
 
 
@@ -299,17 +314,21 @@ def verify_fenced(plan: dict) -> dict:
     reachable = host["reachable"]
     if reachable:
         if host["kcnd"] in KCND_UP:
-            raise TakeoverError(f"kcnd runs on {failed.name} again: not fenced. Stop and disable it, then clear this task")
+            raise TakeoverError(f"kcnd runs on {failed.name} again: not fenced. Stop and disable it, then clear this "
+                                "task")
         if host["holds_floating_ip"]:
-            raise TakeoverError(f"{failed.name} still holds {fip.ip}: release it there (`{fip.command('del')}`), then clear this task")
+            raise TakeoverError(f"{failed.name} still holds {fip.ip}: release it there (`{fip.command('del')}`), then "
+                                "clear this task")
     node = KaiaNodeHook(standby)
     if not holds_ip(node, fip) and ip_answered_elsewhere(node, fip):
         raise TakeoverError(
-            f"another host still answers ARP for {fip.ip} (`{fip.command('check_free')}` on {standby.name}): {failed.name} may still "
-            "be up with the address (its SSH may be cut while kcnd runs). Power it off (BMC/IPMI, PDU) or unplug it, then clear "
-            "this task. Not continuing: two live nodes with one key double-sign")
+            f"another host still answers ARP for {fip.ip} (`{fip.command('check_free')}` on {standby.name}): "
+            f"{failed.name} may still be up with the address (its SSH may be cut while kcnd runs). Power it off "
+            "(BMC/IPMI, PDU) or unplug it, then clear this task. Not continuing: two live nodes with one key "
+            "double-sign")
     return {"failed_host": "answers over SSH, kcnd stopped, IP released" if reachable else "does not answer over SSH",
-            "arp": "no other host answers for the floating IP" if fip.check_free_cmd else "not checked (no check_free_cmd)"}
+            "arp": "no other host answers for the floating IP" if fip.check_free_cmd
+            else "not checked (no check_free_cmd)"}
 
 
 # ----- 3-5. the standby takes over ----------------------------------------------------------------------------------
@@ -319,13 +338,14 @@ def stop_standby(plan: dict) -> dict:
     cell, failed, standby = _ctx(plan)
     node = KaiaNodeHook(standby)
     now = node_state(node, cell.floating_ip)
-    if now["kcnd"] == "active" and now["holds_floating_ip"] and node.probe().node_id == load_backup(cell, cell.validator).node_id:
+    if (now["kcnd"] == "active" and now["holds_floating_ip"]
+            and node.probe().node_id == load_backup(cell, cell.validator).node_id):
         return {"state": "active", "skipped": "already runs as the validator (an earlier try took over): not stopped"}
     stopped = node.stop_service()
     if not stopped["clean"]:
         raise TakeoverError(
-            f"{standby.name}: kcnd did not stop cleanly (no 'Blockchain manager stopped' then 'Database closed'; killed after "
-            f"STOP_TIMEOUT?): its database may not open. Last log lines:\n{stopped['log_tail']}")
+            f"{standby.name}: kcnd did not stop cleanly (no 'Blockchain manager stopped' then 'Database closed'; "
+            f"killed after STOP_TIMEOUT?): its database may not open. Last log lines:\n{stopped['log_tail']}")
     return {"state": stopped["state"], "stop_seconds": stopped["stop_seconds"]}
 
 
@@ -339,13 +359,15 @@ def replace_identity(plan: dict) -> dict:
     aside = aside_dir(standby.data_dir, plan["run_id"])
     if node.service_state() == "active":
         if node.probe().node_id != backup.node_id:
-            raise TakeoverError(f"kcnd runs on {standby.name}: its keys are not replaced under a running node (clear stop_standby first)")
+            raise TakeoverError(f"kcnd runs on {standby.name}: its keys are not replaced under a running node (clear "
+                                "stop_standby first)")
         # It runs as the validator already (an earlier try): nothing to change under it, only prove the files.
         return {"own_keys": "aside by an earlier try", "own_keys_dir": aside, **verify_identity_on_disk(node, backup)}
     if _holds_failed_key(node, backup):  # an earlier try or run installed it: the own keys are aside already
         listing = f"ls -d {shlex.quote(aside_dir(standby.data_dir, ''))}*/ 2>/dev/null; true"
         earlier = node.run(f"sudo sh -c {shlex.quote(listing)}").stdout.split()
-        own = f"aside by an earlier try or run ({', '.join(earlier)})" if earlier else "not found (the failed CN's key was there already)"
+        own = (f"aside by an earlier try or run ({', '.join(earlier)})" if earlier
+               else "not found (the failed CN's key was there already)")
         aside = aside if aside + "/" in earlier else (earlier[-1].rstrip("/") if earlier else aside)
     else:
         moved = keep_aside(node, plan["run_id"])
@@ -367,7 +389,8 @@ def move_floating_ip(plan: dict) -> dict:
             raise TakeoverError(f"another host answers ARP for {fip.ip}: not taking the address (fencing did not hold)")
         added = node.run(fip.command("add"), check=False)  # "exists" after a dropped answer: judged by the check below
         if not holds_ip(node, fip):
-            raise TakeoverError(f"{standby.name}: `{fip.command('add')}` exited {added.rc}: {added.stderr.strip()[-300:]}")
+            raise TakeoverError(f"{standby.name}: `{fip.command('add')}` exited {added.rc}: "
+                                f"{added.stderr.strip()[-300:]}")
         done.append("added")
     # Announce (the neighbours' ARP caches still point at the old holder) and, with a gateway, make the
     # floating IP the source of outbound connections. Both are safe to repeat.
@@ -388,11 +411,12 @@ def start_standby(plan: dict) -> dict:
     on_disk = verify_identity_on_disk(node, backup)
     if not holds_ip(node, fip):
         raise TakeoverError(
-            f"the floating IP {fip.ip} is not on {standby.name} (`ip addr show dev {fip.interface}`): the IP move was skipped or "
-            f"undone. Started now, the validator would come up at {standby.name}'s own address, where neither the PNs nor the "
-            "other operators' CNs accept it. Run move_floating_ip first")
+            f"the floating IP {fip.ip} is not on {standby.name} (`ip addr show dev {fip.interface}`): the IP move was "
+            f"skipped or undone. Started now, the validator would come up at {standby.name}'s own address, where "
+            "neither the PNs nor the other operators' CNs accept it. Run move_floating_ip first")
     # Enabled: the validator now, it must come back after a reboot.
-    started = node.run(f"sudo systemctl enable {standby.service} && sudo systemctl start {standby.service}", check=False, timeout=120)
+    started = node.run(f"sudo systemctl enable {standby.service} && sudo systemctl start {standby.service}",
+                       check=False, timeout=120)
     deadline = time.monotonic() + IPC_WAIT
     while True:  # the console opens a moment after the init script returns
         try:
@@ -403,11 +427,13 @@ def start_standby(plan: dict) -> dict:
         except (NodeCommandError, ProbeError) as exc:
             if time.monotonic() > deadline or node.service_state() != "active":
                 raise TakeoverError(f"{standby.name}: kcnd does not answer after `systemctl start` (exit {started.rc}: "
-                                    f"{started.stderr.strip()[-200:]}; {exc}). Last log lines:\n{_log_tail(node)}") from None
+                                    f"{started.stderr.strip()[-200:]}; {exc}). Last log lines:\n"
+                                    f"{_log_tail(node)}") from None
             time.sleep(1)
     if running != backup.node_id:
-        raise TakeoverError(f"{standby.name} runs as node {running[:16]}…, not {failed.name}'s {backup.node_id[:16]}…: the node "
-                            "generated or read another key (its log says 'Generated nodekey'?)")
+        raise TakeoverError(f"{standby.name} runs as node {running[:16]}…, not {failed.name}'s "
+                            f"{backup.node_id[:16]}…: the node generated or read another key (its log says 'Generated "
+                            "nodekey'?)")
     return {"state": "active", "node_id": running, "key_path": on_disk["nodekey_path"]}
 
 
@@ -449,13 +475,15 @@ def record_placement(plan: dict, ti) -> dict:
     new = live.update(
         cell, lambda p: after_failover(p, Active(host=standby.name), Fenced(
             host=failed.name, run_id=plan["run_id"], dag_id=DAG_ID, at=live.now(),
-            how="over SSH (kcnd stopped and disabled, keys aside, IP released)" if how == "over SSH" else f"without SSH ({how})")),
-        dag_id=DAG_ID, run_id=plan["run_id"], why=f"failover of {plan['failed_cn']} from {failed.name} to {standby.name}",
+            how="over SSH (kcnd stopped and disabled, keys aside, IP released)" if how == "over SSH"
+            else f"without SSH ({how})")),
+        dag_id=DAG_ID, run_id=plan["run_id"], why=f"failover of {plan['failed_cn']} from {failed.name} to "
+                                                  f"{standby.name}",
         since=plan["placement"]["generation"])
     return {"generation": new.generation, "before": new.change.before, "after": new.change.after}
 
 
-# ----- 7. report -------------------------------------------------------------------------------------------------------
+# ----- 7. report ------------------------------------------------------------------------------------------------
 def fencing(states: dict, pull, plan: dict) -> dict:
     """How the failed active was fenced, from whichever fence path ran."""
     approval = pull(CONFIRM_DOWN)
@@ -489,16 +517,20 @@ def report(ti, dag_run, plan: dict | None) -> dict:
         "live placement": (lambda r: f"generation {r['generation']}: {r['after']} (was: {r['before']})" if r
                            else f"unchanged ({states.get(RECORD_TASK, 'not run')})")(pull(RECORD_TASK)),
         "validator node ID": pull("preflight.check_backup").get("node_id"), "dry run": plan.get("dry_run"),
-        "preflight": {"standby": pull("preflight.check_standby").get("state"), "failed active": pull("preflight.check_failed_active")},
+        "preflight": {"standby": pull("preflight.check_standby").get("state"),
+                      "failed active": pull("preflight.check_failed_active")},
         "fencing": fence, "fencing verified": pull("fence.verify_fenced"),
         "standby stop": pull("takeover.stop_standby"),
-        "standby's own keys": {"host": standby_cn, "state": identity.get("own_keys"), "dir": identity.get("own_keys_dir")},
+        "standby's own keys": {"host": standby_cn, "state": identity.get("own_keys"),
+                               "dir": identity.get("own_keys_dir")},
         "identity on disk": {k: identity.get(k) for k in ("nodekey_path", "bls_nodekey", "mode", "removed_shadowing")},
         "floating IP": pull("takeover.move_floating_ip") or {"floating_ip": plan.get("floating_ip"), "on": "not moved"},
         "running node ID": pull("start.start_standby").get("node_id"),
     }
-    data = failover_report(ti, dag_run, title="Kaia CN bare-metal failover (Active-Standby)", synced_task=SYNCED_TASK, facts=facts,
-                           todo=_todo(plan, fence, identity), checks=pull(SYNCED_TASK).get("checks"), dry_run=bool(plan.get("dry_run")))
+    data = failover_report(ti, dag_run, title="Kaia CN bare-metal failover (Active-Standby)", synced_task=SYNCED_TASK,
+                           facts=facts,
+                           todo=_todo(plan, fence, identity), checks=pull(SYNCED_TASK).get("checks"),
+                           dry_run=bool(plan.get("dry_run")))
     unsent = None
     if plan.get("cell"):
         outcome = "dry run passed" if data["ok"] and plan.get("dry_run") else "succeeded" if data["ok"] else "FAILED"
@@ -517,25 +549,28 @@ def report(ti, dag_run, plan: dict | None) -> dict:
 
 
 def _todo(plan: dict, fence: dict, identity: dict) -> list[str]:
-    failed, standby, cell = plan.get("failed_cn"), plan.get("standby_cn"), plan.get("cell")
+    standby, cell = plan.get("standby_cn"), plan.get("cell")
     if plan.get("dry_run"):
         return ["nothing was changed: to fail over, trigger again with dry run off"]
     host = plan.get("failed_host")
     todo = [
-        f"{cell} has NO standby now (readiness alerts until it has one): make {host} (once repaired) or a new host the standby "
-        "with kaia_cn_enroll_standby; it gets a NEW nodekey of its own, never the validator's",
-        f"keep {standby}'s own keys ({identity.get('own_keys_dir', 'see above')}) until the new standby runs; never start them on two nodes",
+        f"{cell} has NO standby now (readiness alerts until it has one): make {host} (once repaired) or a new host "
+        "the standby with kaia_cn_enroll_standby; it gets a NEW nodekey of its own, never the validator's",
+        f"keep {standby}'s own keys ({identity.get('own_keys_dir', 'see above')}) until the new standby runs; never "
+        "start them on two nodes",
         "the live placement records the new active (see above): nothing to edit in the inventory",
     ]
     if fence["path"] == "over SSH":
-        todo.append(f"{host}: kcnd is stopped and disabled there and its keys are aside under its DATA_DIR.keys-aside/; "
-                    "kaia_cn_enroll_standby shreds them when you ask (shred_keys_aside)")
+        todo.append(f"{host}: kcnd is stopped and disabled there and its keys are aside under its "
+                    "DATA_DIR.keys-aside/; kaia_cn_enroll_standby shreds them when you ask (shred_keys_aside)")
     else:
-        todo.append(f"{host} was NOT fenced over SSH (fencing: {fence['path']}): it still holds the validator's nodekey and may start kcnd at boot. "
-                    "Before it is powered on or reconnected: boot it off the network, `systemctl disable kcnd`, set AUTO_RESTART_NODE=0 in "
-                    "kcnd.conf, move DATA_DIR/nodekey, DATA_DIR/klay/nodekey, both bls-nodekey files and any --nodekey file of "
-                    f"ADDITIONAL away, and make sure it does not configure {plan.get('floating_ip')} at boot")
+        todo.append(f"{host} was NOT fenced over SSH (fencing: {fence['path']}): it still holds the validator's "
+                    "nodekey and may start kcnd at boot. Before it is powered on or reconnected: boot it off the "
+                    "network, `systemctl disable kcnd`, set AUTO_RESTART_NODE=0 in kcnd.conf, move DATA_DIR/nodekey, "
+                    "DATA_DIR/klay/nodekey, both bls-nodekey files and any --nodekey file of ADDITIONAL away, and "
+                    f"make sure it does not configure {plan.get('floating_ip')} at boot")
     if not plan.get("gateway"):
-        todo.append(f"the inventory names no floating_ip.gateway, so outbound connections from {standby} leave from its own address, "
-                    f"not {plan.get('floating_ip')}: if other operators' firewalls filter by source address, set it")
+        todo.append(f"the inventory names no floating_ip.gateway, so outbound connections from {standby} leave from "
+                    f"its own address, not {plan.get('floating_ip')}: if other operators' firewalls filter by source "
+                    "address, set it")
     return todo

@@ -88,20 +88,24 @@ def assess_sync(
             last.node_id == expected_node_id,
             f"admin.nodeInfo.id {last.node_id[:16]}… {'=' if last.node_id == expected_node_id else '!='} expected "
             f"{expected_node_id[:16]}…"
-            + ("" if last.node_id == expected_node_id else " (the node runs with another nodekey: wrong or regenerated key)"),
+            + ("" if last.node_id == expected_node_id
+               else " (the node runs with another nodekey: wrong or regenerated key)"),
         )
     if expected_bls_public_key is not None:
         same = last.bls_public_key == expected_bls_public_key
         check(
             "bls key",
             same,
-            "BLS public key matches the backup" if same else "BLS public key differs from the backup (a stale bls-nodekey)",
+            "BLS public key matches the backup" if same
+            else "BLS public key differs from the backup (a stale bls-nodekey)",
         )
     check("peers", last.peer_total > 0, f"{last.peer_total} peers {last.peers}")
     for kind in need_peer_types:
         n = int(last.peers.get(kind, 0))
-        check(f"{kind} peers", n > 0, f"{n} {kind.upper()} peers" + ("" if n else f" (no {kind.upper()} accepts this node: its node ID or IP is not the one expected)"))
-    check("not syncing", last.syncing is False, "kaia.syncing is false" if last.syncing is False else f"still syncing: {last.syncing}")
+        check(f"{kind} peers", n > 0, f"{n} {kind.upper()} peers"
+              + ("" if n else f" (no {kind.upper()} accepts this node: its node ID or IP is not the one expected)"))
+    check("not syncing", last.syncing is False, "kaia.syncing is false" if last.syncing is False
+          else f"still syncing: {last.syncing}")
     lag = reference_block - last.block
     check("head near PN", lag <= max_lag, f"{lag} blocks behind the PN's head {reference_block} (limit {max_lag})")
     check("head rising", last.block > first.block, f"block {first.block} -> {last.block}")

@@ -51,7 +51,8 @@ class Node(_Model):
     service: Literal["kcnd", "kpnd"]
     # How to ask the node a question over IPC; {data_dir} and {expr} are filled in (expr shell-quoted).
     attach_cmd: str = "sudo {binary} attach --datadir {data_dir} --exec {expr}"
-    data_device: str | None = Field(default=None, pattern=r"^/dev/[a-z0-9]+$")  # cloud: where DATA_DIR's volume is attached
+    # cloud: where DATA_DIR's volume is attached
+    data_device: str | None = Field(default=None, pattern=r"^/dev/[a-z0-9]+$")
     data_volume_id: str | None = Field(default=None, pattern=r"^vol-[0-9a-f]{8,17}$")
 
     _paths = field_validator("data_dir", "conf_path")(_absolute)
@@ -116,7 +117,8 @@ class FloatingIP(_Model):
         names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
         unknown = names - {"address", "ip", "interface", "gateway"}
         if unknown:
-            raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}; use {{address}}, {{ip}}, {{interface}} or {{gateway}}")
+            raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}; use {{address}}, {{ip}}, {{interface}} "
+                             "or {gateway}")
         return value
 
     def command(self, which: str) -> str:
@@ -147,7 +149,8 @@ class Launch(_Model):
     instance_type: str = "m6i.8xlarge"
     subnet_id: str = Field(pattern=r"^subnet-[0-9a-f]{8,17}$")
     security_group_ids: list[str] = Field(min_length=1)
-    ssh_conn_template: str = Field(min_length=1)  # login, port and key for a new instance; host and host key are learned
+    # login, port and key for a new instance; host and host key are learned
+    ssh_conn_template: str = Field(min_length=1)
     key_name: str | None = None
 
 
@@ -216,10 +219,12 @@ class Cell(_Model):
     def _shape(self) -> Cell:
         active = [cn.name for cn in self.cns if cn.role == "active"]
         if len(active) != 1:
-            raise ValueError(f"cns: exactly one CN must have role 'active', found {len(active)} ({', '.join(active) or 'none'})")
+            raise ValueError(f"cns: exactly one CN must have role 'active', found {len(active)} "
+                             f"({', '.join(active) or 'none'})")
         if self.scheme == "cloud":
             if self.launch is None:
-                raise ValueError("launch: required for scheme 'cloud' (subnet_id, security_group_ids, ssh_conn_template)")
+                raise ValueError("launch: required for scheme 'cloud' (subnet_id, security_group_ids, "
+                                 "ssh_conn_template)")
             for i, node in enumerate([*self.cns, *self.pns]):
                 kind = "cns" if i < len(self.cns) else "pns"
                 idx = i if i < len(self.cns) else i - len(self.cns)
@@ -228,7 +233,8 @@ class Cell(_Model):
                         raise ValueError(f"{kind}[{idx}].{attr}: required for scheme 'cloud' (node {node.name})")
             for i, pn in enumerate(self.pns):
                 if pn.data_volume_id is None:
-                    raise ValueError(f"pns[{i}].data_volume_id: required for scheme 'cloud' (the PN volume to snapshot)")
+                    raise ValueError(f"pns[{i}].data_volume_id: required for scheme 'cloud' "
+                                     "(the PN volume to snapshot)")
             for i, cn in enumerate(self.cns):
                 if cn.role == "active" and cn.elastic_ip_allocation_id is None:
                     raise ValueError(f"cns[{i}].elastic_ip_allocation_id: required for the active CN of a cloud cell")
@@ -267,11 +273,13 @@ class Inventory(_Model):
     def _unique(self) -> Inventory:
         seen: dict[str, str] = {}  # name -> the field that has it first
         for c, cell in enumerate(self.cells):
-            fields = [(f"cells[{c}].name", cell.name), *((f"cells[{c}].cns[{i}].name", n.name) for i, n in enumerate(cell.cns)),
+            fields = [(f"cells[{c}].name", cell.name),
+                      *((f"cells[{c}].cns[{i}].name", n.name) for i, n in enumerate(cell.cns)),
                       *((f"cells[{c}].pns[{i}].name", n.name) for i, n in enumerate(cell.pns))]
             for where, name in fields:
                 if name in seen:  # the message names the field, like every other error
-                    raise ValueError(f"{where}: {name!r} appears twice (also {seen[name]}); names must be unique across cells and nodes")
+                    raise ValueError(f"{where}: {name!r} appears twice (also {seen[name]}); names must be unique "
+                                     "across cells and nodes")
                 seen[name] = where
         return self
 
@@ -289,7 +297,8 @@ class Inventory(_Model):
             for cn in cell.cns:
                 if cn.name == name:
                     return cell, cn
-        raise InventoryError(f"no CN named {name!r}; the inventory's CNs are {[cn.name for c in self.cells for cn in c.cns]}")
+        raise InventoryError(f"no CN named {name!r}; the inventory's CNs are "
+                             f"{[cn.name for c in self.cells for cn in c.cns]}")
 
 
 HINTS = {
@@ -310,7 +319,8 @@ def _format(exc: ValidationError) -> str:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(top level)"
         msg = re.sub(r"^Value error, ", "", err["msg"])
         # A model check names the field below its own place ("cns[0].instance_id: ..."): one path, like the rest.
-        inner = re.match(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): (.*)$", msg, re.S) if err["type"] == "value_error" else None
+        inner = (re.match(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): (.*)$", msg, re.S)
+                 if err["type"] == "value_error" else None)
         if inner:
             where, msg = (inner[1] if where == "(top level)" else f"{where}.{inner[1]}"), inner[2]
         field = next((p for p in reversed(err["loc"]) if isinstance(p, str)), "")
@@ -318,7 +328,8 @@ def _format(exc: ValidationError) -> str:
             msg = HINTS[field]
         elif err["type"] == "extra_forbidden":
             msg = "unknown field (a typo?); remove it or check the spelling against inventory.example.yaml"
-        got = f" (got {err['input']!r})" if err["type"] not in ("value_error", "missing") and not isinstance(err.get("input"), dict | list) else ""
+        shown = err["type"] not in ("value_error", "missing") and not isinstance(err.get("input"), dict | list)
+        got = f" (got {err['input']!r})" if shown else ""
         lines.append(f"  {where}: {msg}{got}")
     return "\n".join(lines)
 

@@ -88,8 +88,10 @@ def update(cell: Cell, change: Callable[[Placement], Placement], *, dag_id: str,
         if since is not None and placement.generation != since:
             by = placement.change
             raise PlacementConflict(
-                f"the placement of {cell.name} changed after this run read it (generation {since} -> {placement.generation}"
-                + (f", by {by.dag_id} run {by.run_id} at {by.at}: {by.why}" if by else "") + "). This run's change was NOT "
+                f"the placement of {cell.name} changed after this run read it (generation {since} -> "
+                f"{placement.generation}"
+                + (f", by {by.dag_id} run {by.run_id} at {by.at}: {by.why}" if by else "")
+                + "). This run's change was NOT "
                 f"recorded; now: {placement.summary()}. Check with `python -m kaia_ha.live show {cell.name}`")
         proposed = change(placement)
         new = proposed.model_copy(update={"generation": placement.generation + 1, "change": Change(
@@ -115,12 +117,14 @@ def active_node(cell: Cell, placement: Placement, **kw) -> KaiaNodeHook:
 
 # ----- the operator's command line ----------------------------------------------------------------------------
 def _show(placement: Placement) -> str:
-    lines = [f"{placement.cell} (generation {placement.generation}{', from the inventory' if not placement.generation else ''}):",
+    lines = [f"{placement.cell} (generation "
+             f"{placement.generation}{', from the inventory' if not placement.generation else ''}):",
              f"  validator {placement.validator} runs on {placement.active.host}"
              + (f" ({placement.active.instance_id}, {placement.active.private_ip or 'inventory address'})"
                 if placement.active.instance_id else "")]
     if placement.scheme == "bare-metal":
-        lines.append("  standby: " + (", ".join(s.host for s in placement.standbys) or "NONE: enrol one (kaia_cn_enroll_standby)"))
+        lines.append("  standby: "
+                     + (", ".join(s.host for s in placement.standbys) or "NONE: enrol one (kaia_cn_enroll_standby)"))
     for f in placement.fenced:
         lines.append(f"  fenced: {f.instance_id or f.host} by {f.dag_id} run {f.run_id} at {f.at} ({f.how})")
     if placement.change:

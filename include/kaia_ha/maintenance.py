@@ -81,29 +81,34 @@ def backup_nodekey(cell_name: str, run_id: str) -> dict:
         notify(cell, f"[kaia-ha] {cn.name} runs with an unexpected node ID",
                f"{cn.name} in {cell.name} runs as node {backup.node_id} but the inventory expects {cn.node_id}. "
                "The validator's identity changed (a regenerated or replaced nodekey). The backup was NOT overwritten.")
-        raise MaintenanceError(f"{cn.name}: running node ID {backup.node_id[:16]}… is not the inventory's node_id {cn.node_id[:16]}…")
+        raise MaintenanceError(f"{cn.name}: running node ID {backup.node_id[:16]}… is not the inventory's node_id "
+                               f"{cn.node_id[:16]}…")
     client = SecretsManagerHook(aws_conn_id=cell.aws_conn_id, region_name=cell.region).conn
     token = T.client_token(run_id, cell.name, cn.name, "nodekey-backup")
     try:
-        current = KeyBackup.from_secret_string(client.get_secret_value(SecretId=cn.nodekey_secret_id)["SecretString"], cn.nodekey_secret_id)
+        current = KeyBackup.from_secret_string(client.get_secret_value(SecretId=cn.nodekey_secret_id)["SecretString"],
+                                               cn.nodekey_secret_id)
     except client.exceptions.ResourceNotFoundException:
         current = None
     if current is None:
         client.create_secret(
             Name=cn.nodekey_secret_id, SecretString=backup.to_secret_string(), ClientRequestToken=token,
             Description=f"nodekey and bls-nodekey of Kaia CN {cn.name} ({cell.name})",
-            Tags=[{"Key": T.CELL, "Value": cell.name}, {"Key": T.NODE, "Value": cn.name}, {"Key": "managed-by", "Value": T.MANAGED_BY}],
+            Tags=[{"Key": T.CELL, "Value": cell.name}, {"Key": T.NODE, "Value": cn.name},
+                  {"Key": "managed-by", "Value": T.MANAGED_BY}],
         )
         action = "created"
     elif current.same_keys(backup):
         action = "unchanged"
     else:
-        client.put_secret_value(SecretId=cn.nodekey_secret_id, SecretString=backup.to_secret_string(), ClientRequestToken=token)
+        client.put_secret_value(SecretId=cn.nodekey_secret_id, SecretString=backup.to_secret_string(),
+                                ClientRequestToken=token)
         action = "updated"
         notify(cell, f"[kaia-ha] nodekey of {cn.name} changed",
-               f"The keys of running validator {cn.name} ({cell.name}) differ from the backup in {cn.nodekey_secret_id} "
-               f"(node ID {current.node_id[:16]}… -> {backup.node_id[:16]}…). The backup now holds the running keys; "
-               "the previous version stays as AWSPREVIOUS. Investigate: a changed nodekey on a running validator is an incident.")
+               f"The keys of running validator {cn.name} ({cell.name}) differ from the backup in "
+               f"{cn.nodekey_secret_id} (node ID {current.node_id[:16]}… -> {backup.node_id[:16]}…). The backup now "
+               "holds the running keys; the previous version stays as AWSPREVIOUS. Investigate: a changed nodekey on "
+               "a running validator is an incident.")
     result = {"cn": cn.name, "node_id": backup.node_id, "secret_id": cn.nodekey_secret_id, "action": action,
               "bls_nodekey": backup.bls is not None, "key_path": path}
     if path != f"{cn.data_dir}/klay/nodekey":
@@ -125,7 +130,8 @@ def cn_fingerprint(cell: Cell) -> dict:
             "would carry the chain data and the nodekey. Put DATA_DIR on its own volume (inventory data_device)."
         )
     digest = hashlib.sha256(f"{version}\n{conf}".encode()).hexdigest()[:16]
-    return {"fingerprint": digest, "kcn_version": version, "db_flags": compat.db_flags(node.conf().get("ADDITIONAL", ""))}
+    return {"fingerprint": digest, "kcn_version": version,
+            "db_flags": compat.db_flags(node.conf().get("ADDITIONAL", ""))}
 
 
 KEY_FILES = ("nodekey", "bls-nodekey", "klay/nodekey", "klay/bls-nodekey")
@@ -140,10 +146,12 @@ def root_disk_key_material(node: KaiaNodeHook, data_dir: str, additional: str) -
     under = " ".join(shlex.quote(f"{data_dir}/{name}") for name in KEY_FILES)
     aside = shlex.quote(data_dir.rstrip("/") + ".keys-aside")
     # Not `set -e`: a test that finds nothing is not an error; a bind that fails is (exit 3).
-    script = (f'd=$(mktemp -d) || exit 3; trap \'umount "$d" 2>/dev/null; rmdir "$d"\' EXIT; mount --bind / "$d" || exit 3; '
+    script = ('d=$(mktemp -d) || exit 3; trap \'umount "$d" 2>/dev/null; rmdir "$d"\' EXIT; mount --bind / "$d" || '
+              'exit 3; '
               f'for p in {under}; do [ -e "$d$p" ] && echo "$p (under the DATA_DIR mount point)"; done; '
               f'[ -d "$d"{aside} ] && find "$d"{aside} -type f | sed "s|^$d||; s|$| (set aside)|"; '
-              + "".join(f'[ -e {shlex.quote(p)} ] && echo {shlex.quote(p + " (--nodekey in ADDITIONAL)")}; ' for p in outside)
+              + "".join(f'[ -e {shlex.quote(p)} ] && echo {shlex.quote(p + " (--nodekey in ADDITIONAL)")}; '
+                        for p in outside)
               + "true")
     return node.run(f"sudo bash -c {shlex.quote(script)}", secret_output=False).stdout.splitlines()
 
@@ -182,7 +190,8 @@ def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
         T.SOURCE_INSTANCE: source,
     }
     log.info("CN image of %s: %s (%s)", cn.name, "create" if create else "skip", reason)
-    return {"create": create, "reason": reason, "name": name, "instance_id": source, "exclude_devices": [cn.data_device],
+    return {"create": create, "reason": reason, "name": name, "instance_id": source,
+            "exclude_devices": [cn.data_device],
             "tags": image_tags, "newest": newest["ImageId"] if newest else None, **fp}
 
 
@@ -199,12 +208,15 @@ def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False
     ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
     newest = {}
     for pn in cell.pns:
-        snaps = [s for s in ec2.find_snapshots({T.CELL: cell.name, T.NODE: pn.name, T.KIND: T.KIND_PN_CHAINDATA}) if s["State"] != "error"]
+        snaps = [s for s in ec2.find_snapshots({T.CELL: cell.name, T.NODE: pn.name, T.KIND: T.KIND_PN_CHAINDATA})
+                 if s["State"] != "error"]
         newest[pn.name] = snaps[0]["StartTime"].isoformat() if snaps else ""
     # A retry of this run keeps the PN its first try chose (the snapshot tagged with this run).
-    this_run = [pn for pn in cell.pns if ec2.find_snapshots({T.RUN_ID: run_id, T.NODE: pn.name, T.KIND: T.KIND_PN_CHAINDATA})]
+    this_run = [pn for pn in cell.pns if ec2.find_snapshots({T.RUN_ID: run_id, T.NODE: pn.name,
+                                                             T.KIND: T.KIND_PN_CHAINDATA})]
     if failover_running and not this_run:
-        raise AirflowSkipException("a cloud failover is running: no PN goes down for a pre-taken snapshot meanwhile; the next run takes it")
+        raise AirflowSkipException("a cloud failover is running: no PN goes down for a pre-taken snapshot meanwhile; "
+                                   "the next run takes it")
     if this_run:
         pn, why = this_run[0], "chosen by an earlier try of this run"
     elif cell.maintenance.snapshot_pn:
@@ -215,7 +227,8 @@ def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False
     sick = None if this_run else first_unhealthy(cell.pns)
     if sick:
         raise MaintenanceError(f"{sick[0]} is not healthy ({sick[1]}); not taking {pn.name} of {cell.name} down now")
-    tags = T.base_tags(cell.name, T.KIND_PN_CHAINDATA, run_id, DAG_ID, pn.name) | {T.CLEAN_STOP: "true", "Name": f"{pn.name}-chaindata"}
+    tags = T.base_tags(cell.name, T.KIND_PN_CHAINDATA, run_id, DAG_ID, pn.name) | {T.CLEAN_STOP: "true",
+                                                                                   "Name": f"{pn.name}-chaindata"}
     log.info("PN snapshot of %s: %s (%s)", cell.name, pn.name, why)
     return {"pn": pn.name, "volume_id": pn.data_volume_id, "why": why, "tags": tags}
 
@@ -244,12 +257,13 @@ def start_pn(cell_name: str, pn_name: str | None = None, ti=None, stop_task: str
 def kpnd_left_stopped(states: dict[str, str], stop_task: str, start_task: str) -> bool:
     """This run stopped kpnd (or tried to: a failed stop may have stopped it) and did not start it again.
     The teardown normally makes this impossible; when it fails for good the PN is down and must lead the report."""
-    return states.get(stop_task) not in (None, "skipped", "upstream_failed", "removed") and states.get(start_task) != "success"
+    return (states.get(stop_task) not in (None, "skipped", "upstream_failed", "removed")
+            and states.get(start_task) != "success")
 
 
 def kpnd_urgent(pn_name: str, start_task: str) -> str:
-    return (f"URGENT: kpnd on PN {pn_name} may still be stopped (this run stopped it and {start_task} did not succeed): "
-            f"check `systemctl is-active kpnd` on {pn_name} and start it, or clear {start_task}")
+    return (f"URGENT: kpnd on PN {pn_name} may still be stopped (this run stopped it and {start_task} did not "
+            f"succeed): check `systemctl is-active kpnd` on {pn_name} and start it, or clear {start_task}")
 
 
 def pns_back(cell_name: str, started: dict) -> dict | None:
@@ -265,9 +279,11 @@ def _retention(cell_name: str, run_after: datetime, kind: str) -> list[str]:
     keep = cell.maintenance
     ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
     if kind == T.KIND_CN_IMAGE:
-        found, count, state, key = ec2.find_images({T.CELL: cell.name, T.KIND: kind}), keep.keep_images, "available", "ImageId"
+        found = ec2.find_images({T.CELL: cell.name, T.KIND: kind})
+        count, state, key = keep.keep_images, "available", "ImageId"
     else:
-        found, count, state, key = ec2.find_snapshots({T.CELL: cell.name, T.KIND: kind}), keep.keep_snapshots, "completed", "SnapshotId"
+        found = ec2.find_snapshots({T.CELL: cell.name, T.KIND: kind})
+        count, state, key = keep.keep_snapshots, "completed", "SnapshotId"
     delete, kept = retention.plan(found, keep=count, usable_state=state, id_key=key, now=run_after)
     for item in kept:
         log.info("keep %s: %s", item["id"], item["why"])
@@ -306,7 +322,8 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
         if cell.scheme == "cloud":
             plan = pull(prefix + "cn_image.image_plan") or {}
             entry["image"] = {"decision": "create" if plan.get("create") else "skip", "reason": plan.get("reason"),
-                              "image_id": pull(prefix + "cn_image.create_image"), "fingerprint": plan.get("fingerprint")}
+                              "image_id": pull(prefix + "cn_image.create_image"),
+                              "fingerprint": plan.get("fingerprint")}
             stop, start = pull(prefix + "pn_snapshot.stop_kpnd"), pull(prefix + "pn_snapshot.start_kpnd")
             done = pull(prefix + "pn_snapshot.snapshot_done")
             # The PN the stop chose (the plan's, or the next one when that did not stop on its own), and those skipped.
@@ -317,8 +334,10 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
             entry["pn_snapshot"] = {
                 "pn": pn_name, "skipped": [a for a in attempts if a["outcome"] != "stopped cleanly"],
                 "snapshot_id": pull(prefix + "pn_snapshot.create_snapshot"),
-                "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2) if stop and start and start["started"] else None,
-                "snapshot_complete_seconds": round(done["completed_at"] - stop["stopped_at"], 2) if stop and done else None,
+                "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2)
+                if stop and start and start["started"] else None,
+                "snapshot_complete_seconds": round(done["completed_at"] - stop["stopped_at"], 2) if stop and done
+                else None,
             }
             entry["retention"] = {"images": pull(prefix + "retention.images_to_delete"),
                                   "snapshots": pull(prefix + "retention.snapshots_to_delete")}
@@ -326,7 +345,8 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
         cells.append(entry)
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     urgent = [c["urgent"] for c in cells if c.get("urgent")]
-    return {"dag_id": dag_id, "run_id": run_id, "ok": not failed, "failed_tasks": failed, "urgent": urgent, "cells": cells, "steps": steps}
+    return {"dag_id": dag_id, "run_id": run_id, "ok": not failed, "failed_tasks": failed, "urgent": urgent,
+            "cells": cells, "steps": steps}
 
 
 def render_report(report: dict) -> str:
@@ -335,14 +355,16 @@ def render_report(report: dict) -> str:
     for cell in report["cells"]:
         lines += [f"## {cell['cell']} ({cell['scheme']})", "", f"- live placement: {cell.get('placement')}"]
         key = cell.get("nodekey") or {}
-        lines.append(f"- nodekey backup: {key.get('action', 'not done')} (node {str(key.get('node_id', ''))[:16]}…, secret {key.get('secret_id', '-')})")
+        lines.append(f"- nodekey backup: {key.get('action', 'not done')} (node {str(key.get('node_id', ''))[:16]}…, "
+                     f"secret {key.get('secret_id', '-')})")
         if key.get("warning"):
             lines.append(f"- WARNING: {key['warning']}")
         if cell["scheme"] == "cloud":
             image, snap = cell["image"], cell["pn_snapshot"]
             lines.append(f"- CN image: {image['decision']} ({image['reason']}) -> {image['image_id'] or '-'}")
-            lines.append(f"- PN snapshot: {snap['pn']} -> {snap['snapshot_id'] or '-'}; kpnd down {snap['kpnd_down_seconds']} s; "
-                         f"snapshot complete {snap['snapshot_complete_seconds']} s after the stop")
+            lines.append(f"- PN snapshot: {snap['pn']} -> {snap['snapshot_id'] or '-'}; kpnd down "
+                         f"{snap['kpnd_down_seconds']} s; snapshot complete {snap['snapshot_complete_seconds']} s "
+                         "after the stop")
             lines += [f"- WARNING: PN {a['pn']} skipped: {a['why']}" for a in snap.get("skipped", [])]
             ret = cell.get("retention") or {}
             lines.append(f"- retention: delete images {ret.get('images', [])}, snapshots {ret.get('snapshots', [])}")

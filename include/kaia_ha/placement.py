@@ -67,7 +67,8 @@ class Placement(_Model):
         where = self.active.instance_id or self.active.host
         spare = ", ".join(s.host for s in self.standbys) or "none"
         fenced = ", ".join(f.instance_id or f.host for f in self.fenced) or "none"
-        return f"{self.validator} on {where}" + (f"; standby {spare}" if self.scheme == "bare-metal" else "") + f"; fenced {fenced}"
+        standby = f"; standby {spare}" if self.scheme == "bare-metal" else ""
+        return f"{self.validator} on {where}{standby}; fenced {fenced}"
 
     def standby(self, host: str) -> Standby | None:
         return next((s for s in self.standbys if s.host == host), None)
@@ -78,7 +79,8 @@ class Placement(_Model):
     def next(self, *, active: Active | None = None, standbys: list[Standby] | None = None,
              fenced: list[Fenced] | None = None) -> Placement:
         return self.model_copy(update={"generation": self.generation + 1, "change": None,
-                                       **{k: v for k, v in (("active", active), ("standbys", standbys), ("fenced", fenced)) if v is not None}})
+                                       **{k: v for k, v in (("active", active), ("standbys", standbys),
+                                                            ("fenced", fenced)) if v is not None}})
 
 
 def initial(cell: Cell) -> Placement:
@@ -92,10 +94,12 @@ def initial(cell: Cell) -> Placement:
 def after_failover(placement: Placement, active: Active, fenced: Fenced) -> Placement:
     """The new node runs the validator; the one it replaced is fenced; a promoted standby stands by no more."""
     return placement.next(active=active, standbys=[s for s in placement.standbys if s.host != active.host],
-                          fenced=[f for f in placement.fenced if (f.host, f.instance_id) != (fenced.host, fenced.instance_id)] + [fenced])
+                          fenced=[f for f in placement.fenced
+                                  if (f.host, f.instance_id) != (fenced.host, fenced.instance_id)] + [fenced])
 
 
 def after_enrolment(placement: Placement, standby: Standby) -> Placement:
     """A repaired or new host stands by with its own identity; it is no longer fenced."""
     return placement.next(standbys=[s for s in placement.standbys if s.host != standby.host] + [standby],
-                          fenced=[f for f in placement.fenced if not (f.host == standby.host and f.instance_id is None)])
+                          fenced=[f for f in placement.fenced
+                                  if not (f.host == standby.host and f.instance_id is None)])

@@ -59,7 +59,8 @@ def parse_static_nodes(text: str) -> tuple[list[dict], list[str]]:
             bad.append(str(url)[:60])
             continue
         query = dict(part.partition("=")[::2] for part in (found.group(5) or "?")[1:].split("&") if part)
-        good.append({"node_id": found.group(2), "ip": found.group(3), "port": int(found.group(4)), "ntype": query.get("ntype")})
+        good.append({"node_id": found.group(2), "ip": found.group(3), "port": int(found.group(4)),
+                     "ntype": query.get("ntype")})
     return good, bad
 
 
@@ -75,10 +76,12 @@ def active_facts(cell_name: str) -> dict:
         probe = node.probe()
         conf = node.conf(CONF_KEYS)
         facts = {"cn": cn.name, "node_id": probe.node_id, "peers": probe.peers, "kcn_version": node.version(),
-                 "db_flags": compat.db_flags(conf.get("ADDITIONAL", "")), "network": f"{conf.get('NETWORK')}/{conf.get('NETWORK_ID')}",
+                 "db_flags": compat.db_flags(conf.get("ADDITIONAL", "")),
+                 "network": f"{conf.get('NETWORK')}/{conf.get('NETWORK_ID')}",
                  "holds_floating_ip": holds_ip(node, cell.floating_ip)}
     except (NodeCommandError, ProbeError) as exc:  # retried; the run's failure alert names it
-        raise ReadinessError(f"{cn.name} (active) does not answer: {exc}. If it is down, fail over with kaia_cn_failover_standby") from None
+        raise ReadinessError(f"{cn.name} (active) does not answer: {exc}. If it is down, fail over with "
+                             "kaia_cn_failover_standby") from None
     if not facts["holds_floating_ip"]:
         log.warning("%s does not hold the floating IP %s", cn.name, cell.floating_ip.address)
     return facts
@@ -101,7 +104,8 @@ def backup_facts(cell: Cell) -> dict:
         backup = load_backup(cell, cell.validator)
     except (TakeoverError, InvalidKeyError) as exc:
         return {"ok": False, "detail": str(exc)}
-    return {"ok": True, "node_id": backup.node_id, "secret_id": cell.validator.nodekey_secret_id, "bls": backup.bls is not None}
+    return {"ok": True, "node_id": backup.node_id, "secret_id": cell.validator.nodekey_secret_id,
+            "bls": backup.bls is not None}
 
 
 def standby_facts(cell: Cell, cn: CN, own_node_id: str | None = None) -> dict:
@@ -112,7 +116,8 @@ def standby_facts(cell: Cell, cn: CN, own_node_id: str | None = None) -> dict:
         return {"reachable": False, "detail": detail}
     facts: dict = {"reachable": True}
     conf = node.conf(CONF_KEYS)
-    facts |= {"db_flags": compat.db_flags(conf.get("ADDITIONAL", "")), "network": f"{conf.get('NETWORK')}/{conf.get('NETWORK_ID')}",
+    facts |= {"db_flags": compat.db_flags(conf.get("ADDITIONAL", "")),
+              "network": f"{conf.get('NETWORK')}/{conf.get('NETWORK_ID')}",
               "conf_problems": standby_conf_problems(node, cn), "kcn_version": node.version(),
               "holds_floating_ip": holds_ip(node, cell.floating_ip),
               "autostart": node.run(f"systemctl is-enabled {cn.service}", check=False).stdout.strip()}
@@ -130,7 +135,8 @@ def standby_facts(cell: Cell, cn: CN, own_node_id: str | None = None) -> dict:
         verdict = sync_check(node, cell, None, expected_node_id=own_node_id or cn.node_id)
         facts |= {"sync_ok": verdict.ok, "sync": verdict.checks, "live_node_id": node.probe().node_id}
     except (NodeCommandError, ProbeError, TakeoverError) as exc:
-        facts |= {"sync_ok": False, "sync": [{"name": "answers", "ok": False, "detail": str(exc)[:300]}], "live_node_id": None}
+        facts |= {"sync_ok": False, "sync": [{"name": "answers", "ok": False, "detail": str(exc)[:300]}],
+                  "live_node_id": None}
     return facts
 
 
@@ -149,8 +155,9 @@ def assess(standby: CN, facts: dict, active: dict | None, active_cn: CN, backup:
     if backup["ok"]:
         same = active is None or active.get("node_id") == backup["node_id"]
         check("active's key backup", same,
-              f"{backup['secret_id']} holds node {backup['node_id'][:16]}…" + ("" if same else f", but {active_cn.name} runs as {active['node_id'][:16]}…: "
-                                                                            "run kaia_cn_maintenance and find out why the key changed"))
+              f"{backup['secret_id']} holds node {backup['node_id'][:16]}…"
+              + ("" if same else f", but {active_cn.name} runs as {active['node_id'][:16]}…: "
+                                 "run kaia_cn_maintenance and find out why the key changed"))
     else:
         check("active's key backup", False, backup["detail"])
     if not facts["reachable"]:
@@ -158,21 +165,26 @@ def assess(standby: CN, facts: dict, active: dict | None, active_cn: CN, backup:
         return checks
     running, disk = facts.get("live_node_id"), facts.get("disk_node_id")
     if running and running == active_id:
-        check("own identity", False, f"{standby.name} runs with the ACTIVE's node ID {running[:16]}…: two live nodes with one key double-sign; stop it now")
+        check("own identity", False, f"{standby.name} runs with the ACTIVE's node ID {running[:16]}…: two live nodes "
+                                     "with one key double-sign; stop it now")
     elif disk and disk == active_id:
-        check("own identity", False, f"{standby.name}'s nodekey file ({facts['key_path']}) is the ACTIVE's key: a restart would make it a second validator")
+        check("own identity", False, f"{standby.name}'s nodekey file ({facts['key_path']}) is the ACTIVE's key: a "
+                                     "restart would make it a second validator")
     elif disk is None:
-        check("own identity", False, f"{standby.name} has no usable nodekey ({facts.get('key_path') or 'none'}): a restart would silently generate a new "
-                                     "identity that the PNs do not list")
+        check("own identity", False, f"{standby.name} has no usable nodekey ({facts.get('key_path') or 'none'}): a "
+                                     "restart would silently generate a new identity that the PNs do not list")
     elif running and running != disk:
-        check("own identity", False, f"the nodekey file ({facts['key_path']}) is node {disk[:16]}…, the running node is {running[:16]}…: a restart changes its identity")
+        check("own identity", False, f"the nodekey file ({facts['key_path']}) is node {disk[:16]}…, the running node "
+                                     f"is {running[:16]}…: a restart changes its identity")
     elif own_id and (running or disk) != own_id:
-        check("own identity", False, f"{standby.name} is node {(running or disk)[:16]}…, it was enrolled as {own_id[:16]}…")
+        check("own identity", False, f"{standby.name} is node {(running or disk)[:16]}…, it was enrolled as "
+                                     f"{own_id[:16]}…")
     else:
         check("own identity", True, f"node {(running or disk)[:16]}…, not the active's {(active_id or '?')[:16]}…")
     path = facts.get("static_nodes_path")
     if path is None:
-        check("static-nodes.json", False, f"no static-nodes.json in DATA_DIR or DATA_DIR/klay on {standby.name}: it would find no PN to sync from")
+        check("static-nodes.json", False, f"no static-nodes.json in DATA_DIR or DATA_DIR/klay on {standby.name}: it "
+                                          "would find no PN to sync from")
     else:
         listed = {e["node_id"] for e in facts.get("static_nodes", [])}
         missing = [name for name, nid in pns.items() if nid and nid not in listed]
@@ -181,32 +193,39 @@ def assess(standby: CN, facts: dict, active: dict | None, active_cn: CN, backup:
         problems = ([f"entries that do not parse as kni://<node id>@<ip>:<port>: {bad}"] if bad else []) + (
             [f"no entry for PN {', '.join(f'{n} (node {pns[n][:16]}…)' for n in missing)}"] if missing else [])
         if problems:
-            check("static-nodes.json", False, f"{path}: " + "; ".join(problems) + f": {standby.name} would not sync from the cell's PNs")
+            check("static-nodes.json", False, f"{path}: "
+                  + "; ".join(problems) + f": {standby.name} would not sync from the cell's PNs")
         elif unknown:
-            check("static-nodes.json", None, f"{path}: PN {', '.join(unknown)} did not answer, so its node ID is unknown")
+            check("static-nodes.json", None, f"{path}: PN {', '.join(unknown)} did not answer, so its node ID is "
+                                             "unknown")
         else:
             check("static-nodes.json", True, f"{path} lists every PN of the cell ({len(listed)} entries)")
-    check("in sync", facts.get("sync_ok", False), "; ".join(f"{'ok' if c['ok'] else 'FAILED'} {c['name']}: {c['detail']}" for c in facts.get("sync", [])))
+    check("in sync", facts.get("sync_ok", False),
+          "; ".join(f"{'ok' if c['ok'] else 'FAILED'} {c['name']}: {c['detail']}" for c in facts.get("sync", [])))
     if active is None:
         check("kcn version", None, "the active did not answer: not compared")
         check("DB flags and network", None, "the active did not answer: not compared")
     else:
         check("kcn version", facts["kcn_version"] == active["kcn_version"],
-              f"standby {facts['kcn_version']}, active {active['kcn_version']}" + ("" if facts["kcn_version"] == active["kcn_version"] else
-                                                                                  ": upgrade the standby together with the active"))
+              f"standby {facts['kcn_version']}, active {active['kcn_version']}"
+              + ("" if facts["kcn_version"] == active["kcn_version"] else
+                 ": upgrade the standby together with the active"))
         same = facts["db_flags"] == active["db_flags"] and facts["network"] == active["network"]
         check("DB flags and network", same, f"standby {facts['db_flags']} on {facts['network']}" + (
             "" if same else f"; active {active['db_flags']} on {active['network']}"))
     problems = facts.get("conf_problems", [])
-    check("key path", not problems, "; ".join(problems) or "kcnd.conf reads the key from DATA_DIR/klay, where the failover writes it")
-    check("floating IP", not facts["holds_floating_ip"], "not configured on the standby" if not facts["holds_floating_ip"] else
+    check("key path", not problems,
+          "; ".join(problems) or "kcnd.conf reads the key from DATA_DIR/klay, where the failover writes it")
+    check("floating IP", not facts["holds_floating_ip"],
+          "not configured on the standby" if not facts["holds_floating_ip"] else
           "configured on the standby while it is not the validator: two hosts answering for one address")
-    check("starts at boot", facts.get("autostart") == "enabled", f"kcnd is {facts.get('autostart') or 'unknown'} at boot" + (
+    check("starts at boot", facts.get("autostart") == "enabled",
+          f"kcnd is {facts.get('autostart') or 'unknown'} at boot" + (
         "" if facts.get("autostart") == "enabled" else ": after a reboot the standby would stop syncing"))
     return checks
 
 
-# ----- the tasks ---------------------------------------------------------------------------------------------------------
+# ----- the tasks ------------------------------------------------------------------------------------------------
 def _publish(result: list[dict] | dict) -> None:
     """Keep the checks in XCom also when the task then fails (the report needs them)."""
     try:
@@ -220,7 +239,8 @@ def _publish(result: list[dict] | dict) -> None:
 def check_one(cell: Cell, standby: Standby, active: dict | None) -> dict:
     """Every readiness check of one standby (the live placement's), with the identity it was enrolled with."""
     cn = cell.cn(standby.host)
-    checks = assess(cn, standby_facts(cell, cn, standby.node_id), active, cell.validator, backup_facts(cell), pn_node_ids(cell),
+    checks = assess(cn, standby_facts(cell, cn, standby.node_id), active, cell.validator, backup_facts(cell),
+                    pn_node_ids(cell),
                     own_node_id=standby.node_id)
     return {"cell": cell.name, "standby": cn.name, "ok": all(c["ok"] is not False for c in checks), "checks": checks}
 
@@ -234,8 +254,9 @@ def check_standbys(cell_name: str, active: dict | None) -> dict:
     results = [check_one(cell, s, active) for s in placement.standbys]
     if not results:
         results = [{"cell": cell.name, "standby": "(none)", "ok": False, "checks": [{
-            "name": "standby", "ok": False, "detail": f"{cell.name} has NO standby ({placement.summary()}): the validator is "
-                                                      "unprotected. Enrol one with kaia_cn_enroll_standby"}]}]
+            "name": "standby", "ok": False, "detail": f"{cell.name} has NO standby ({placement.summary()}): the "
+                                                      "validator is unprotected. Enrol one with "
+                                                      "kaia_cn_enroll_standby"}]}]
     _publish(results)
     drift = [(r["standby"], c) for r in results for c in r["checks"] if c["ok"] is False]
     if drift:
@@ -278,30 +299,35 @@ def watch_fenced(cell_name: str, run_id: str) -> dict:
             except (NodeCommandError, ProbeError):
                 running = "unknown"
         validator = load_backup(cell, cell.validator).node_id
-        done = fence_kcnd(node, f"{run_id}:{fenced.host}") | {"floating_ip": release_floating_ip(node, cell.floating_ip)}
+        done = (fence_kcnd(node, f"{run_id}:{fenced.host}")
+                | {"floating_ip": release_floating_ip(node, cell.floating_ip)})
         was = "running as the VALIDATOR" if running == validator else "running" if running else "not running"
         how = (f"over SSH by {DAG_ID} when it answered again (kcnd was {was}; now stopped and disabled, keys aside in "
                f"{done['keys_aside']}, IP {done['floating_ip']})")
 
         def refenced(p, host=fenced.host, how=how):
             stamp = {"how": how, "at": live.now(), "dag_id": DAG_ID, "run_id": run_id}
-            return p.model_copy(update={"fenced": [f.model_copy(update=stamp) if f.host == host and f.instance_id is None
+            return p.model_copy(update={"fenced": [f.model_copy(update=stamp)
+                                                   if f.host == host and f.instance_id is None
                                                    else f for f in p.fenced]})
 
-        live.update(cell, refenced, dag_id=DAG_ID, run_id=f"{run_id}:{fenced.host}", why=f"fenced host {fenced.host} came back")
+        live.update(cell, refenced, dag_id=DAG_ID, run_id=f"{run_id}:{fenced.host}",
+                    why=f"fenced host {fenced.host} came back")
         seen[fenced.host] = how
         if running == validator:
             urgent.append(fenced.host)
-        subject = (f"[kaia-ha] URGENT: fenced host {fenced.host} came back running the VALIDATOR key" if running == validator
+        subject = (f"[kaia-ha] URGENT: fenced host {fenced.host} came back running the VALIDATOR key"
+                   if running == validator
                    else f"[kaia-ha] fenced host {fenced.host} came back")
         unsent.append(alert(cell, subject, (
-            f"{fenced.host} of {cell.name} was fenced without SSH ({fenced.how}, run {fenced.run_id}) and answers again. "
-            f"It is fenced over SSH now: {how}." + (" It was running the validator's identity beside the active "
-                                                   f"{placement.active.host}: check for double signing now." if running == validator else ""))))
+            f"{fenced.host} of {cell.name} was fenced without SSH ({fenced.how}, run {fenced.run_id}) and answers "
+            f"again. It is fenced over SSH now: {how}."
+            + (" It was running the validator's identity beside the active "
+               f"{placement.active.host}: check for double signing now." if running == validator else ""))))
     _publish(seen)
     if urgent:  # the URGENT line first, whatever became of its alert
-        raise ReadinessError("; ".join([f"URGENT: {', '.join(urgent)} came back running the validator key; fenced over SSH "
-                                        "now", *filter(None, unsent)]))
+        raise ReadinessError("; ".join([f"URGENT: {', '.join(urgent)} came back running the validator key; fenced "
+                                        "over SSH now", *filter(None, unsent)]))
     return seen
 
 
@@ -312,7 +338,8 @@ def report(ti, dag_id: str, run_id: str) -> dict:
         active = ti.xcom_pull(task_ids=f"{cell.name}.active", default=None)
         task = f"{cell.name}.{STANDBYS_TASK}"
         standbys = ti.xcom_pull(task_ids=task, key=RESULT_KEY, default=None) or [
-            {"standby": "?", "ok": False, "checks": [{"name": "checked", "ok": False, "detail": f"no result ({states.get(task)})"}]}]
+            {"standby": "?", "ok": False, "checks": [{"name": "checked", "ok": False,
+                                                      "detail": f"no result ({states.get(task)})"}]}]
         try:
             placement = live.current(cell).summary()
         except Exception as exc:  # the report must still be written
@@ -323,16 +350,20 @@ def report(ti, dag_id: str, run_id: str) -> dict:
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     ok = not failed and all(s["ok"] for c in cells for s in c["standbys"])
     data = {"dag_id": dag_id, "run_id": run_id, "ok": ok, "failed_tasks": failed, "cells": cells, "steps": steps}
-    lines = [f"# Kaia standby readiness: {run_id}", "", f"Result: {'every standby is ready' if ok else 'NOT READY: ' + (', '.join(failed) or 'see below')}", ""]
+    lines = [f"# Kaia standby readiness: {run_id}", "",
+             f"Result: {'every standby is ready' if ok else 'NOT READY: ' + (', '.join(failed) or 'see below')}", ""]
     for cell in cells:
         active = cell["active"]
-        lines += [f"## {cell['cell']}", "", f"Live placement: {cell['placement']}", "", f"Active {active.get('cn')}: " + (
+        lines += [f"## {cell['cell']}", "", f"Live placement: {cell['placement']}", "",
+                  f"Active {active.get('cn')}: " + (
             f"node {active['node_id'][:16]}…, {active['kcn_version']}, {active['db_flags']}, floating IP "
-            f"{'held' if active['holds_floating_ip'] else 'NOT held'}" if "node_id" in active else f"did not answer ({active.get('error')})"), ""]
+            f"{'held' if active['holds_floating_ip'] else 'NOT held'}" if "node_id" in active else "did not answer "
+            f"({active.get('error')})"), ""]
         lines += [f"Fenced host {host}: {what}" for host, what in cell.get("fenced", {}).items()] + [""]
         for standby in cell["standbys"]:
             rows = [c | {"ok": {True: "ok", False: "FAILED", None: "?"}[c["ok"]]} for c in standby["checks"]]
-            lines += [f"### Standby {standby['standby']}: {'ready' if standby['ok'] else 'NOT READY'}", "", table(rows, ["name", "ok", "detail"])]
+            lines += [f"### Standby {standby['standby']}: {'ready' if standby['ok'] else 'NOT READY'}", "",
+                      table(rows, ["name", "ok", "detail"])]
     text = "\n".join(lines)
     data["files"] = write(dag_id, run_id, data, text)
     log.info("Readiness report (%s):\n%s", data["files"]["markdown"], text)

@@ -39,7 +39,8 @@ def refuse_unknown_params(conf: dict, known: tuple[str, ...]) -> None:
     """A misspelt key (``dryrun``) would otherwise be ignored and the run do what the operator did not ask."""
     unknown = sorted(set(conf) - set(known))
     if unknown:
-        raise FailoverInputError(f"{unknown[0]}: not a parameter of this DAG (misspelt?); its parameters are {list(known)}")
+        raise FailoverInputError(f"{unknown[0]}: not a parameter of this DAG (misspelt?); its parameters are "
+                                 f"{list(known)}")
 
 
 class Refused(TakeoverError, AirflowFailException):
@@ -63,8 +64,8 @@ def load_backup(cell: Cell, cn: CN) -> KeyBackup:
     backup = KeyBackup.from_secret_string(text, cn.nodekey_secret_id)
     if cn.node_id and backup.node_id != cn.node_id:
         raise TakeoverError(
-            f"the backup in {cn.nodekey_secret_id} is node {backup.node_id[:16]}…, the inventory expects {cn.node_id[:16]}… "
-            "for this CN: refusing to give the replacement a different identity"
+            f"the backup in {cn.nodekey_secret_id} is node {backup.node_id[:16]}…, the inventory expects "
+            f"{cn.node_id[:16]}… for this CN: refusing to give the replacement a different identity"
         )
     return backup
 
@@ -85,15 +86,20 @@ def keep_aside(node: KaiaNodeHook, run_id: str) -> str | None:
     aside = aside_dir(data_dir, run_id)
     flag = compat.nodekey_file(node.conf().get("ADDITIONAL", ""))  # a key read from outside DATA_DIR goes aside too
     files = [p for p in node.existing([f"{data_dir}/{n}" for n in ("nodekey", "bls-nodekey")]
-                                      + [f"{data_dir}/klay/{n}" for n in ("nodekey", "bls-nodekey")] + ([flag] if flag else []))]
+                                      + [f"{data_dir}/klay/{n}" for n in ("nodekey", "bls-nodekey")]
+                                      + ([flag] if flag else []))]
     if not files:
         return None
     moves = " && ".join(
-        f"{{ if [ ! -e {shlex.quote(dst)} ]; then mv {shlex.quote(p)} {shlex.quote(dst)}; elif cmp -s {shlex.quote(p)} {shlex.quote(dst)}; "
+        f"{{ if [ ! -e {shlex.quote(dst)} ]; then mv {shlex.quote(p)} {shlex.quote(dst)}; elif cmp -s {shlex.quote(p)} "
+        f"{shlex.quote(dst)}; "
         f"then rm -f {shlex.quote(p)}; else mv {shlex.quote(p)} {shlex.quote(dst)}.$(date +%s%N); fi; }}"
-        for p in files for dst in [aside + "/" + (p[len(data_dir) + 1:] if p.startswith(data_dir + "/") else p.lstrip("/")).replace("/", "_")]
+        for p in files
+        for dst in [aside + "/"
+                    + (p[len(data_dir) + 1:] if p.startswith(data_dir + "/") else p.lstrip("/")).replace("/", "_")]
     )
-    node.run(f"sudo sh -c {shlex.quote(f'umask 077 && mkdir -p {shlex.quote(aside)} && {moves} && chmod 600 {shlex.quote(aside)}/*')}")
+    script = f"umask 077 && mkdir -p {shlex.quote(aside)} && {moves} && chmod 600 {shlex.quote(aside)}/*"
+    node.run(f"sudo sh -c {shlex.quote(script)}")
     return aside
 
 
@@ -118,7 +124,8 @@ def install_identity(node: KaiaNodeHook, backup: KeyBackup, shadowing: tuple[str
     """
     data_dir = node.node.data_dir
     removed = remove_shadowing(node, shadowing)
-    node.run(f"sudo sh -c {shlex.quote(f'mkdir -p {shlex.quote(data_dir)}/klay && chmod 700 {shlex.quote(data_dir)}/klay')}")
+    node.run("sudo sh -c "
+             f"{shlex.quote(f'mkdir -p {shlex.quote(data_dir)}/klay && chmod 700 {shlex.quote(data_dir)}/klay')}")
     node.write_key(f"{data_dir}/klay/nodekey", backup.nodekey)
     if backup.bls is not None:
         node.write_key(f"{data_dir}/klay/bls-nodekey", backup.bls)
@@ -132,9 +139,11 @@ def verify_identity_on_disk(node: KaiaNodeHook, backup: KeyBackup) -> dict:
     data_dir = node.node.data_dir
     nodekey, path = node.read_key("nodekey")
     if nodekey is None or path != f"{data_dir}/klay/nodekey":
-        raise TakeoverError(f"{node.node.name}: the node would read its nodekey from {path or 'nowhere'}, not {data_dir}/klay/nodekey")
+        raise TakeoverError(f"{node.node.name}: the node would read its nodekey from {path or 'nowhere'}, not "
+                            f"{data_dir}/klay/nodekey")
     if nodekey.node_id != backup.node_id:
-        raise TakeoverError(f"{node.node.name}: {path} holds node {nodekey.node_id[:16]}…, expected {backup.node_id[:16]}…")
+        raise TakeoverError(f"{node.node.name}: {path} holds node {nodekey.node_id[:16]}…, expected "
+                            f"{backup.node_id[:16]}…")
     bls, bls_path = node.read_key("bls-nodekey")
     if backup.bls is not None and bls != backup.bls:
         raise TakeoverError(
@@ -142,7 +151,8 @@ def verify_identity_on_disk(node: KaiaNodeHook, backup: KeyBackup) -> dict:
             "its blocks would carry the wrong BLS key"
         )
     if backup.bls is None and bls is not None:
-        raise TakeoverError(f"{node.node.name}: a stale bls-nodekey remains at {bls_path}; remove it so it is derived again")
+        raise TakeoverError(f"{node.node.name}: a stale bls-nodekey remains at {bls_path}; remove it so it is derived "
+                            "again")
     mode = node.run(f"sudo stat -c %a {shlex.quote(path)}").stdout.strip()
     if mode != "600":
         raise TakeoverError(f"{node.node.name}: {path} has mode {mode}, expected 600")
@@ -209,16 +219,19 @@ def fence_kcnd(node: KaiaNodeHook, run_id: str) -> dict:
     """
     cn = node.node
     conf = shlex.quote(cn.conf_path)
-    node.run(f"sudo systemctl disable {cn.service} && sudo sed -i 's/^AUTO_RESTART_NODE=.*/AUTO_RESTART_NODE=0/' {conf}")
+    node.run(f"sudo systemctl disable {cn.service} "
+             f"&& sudo sed -i 's/^AUTO_RESTART_NODE=.*/AUTO_RESTART_NODE=0/' {conf}")
     stopped = node.stop_service()
     aside = keep_aside(node, run_id)
     flag = compat.nodekey_file(node.conf().get("ADDITIONAL", ""))
-    keys = " ".join(shlex.quote(p) for p in node.key_paths("nodekey") + node.key_paths("bls-nodekey") + ([flag] if flag else []))
-    script = (f"systemctl is-active {cn.service}; systemctl is-enabled {cn.service}; "
-              f". {conf}; echo AUTO_RESTART_NODE=${{AUTO_RESTART_NODE:-0}}; for p in {keys}; do [ -e $p ] && echo $p; done; true")
+    keys = " ".join(shlex.quote(p)
+                    for p in node.key_paths("nodekey") + node.key_paths("bls-nodekey") + ([flag] if flag else []))
+    script = (f"systemctl is-active {cn.service}; systemctl is-enabled {cn.service}; . {conf}; echo "
+              f"AUTO_RESTART_NODE=${{AUTO_RESTART_NODE:-0}}; for p in {keys}; do [ -e $p ] && echo $p; done; true")
     state, enabled, restart, *left = node.run(f"sudo bash -c {shlex.quote(script)}").stdout.split()
     if state == "active" or enabled == "enabled" or restart != "AUTO_RESTART_NODE=0" or left:
-        raise TakeoverError(f"{cn.name}: not fenced: {cn.service} {state}, {enabled} at boot, {restart}, key files left {left}")
+        raise TakeoverError(f"{cn.name}: not fenced: {cn.service} {state}, {enabled} at boot, {restart}, key files "
+                            f"left {left}")
     return {"service": state, "autostart": enabled, "clean_stop": stopped["clean"],
             "keys_aside": aside or aside_dir(cn.data_dir, run_id)}
 
@@ -232,21 +245,27 @@ def failover_report(ti, dag_run, *, title: str, synced_task: str, facts: dict, t
     but its task did not succeed)."""
     steps, states = timeline(ti, dag_run.dag_id, dag_run.run_id)
     started = dag_run.start_date.timestamp() if dag_run.start_date else (steps[0]["start"] if steps else time.time())
-    synced = next((r for r in steps if r["task"] == synced_task and r.get("outcome") == "success" and r.get("state") == "success"), None)
+    synced = next((r for r in steps
+                   if r["task"] == synced_task and r.get("outcome") == "success" and r.get("state") == "success"), None)
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     report = {
-        "dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "ok": (dry_run or synced is not None) and not failed, "dry_run": dry_run,
+        "dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "ok": (dry_run or synced is not None) and not failed,
+        "dry_run": dry_run,
         "rto_seconds": round(synced["end"] - started, 1) if synced else None, "failed_tasks": failed,
         "facts": facts, "checks": checks or [], "todo": todo,
-        "timeline": [r | {"t_start": round(r["start"] - started, 1), "t_end": round(r["end"] - started, 1)} for r in steps],
+        "timeline": [r | {"t_start": round(r["start"] - started, 1), "t_end": round(r["end"] - started, 1)}
+                     for r in steps],
     }
     lines = [f"# {title}: {dag_run.run_id}", ""] + [f"**{u}**" for u in urgent] + [
-             "Result: " + (("DRY RUN, preflight passed; nothing was changed" if report["ok"] else "DRY RUN, preflight FAILED: " + ", ".join(failed))
-                           if dry_run else "OK, validator back in sync" if report["ok"] else "FAILED: " + (", ".join(failed) or "not in sync")),
+             "Result: " + (("DRY RUN, preflight passed; nothing was changed" if report["ok"]
+                            else "DRY RUN, preflight FAILED: " + ", ".join(failed))
+                           if dry_run else "OK, validator back in sync" if report["ok"] else "FAILED: "
+                           + (", ".join(failed) or "not in sync")),
              f"RTO (trigger to synced): {report['rto_seconds']} s", "", "## Facts", ""]
     lines += [f"- {k}: {v}" for k, v in facts.items()]
     if checks:
-        lines += ["", "## Checks", "", table([c | {"ok": "ok" if c["ok"] else "FAILED"} for c in checks], ["name", "ok", "detail"])]
+        lines += ["", "## Checks", "", table([c | {"ok": "ok" if c["ok"] else "FAILED"} for c in checks],
+                                             ["name", "ok", "detail"])]
     lines += ["", "## The operator must still", ""] + [f"- {t}" for t in todo]
     lines += ["", "## Timeline (seconds from the run's start)", "",
               table(report["timeline"], ["task", "try", "t_start", "t_end", "seconds", "state", "outcome"])]

@@ -731,7 +731,8 @@ class AwsFront:
             instance_id, image_id = _text(item, "instanceId"), _text(item, "imageId")
             self._hook("instance_launched", instance_id, image_id, _text(item, "privateIpAddress"))
             if req.params.get("UserData"):
-                self._hook("instance_user_data", instance_id, base64.b64decode(req.params["UserData"]).decode("utf-8", "replace"))
+                self._hook("instance_user_data", instance_id,
+                           base64.b64decode(req.params["UserData"]).decode("utf-8", "replace"))
             self._launch_volumes(req, instance_id, image_id, _text(item, "placement/availabilityZone"))
             self._begin(
                 instance_id, "pending", self._latency.instance_pending(),

@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/cellkit.py
 from cellkit import AirflowRunner  # noqa: E402
 
 
-
 @pytest.fixture(scope="session")
 def airflow(cell, tmp_path_factory):
     with AirflowRunner(cell, tmp_path_factory.mktemp("reports")) as runner:

@@ -15,6 +15,7 @@ def two_regions(tmp_path_factory):
     """Two cloud cells (``cc-cloud`` in us-east-1, ``cc-cloud-2`` in us-west-2 through ``kaia_aws_us_west_2``), with
     what a failover of ``cc-cloud-2`` needs: its key backup and a CN image, made by the maintenance's own steps."""
     import pendulum
+
     from cellkit import AirflowRunner, Cell
 
     cell = Cell(tmp_path_factory.mktemp("simcell-regions"))

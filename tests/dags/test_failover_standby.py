@@ -43,14 +43,16 @@ def test_the_standby_becomes_the_validator_with_the_failed_actives_identity_and_
     live = [n for n in status["nodes"] if n["node_id"] == validator and n["running"]]
     assert [n["name"] for n in live] == ["cn-metal-b"]
     assert live[0]["ip"] == IP and status["floating_ips"][IP] == "cn-metal-b"
-    assert live[0]["peer_count"].get("pn", 0) >= 1 and live[0]["peer_count"].get("cn", 0) > 0  # the other operators accept it
+    # the other operators accept it
+    assert live[0]["peer_count"].get("pn", 0) >= 1 and live[0]["peer_count"].get("cn", 0) > 0
     assert status["network_head"] - live[0]["block_height"] <= 5
     assert status["double_signing_events"] == []
     report = runner.report(DAG_ID, run_id)
     print(f"\nRTO of the bare-metal failover (trigger to synced): {report['rto_seconds']} s")
     assert report["ok"] and 0 < report["rto_seconds"] < 60
     assert [s["task"] for s in report["timeline"]][0] == "preflight.validate"
-    assert {c["name"] for c in report["checks"] if c["ok"]} >= {"identity", "bls key", "pn peers", "cn peers", "head rising"}
+    assert {c["name"] for c in report["checks"] if c["ok"]} >= {"identity", "bls key", "pn peers", "cn peers",
+                                                                "head rising"}
     assert any("has NO standby" in t and "kaia_cn_enroll_standby" in t for t in report["todo"])
     assert report["facts"]["live placement"].startswith("generation 1: cn-metal-a on cn-metal-b")
 
@@ -73,11 +75,13 @@ def test_the_failed_active_is_fenced(failover):
 
 def test_the_standby_reads_exactly_the_backup_and_kept_its_own_keys(failover):
     cell, runner, before, run_id, *_ = failover
-    secret = cell.client("secretsmanager").get_secret_value(SecretId="kaia-ha/cc-metal/cn-metal-a/nodekey")["SecretString"]
+    secrets = cell.client("secretsmanager")
+    secret = secrets.get_secret_value(SecretId="kaia-ha/cc-metal/cn-metal-a/nodekey")["SecretString"]
     backup = KeyBackup.from_secret_string(secret, "backup")
     b = lambda cmd: cell.ssh("cn-metal-b", cmd, check=False).stdout.strip()  # noqa: E731
     assert key_on(cell, "cn-metal-b", "/var/kcnd/data/klay/nodekey") == backup.nodekey
-    assert BlsKey(b("sudo cat /var/kcnd/data/klay/bls-nodekey")) == backup.bls  # not its own derived one (keys compare redacted)
+    # not its own derived one (keys compare redacted)
+    assert BlsKey(b("sudo cat /var/kcnd/data/klay/bls-nodekey")) == backup.bls
     assert b("sudo stat -c %a /var/kcnd/data/klay/nodekey /var/kcnd/data/klay/bls-nodekey").split() == ["600", "600"]
     assert "No such file" in b("sudo ls /var/kcnd/data/nodekey 2>&1; true")
     assert json.loads(b("cat /var/kcnd/data/static-nodes.json"))  # kept: the standby's own PN list
@@ -85,7 +89,8 @@ def test_the_standby_reads_exactly_the_backup_and_kept_its_own_keys(failover):
     assert own["state"] == "aside"
     assert key_on(cell, "cn-metal-b", f"{own['dir']}/klay_nodekey").node_id == before["cn-metal-b"]["node_id"]
     assert b(f"sudo stat -c %a {own['dir']}/klay_nodekey {own['dir']}/klay_bls-nodekey").split() == ["600", "600"]
-    assert "src" in routes(cell, "cn-metal-b")[-1] and routes(cell, "cn-metal-b")[-1][-1] == IP  # outbound from the floating IP
+    # outbound from the floating IP
+    assert "src" in routes(cell, "cn-metal-b")[-1] and routes(cell, "cn-metal-b")[-1][-1] == IP
     assert b("systemctl is-enabled kcnd") == "enabled"
 
 
@@ -111,8 +116,10 @@ def test_a_rerun_with_ssh_dropping_at_every_step_finds_everything_done(failover)
     # Each fault hits the first session on that host whose command contains the text, i.e. one step each.
     for host, kind, match in (("cn-metal-b", "drop", "ip -4 addr show"),        # preflight.check_floating_ip
                               ("cn-metal-a", "drop-after", "systemctl disable"),  # fence.fence_over_ssh
-                              ("cn-metal-b", "drop", "kcn attach"),               # takeover.stop_standby (is it the validator?)
-                              ("cn-metal-b", "drop", "stat -c %a"),               # takeover.replace_identity (proof on disk)
+                              # takeover.stop_standby (is it the validator?)
+                              ("cn-metal-b", "drop", "kcn attach"),
+                              # takeover.replace_identity (proof on disk)
+                              ("cn-metal-b", "drop", "stat -c %a"),
                               ("cn-metal-b", "drop-after", "arping -U"),          # takeover.move_floating_ip (announce)
                               ("cn-metal-b", "drop-after", "systemctl enable")):  # start.start_standby
         cell.fault(f"ssh:{host}", "--kind", kind, "--match", match)

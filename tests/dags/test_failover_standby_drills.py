@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 
 import cellkit
-
 from kaia_ha import failover_standby as steps
 from kaia_ha.inventory import load_inventory
 from kaia_ha.keys import InvalidKeyError, KeyBackup
@@ -48,7 +47,8 @@ def test_bad_params_are_refused_before_anything_changes(drill):
         runner.run(DAG_ID, {"failed_cn": "cn-metal-b"})  # a standby, not an active
     run_id, state, _ = runner.run(DAG_ID, {"failed_cn": "cn-metal-a", "standby_cn": "cn-metal-a"})  # the active itself
     assert state == "failed"
-    assert "standby_cn: 'cn-metal-a' is not a standby of cc-metal now" in runner.report(DAG_ID, run_id)["timeline"][0]["outcome"]
+    outcome = runner.report(DAG_ID, run_id)["timeline"][0]["outcome"]
+    assert "standby_cn: 'cn-metal-a' is not a standby of cc-metal now" in outcome
     run_id, state, states = runner.run(DAG_ID, {})  # nothing chosen: the form's default
     assert state == "failed" and states[("preflight.validate", -1)] == ("failed", 1)  # not retried: bad input stays bad
     assert "failed_cn: choose the active CN that failed" in runner.report(DAG_ID, run_id)["timeline"][0]["outcome"]
@@ -61,7 +61,8 @@ def test_a_dry_run_checks_and_changes_nothing(drill):
     run_id, state, states = runner.run(DAG_ID, {"failed_cn": "cn-metal-a", "dry_run": True})
     assert state == "success", states
     assert states[("preflight.check_standby", -1)][0] == "success"
-    assert {states[(t, -1)][0] for t in ("fence.plan", "fence.verify_fenced", "takeover.stop_standby", "start.start_standby")} == {"skipped"}
+    skipped = ("fence.plan", "fence.verify_fenced", "takeover.stop_standby", "start.start_standby")
+    assert {states[(t, -1)][0] for t in skipped} == {"skipped"}
     report = runner.report(DAG_ID, run_id)
     assert report["dry_run"] and report["ok"]
     assert report["facts"]["preflight"]["failed active"]["fence"].startswith("over SSH")
@@ -95,11 +96,13 @@ def test_an_unreachable_active_makes_the_run_ask_the_operator_and_a_rejection_ch
     assert "cn-metal-a does not answer over SSH" in seen["body"] and seen["options"] == ["Approve", "Reject"]
     assert state == "failed"  # the report fails the run: not failed over
     assert states[("fence.confirm_down", -1)][0] == "success"
-    assert {states[(t, -1)][0] for t in ("fence.verify_fenced", "takeover.stop_standby", "start.start_standby")} == {"skipped"}
+    skipped = ("fence.verify_fenced", "takeover.stop_standby", "start.start_standby")
+    assert {states[(t, -1)][0] for t in skipped} == {"skipped"}
     report = runner.report(DAG_ID, run_id)
     assert report["facts"]["fencing"]["answer"] == ["Reject"] and not report["ok"]
     assert_standby_untouched(cell, before)
-    assert any(c["params"].get("Subject", "").startswith("[kaia-ha] confirm cn-metal-a is down") for c in cell.calls("Publish"))
+    assert any(c["params"].get("Subject", "").startswith("[kaia-ha] confirm cn-metal-a is down")
+               for c in cell.calls("Publish"))
 
 
 # ----- a failover by hand, checked by the DAG's steps (called directly: a DAG cannot be told to skip a step) -----
@@ -116,7 +119,8 @@ def plan(drill):
 @pytest.fixture(scope="module")
 def backup(drill):
     cell, *_ = drill
-    return KeyBackup.from_secret_string(cell.client("secretsmanager").get_secret_value(SecretId=SECRET)["SecretString"], SECRET)
+    return KeyBackup.from_secret_string(cell.client("secretsmanager").get_secret_value(SecretId=SECRET)["SecretString"],
+                                        SECRET)
 
 
 def kcnd_state(cell) -> str:
@@ -126,9 +130,11 @@ def kcnd_state(cell) -> str:
 def test_drill_a_stale_bls_nodekey_is_caught_before_the_start(drill, plan, backup):
     cell, *_ = drill
     # The seed's step 2 by hand: the nodekey swapped, the standby's own derived bls-nodekey left behind.
-    cell.ssh("cn-metal-b", "sudo mv /var/kcnd/data/klay/nodekey /var/kcnd/own-nodekey && sudo sh -c 'umask 077; cat > /var/kcnd/data/klay/nodekey'",
+    cell.ssh("cn-metal-b", "sudo mv /var/kcnd/data/klay/nodekey /var/kcnd/own-nodekey && sudo sh -c 'umask 077; cat > "
+                           "/var/kcnd/data/klay/nodekey'",
              stdin=backup.nodekey.reveal())
-    with pytest.raises(TakeoverError, match="bls-nodekey the node would read .* is not the failed CN's: its blocks would carry the wrong BLS key"):
+    with pytest.raises(TakeoverError, match="bls-nodekey the node would read .* is not the failed CN's: its blocks "
+                                            "would carry the wrong BLS key"):
         steps.start_standby(plan)
     assert kcnd_state(cell) != "active"
 
@@ -136,8 +142,10 @@ def test_drill_a_stale_bls_nodekey_is_caught_before_the_start(drill, plan, backu
 def test_drill_a_top_level_nodekey_is_caught_and_the_identity_step_removes_it(drill, plan):
     cell, *_ = drill
     steps.replace_identity(plan)  # the DAG's step: both keys right
-    cell.ssh("cn-metal-b", "sudo cp /var/kcnd/own-nodekey /var/kcnd/data/nodekey")  # e.g. a restore script from an old layout
-    with pytest.raises(TakeoverError, match="would read its nodekey from /var/kcnd/data/nodekey, not /var/kcnd/data/klay/nodekey"):
+    # e.g. a restore script from an old layout
+    cell.ssh("cn-metal-b", "sudo cp /var/kcnd/own-nodekey /var/kcnd/data/nodekey")
+    with pytest.raises(TakeoverError, match="would read its nodekey from /var/kcnd/data/nodekey, not "
+                                            "/var/kcnd/data/klay/nodekey"):
         steps.start_standby(plan)
     assert kcnd_state(cell) != "active"
     steps.replace_identity(plan)  # the DAG's step moves it aside with the standby's other key files
@@ -158,7 +166,8 @@ def test_drill_a_malformed_nodekey_is_caught_not_silently_replaced(drill, plan):
     fixed = steps.replace_identity(retried)
     assert fixed["own_keys"] == "aside" and fixed["nodekey_path"] == "/var/kcnd/data/klay/nodekey"
     kept = cell.ssh("cn-metal-b", f"sudo cat {fixed['own_keys_dir']}/klay_nodekey").stdout.strip() == "0xnot-a-key"
-    assert kept  # what the first try moved aside is still there (compared as a flag: a key file's text is never printed)
+    # what the first try moved aside is still there (compared as a flag: a key file's text is never printed)
+    assert kept
 
 
 def test_drill_a_skipped_ip_move_is_caught_and_the_sync_check_says_why(drill, plan, backup):
@@ -184,7 +193,8 @@ def test_the_known_dead_path_completes_from_where_the_drills_left_the_standby(dr
     """With SSH dropping in the steps that do real work here (the IP is still to be added, the keys are written
     again, kcnd is still to be started): each ends in success after a retry."""
     cell, runner, before = drill
-    for kind, match in (("drop", "arping -D"), ("drop-after", "kaia-ha.tmp"), ("drop-after", "ip addr add"), ("drop", "kcn attach")):
+    for kind, match in (("drop", "arping -D"), ("drop-after", "kaia-ha.tmp"), ("drop-after", "ip addr add"),
+                        ("drop", "kcn attach")):
         cell.fault("ssh:cn-metal-b", "--kind", kind, "--match", match)
     run_id, state, states = runner.run(DAG_ID, {"failed_cn": "cn-metal-a", "host_known_dead": True})
     assert state == "success", {k: v for k, v in states.items() if v[0] != "success"}

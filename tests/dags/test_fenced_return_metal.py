@@ -46,7 +46,8 @@ def test_when_it_comes_back_it_is_fenced_over_ssh_at_once_and_alerted_urgent(ret
     assert a("sudo ls /var/kcnd/data/klay/nodekey /var/kcnd/data/nodekey 2>/dev/null") == ""
     running = [n["name"] for n in cell.status()["nodes"] if n["node_id"] == validator and n["running"]]
     assert running == ["cn-metal-b"]
-    urgent = [x for x in alerts if x.get("Subject") == "[kaia-ha] URGENT: fenced host cn-metal-a came back running the VALIDATOR key"]
+    urgent = [x for x in alerts
+              if x.get("Subject") == "[kaia-ha] URGENT: fenced host cn-metal-a came back running the VALIDATOR key"]
     assert len(urgent) == 1 and "double signing" in urgent[0]["Message"]
     fenced = next(f for f in live.current(load_inventory().cell("cc-metal")).fenced if f.host == "cn-metal-a")
     assert fenced.how.startswith(f"over SSH by {READINESS}") and "VALIDATOR" in fenced.how

@@ -38,7 +38,8 @@ def test_a_run_backs_up_the_keys_images_the_cn_without_data_and_snapshots_a_pn(f
     assert state == "success", states
     # The backup holds the key the running CN uses.
     secrets = cell.client("secretsmanager")
-    for name, secret_id in (("cn-aws-1", "kaia-ha/cc-cloud/cn-aws-1/nodekey"), ("cn-metal-a", "kaia-ha/cc-metal/cn-metal-a/nodekey")):
+    for name, secret_id in (("cn-aws-1", "kaia-ha/cc-cloud/cn-aws-1/nodekey"),
+                            ("cn-metal-a", "kaia-ha/cc-metal/cn-metal-a/nodekey")):
         backup = KeyBackup.from_secret_string(secrets.get_secret_value(SecretId=secret_id)["SecretString"], secret_id)
         assert backup.node_id == cell.node(name)["node_id"]
         assert backup.bls is not None
@@ -64,9 +65,11 @@ def test_a_run_backs_up_the_keys_images_the_cn_without_data_and_snapshots_a_pn(f
 def test_the_snapshot_was_taken_from_a_cleanly_stopped_pn(first_run, cell):
     run_id, _, _ = first_run
     snap = snapshots(cell, run_id)[0]
-    volume = cell.client("ec2").create_volume(AvailabilityZone="us-east-1a", SnapshotId=snap["SnapshotId"], Size=snap["VolumeSize"])["VolumeId"]
+    volume = cell.client("ec2").create_volume(AvailabilityZone="us-east-1a", SnapshotId=snap["SnapshotId"],
+                                              Size=snap["VolumeSize"])["VolumeId"]
     cell.client("ec2").get_waiter("volume_available").wait(VolumeIds=[volume], WaiterConfig={"Delay": 0.2})
-    cell.client("ec2").attach_volume(VolumeId=volume, InstanceId=cell.node("cn-aws-1")["instance_id"], Device="/dev/sdh")
+    cell.client("ec2").attach_volume(VolumeId=volume, InstanceId=cell.node("cn-aws-1")["instance_id"],
+                                     Device="/dev/sdh")
     cell.ssh("cn-aws-1", "sudo mkdir -p /var/kcnd/check && sudo mount /dev/sdh /var/kcnd/check")
     try:
         current = json.loads(cell.ssh("cn-aws-1", "cat /var/kcnd/check/klay/chaindata/misc/CURRENT.json").stdout)
@@ -110,15 +113,17 @@ def test_faults_end_in_success_with_nothing_made_twice_and_kpnd_running(first_ru
 def test_retention_keeps_the_newest_and_whatever_a_failover_uses(first_run, airflow, cell):
     ec2 = cell.client("ec2")
     instance = cell.node("pn-aws-2", "kpnd")["instance_id"]
-    vol = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance]},
-                                        {"Name": "attachment.device", "Values": ["/dev/sdf"]}])["Volumes"][0]["VolumeId"]
+    volumes = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance]},
+                                            {"Name": "attachment.device", "Values": ["/dev/sdf"]}])["Volumes"]
+    vol = volumes[0]["VolumeId"]
     made = []
     for i in range(4):
         tags = [{"Key": "kaia:cell", "Value": "cc-cloud"}, {"Key": "kaia:kind", "Value": "pn-chaindata"},
                 {"Key": "kaia:node", "Value": "pn-aws-2"}, {"Key": "kaia:run-id", "Value": f"old-{i}"}]
         if i == 0:
             tags.append({"Key": "kaia:in-use-by", "Value": "failover-run-x"})
-        made.append(ec2.create_snapshot(VolumeId=vol, TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags}])["SnapshotId"])
+        made.append(ec2.create_snapshot(VolumeId=vol,
+                                        TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags}])["SnapshotId"])
         time.sleep(1.1)  # distinct start times, so "newest" is well defined
     before = {s["SnapshotId"] for s in snapshots(cell)}
     run_id, state, states = airflow.run(DAG_ID)
@@ -133,7 +138,8 @@ def test_retention_keeps_the_newest_and_whatever_a_failover_uses(first_run, airf
 
 def test_a_pn_left_down_leads_the_report_and_a_clear_brings_it_back(first_run, airflow, cell):
     """The teardown start_kpnd failing for good is the one way a PN stays down: the report must say so first."""
-    cell.fault("ssh:*", "--kind", "drop", "--times", "1", "--match", "systemctl start kpnd")  # before it runs: kpnd stays down
+    # before it runs: kpnd stays down
+    cell.fault("ssh:*", "--kind", "drop", "--times", "1", "--match", "systemctl start kpnd")
     run_id, state, states = airflow.run(DAG_ID, retries=0)
     assert state == "failed" and states[("cc-cloud.pn_snapshot.start_kpnd", -1)][0] == "failed", states
     down = [n["name"] for n in cell.status()["nodes"] if n["service"] == "kpnd" and not n["running"]]
@@ -141,7 +147,8 @@ def test_a_pn_left_down_leads_the_report_and_a_clear_brings_it_back(first_run, a
     report = airflow.report(DAG_ID, run_id)
     assert report["urgent"] and report["urgent"][0].startswith(f"URGENT: kpnd on PN {down[0]} may still be stopped")
     assert "clear cc-cloud.pn_snapshot.start_kpnd" in report["urgent"][0]
-    assert any(c["params"].get("Subject", "").startswith("[kaia-ha] URGENT: a PN of cc-cloud may be DOWN") for c in cell.calls("Publish"))
+    assert any(c["params"].get("Subject", "").startswith("[kaia-ha] URGENT: a PN of cc-cloud may be DOWN")
+               for c in cell.calls("Publish"))
     _, state, states = airflow.clear_and_rerun(DAG_ID, run_id)
     assert state == "success", states
     assert all(n["running"] for n in cell.status()["nodes"] if n["service"] == "kpnd")
@@ -156,13 +163,15 @@ def test_no_pn_goes_down_while_a_cloud_failover_runs(first_run, airflow, cell):
     from airflow.utils.state import DagRunState
 
     with create_session() as session:  # what the scheduler holds while an operator's failover runs
-        session.add(DagRun(dag_id="kaia_cn_failover_cloud", run_id="incident", run_type="manual", state=DagRunState.RUNNING,
+        session.add(DagRun(dag_id="kaia_cn_failover_cloud", run_id="incident", run_type="manual",
+                           state=DagRunState.RUNNING,
                            run_after=pendulum.now("UTC"), start_date=pendulum.now("UTC")))
     try:
         run_id, state, states = airflow.run(DAG_ID)
     finally:
         with create_session() as session:
-            session.query(DagRun).filter(DagRun.dag_id == "kaia_cn_failover_cloud", DagRun.run_id == "incident").delete()
+            (session.query(DagRun)
+             .filter(DagRun.dag_id == "kaia_cn_failover_cloud", DagRun.run_id == "incident").delete())
     assert state == "success", states
     assert states[("cc-cloud.pn_snapshot.plan", -1)][0] == "skipped"
     assert states[("cc-cloud.pn_snapshot.stop_kpnd", -1)][0] == "skipped"
@@ -193,7 +202,8 @@ def test_a_pn_is_not_stopped_while_another_pn_of_its_cell_is_down(first_run, air
 
     cell.ssh("pn-aws-2", "sudo systemctl stop kpnd")
     try:
-        with pytest.raises(maintenance.MaintenanceError, match="pn-aws-2 is not healthy .*not taking pn-aws-1 down too"):
+        with pytest.raises(maintenance.MaintenanceError,
+                           match="pn-aws-2 is not healthy .*not taking pn-aws-1 down too"):
             maintenance.stop_pn("cc-cloud", "pn-aws-1", ti=StopTry())
         assert kpnd_running(cell, "pn-aws-1") and not kpnd_running(cell, "pn-aws-2")  # and pn-aws-2 is not this run's
     finally:
@@ -207,13 +217,15 @@ def test_a_pn_someone_else_stopped_is_left_for_them_to_start(first_run, airflow,
     cell.ssh("pn-aws-1", "sudo systemctl stop kpnd")  # another run's stop, its CreateSnapshot not sent yet
     try:
         ti = StopTry()
-        with pytest.raises(maintenance.MaintenanceError, match="kpnd on pn-aws-1 is inactive before this run stopped it"):
+        with pytest.raises(maintenance.MaintenanceError,
+                           match="kpnd on pn-aws-1 is inactive before this run stopped it"):
             maintenance.stop_pn("cc-cloud", "pn-aws-1", ti=ti)
         started = maintenance.start_pn("cc-cloud", ti=ti, stop_task="stop_kpnd")  # this run's teardown
         assert started["started"] is False and not kpnd_running(cell, "pn-aws-1")
         ours = StopTry()
         ours.xcom_push(pn_stop.STOPPED_KEY, ["pn-aws-1"])  # what a stop records before its SIGTERM
-        assert maintenance.start_pn("cc-cloud", ti=ours, stop_task="stop_kpnd")["pns"] == ["pn-aws-1"]  # its own: started
+        # its own: started
+        assert maintenance.start_pn("cc-cloud", ti=ours, stop_task="stop_kpnd")["pns"] == ["pn-aws-1"]
         assert kpnd_running(cell, "pn-aws-1")
     finally:
         cell.ssh("pn-aws-1", "sudo systemctl start kpnd")

@@ -70,8 +70,10 @@ def test_the_placement_follows_the_validator_with_a_history(cycle):
     assert running_validators(cell, first["node_id"]) == [third]  # one live validator, the newest replacement
     assert cell.status()["double_signing_events"] == []
     history = live.history(cloud)
-    assert [(p.change.dag_id, p.change.run_id) for p in history] == [(FAILOVER, runs["failover 1"][0]), (FAILOVER, runs["failover 2"][0])]
-    assert history[1].change.before.startswith(f"cn-aws-1 on {second}") and history[1].change.after.startswith(f"cn-aws-1 on {third}")
+    assert [(p.change.dag_id, p.change.run_id) for p in history] == [(FAILOVER, runs["failover 1"][0]),
+                                                                     (FAILOVER, runs["failover 2"][0])]
+    assert history[1].change.before.startswith(f"cn-aws-1 on {second}")
+    assert history[1].change.after.startswith(f"cn-aws-1 on {third}")
     report = runner.report(FAILOVER, runs["failover 2"][0])
     assert report["facts"]["live placement"].startswith(f"generation 2: cn-aws-1 on {third}")
     assert not any("inventory" in t for t in report["todo"])
@@ -109,7 +111,8 @@ def test_a_run_that_acted_on_an_older_placement_fails_clearly_and_records_nothin
     cell, runner, *_ = cycle
     cloud = load_inventory().cell("cc-cloud")
     now = live.current(cloud)
-    stale = {"cell": "cc-cloud", "failed_cn": "cn-aws-1", "run_id": "manual__rival", "failed_instance_id": now.active.instance_id,
+    stale = {"cell": "cc-cloud", "failed_cn": "cn-aws-1", "run_id": "manual__rival",
+             "failed_instance_id": now.active.instance_id,
              "placement": now.model_dump(mode="json") | {"generation": now.generation - 1}}
     host = {"new_instance_id": "i-0000000000000dead", "new_private_ip": "10.0.0.9", "new_host_key": "ssh-ed25519 AAAA"}
     with pytest.raises(live.PlacementConflict, match="changed after this run read it.*NOT recorded"):
@@ -137,7 +140,8 @@ def test_both_failovers_succeed_and_defuse_the_failed_instance(failovers):
     volumes = ec2.describe_volumes(Filters=[{"Name": "tag-key", "Values": ["kaia:fenced-by"]}])["Volumes"]
     fenced_from = sorted(tags(v)["kaia:fenced-from"] for v in volumes)
     # Not answering: data and root volume; fenced over SSH: the data volume (kcnd is disabled and the keys aside).
-    assert fenced_from == sorted([f"{first['instance_id']}:/dev/sda1", f"{first['instance_id']}:/dev/sdf", f"{second}:/dev/sdf"])
+    assert fenced_from == sorted([f"{first['instance_id']}:/dev/sda1", f"{first['instance_id']}:/dev/sdf",
+                                  f"{second}:/dev/sdf"])
     assert all(v["State"] == "available" for v in volumes)  # kept for forensics, not deleted
     report = runner.report(FAILOVER, one[0])
     assert any("mount it read-only" in t for t in report["todo"])
@@ -165,8 +169,8 @@ def test_the_instance_fenced_over_ssh_starts_as_a_harmless_machine(failovers):
     cell, runner, first, second, *_ = failovers
     ec2 = cell.client("ec2")
     ec2.start_instances(InstanceIds=[second])
-    cell.wait_for(lambda: ec2.describe_instances(InstanceIds=[second])["Reservations"][0]["Instances"][0]["State"]["Name"]
-                  == "running", timeout=60, what=f"{second} running")
+    cell.wait_for(lambda: ec2.describe_instances(InstanceIds=[second])["Reservations"][0]["Instances"][0]["State"]
+                  ["Name"] == "running", timeout=60, what=f"{second} running")
     time.sleep(3)  # boot: enabled services would start now
     assert cell.ssh("cn-aws-1", "systemctl is-active kcnd", check=False, instance_id=second).stdout.strip() != "active"
     cell.ssh("cn-aws-1", "sudo systemctl start kcnd", check=False, instance_id=second)  # someone starts it by hand

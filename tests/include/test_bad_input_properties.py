@@ -42,7 +42,8 @@ def no_aws_no_ssh(monkeypatch):
 
 
 # ----- trigger params ------------------------------------------------------------------------------------
-not_bool = st.one_of(st.integers(), st.text(max_size=8), st.none(), st.lists(st.booleans(), max_size=2), st.floats(allow_nan=True))
+not_bool = st.one_of(st.integers(), st.text(max_size=8), st.none(), st.lists(st.booleans(), max_size=2),
+                     st.floats(allow_nan=True))
 not_a_name = st.one_of(st.text(max_size=12), st.integers(), st.none(), st.lists(st.text(max_size=3), max_size=2),
                        st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
 bad_age = st.one_of(st.integers(max_value=0), st.floats(max_value=0), st.just(float("nan")), st.just(float("inf")),
@@ -51,9 +52,11 @@ bad_age = st.one_of(st.integers(max_value=0), st.floats(max_value=0), st.just(fl
 CLOUD_OK = {"failed_cn": "cn-1"}
 CLOUD_BAD = {  # field -> values it must refuse
     "failed_cn": not_a_name.filter(lambda v: v != "cn-1"),
-    "warmup": st.one_of(st.text(max_size=12), st.integers(), st.none()).filter(lambda v: v not in failover_cloud.WARMUP),
+    "warmup": st.one_of(st.text(max_size=12), st.integers(), st.none())
+                .filter(lambda v: v not in failover_cloud.WARMUP),
     "max_snapshot_age_hours": bad_age,
-    "snapshot_pn": not_a_name.filter(lambda v: v not in ("auto", "pn-1", "pn-2") and v not in ("", None, 0, [], {}, False)),
+    "snapshot_pn": not_a_name.filter(lambda v: v not in ("auto", "pn-1", "pn-2")
+                                     and v not in ("", None, 0, [], {}, False)),
     "use_presnapshot": not_bool, "fence": not_bool, "dry_run": not_bool,
 }
 METAL_OK = {"failed_cn": "cn-a"}
@@ -156,28 +159,36 @@ def leaves(node, path: str = ""):
 
 
 def not_matching(pattern: str):
-    return st.one_of(st.text(max_size=20), st.integers()).filter(lambda v: not (isinstance(v, str) and re.fullmatch(pattern, v)))
+    return st.one_of(st.text(max_size=20), st.integers()).filter(
+        lambda v: not (isinstance(v, str) and re.fullmatch(pattern, v)))
 
 
-not_a_string = st.one_of(st.integers(), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
+not_a_string = st.one_of(st.integers(), st.lists(st.integers(), max_size=2),
+                         st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
 BAD_VALUES = {  # the inventory's fields -> values each must refuse
-    "version": st.integers().filter(lambda v: v != 1), "scheme": not_matching(r"cloud|bare-metal"), "role": not_matching(r"active|standby"),
+    "version": st.integers().filter(lambda v: v != 1), "scheme": not_matching(r"cloud|bare-metal"),
+    "role": not_matching(r"active|standby"),
     "name": not_matching(r"[a-z0-9][a-z0-9-]{0,62}"), "node_id": not_matching(NODE_ID[1:-1]),
     "instance_id": not_matching(r"i-[0-9a-f]{8,17}"), "data_volume_id": not_matching(r"vol-[0-9a-f]{8,17}"),
-    "elastic_ip_allocation_id": not_matching(r"eipalloc-[0-9a-f]{8,17}"), "subnet_id": not_matching(r"subnet-[0-9a-f]{8,17}"),
+    "elastic_ip_allocation_id": not_matching(r"eipalloc-[0-9a-f]{8,17}"),
+    "subnet_id": not_matching(r"subnet-[0-9a-f]{8,17}"),
     "data_device": not_matching(r"/dev/[a-z0-9]+"), "sns_topic_arn": not_matching(r"arn:aws[a-z-]*:sns:.*"),
-    "data_dir": st.from_regex(r"[a-z.][a-z/]{0,10}", fullmatch=True), "conf_path": st.from_regex(r"[a-z.][a-z/]{0,10}", fullmatch=True),
+    "data_dir": st.from_regex(r"[a-z.][a-z/]{0,10}", fullmatch=True),
+    "conf_path": st.from_regex(r"[a-z.][a-z/]{0,10}", fullmatch=True),
     "ssh_conn_id": st.one_of(st.just(""), not_a_string), "nodekey_secret_id": st.one_of(st.just(""), not_a_string),
-    "ssh_conn_template": st.one_of(st.just(""), not_a_string), "security_group_ids": st.one_of(st.just([]), st.integers()),
+    "ssh_conn_template": st.one_of(st.just(""), not_a_string),
+    "security_group_ids": st.one_of(st.just([]), st.integers()),
     "keep_images": st.one_of(st.integers(max_value=0), st.from_regex(r"[a-z]{1,5}", fullmatch=True)),
     "keep_snapshots": st.one_of(st.integers(max_value=0), st.from_regex(r"[a-z]{1,5}", fullmatch=True)),
-    "image_max_age_hours": st.one_of(st.floats(max_value=0, allow_nan=False), st.from_regex(r"[a-z]{1,5}", fullmatch=True)),
+    "image_max_age_hours": st.one_of(st.floats(max_value=0, allow_nan=False),
+                                     st.from_regex(r"[a-z]{1,5}", fullmatch=True)),
     "address": st.sampled_from(["10.0.0.100", "10.0.0.300/24", "eth0", "10.0.0.100/99"]),
     "cns": st.just([]), "pns": st.just([]), "cells": st.just([]),
 }
-REQUIRED = {"cells", "name", "scheme", "cns", "pns", "role", "ssh_conn_id", "nodekey_secret_id", "subnet_id", "security_group_ids",
-            "ssh_conn_template", "address", "instance_id", "data_device", "data_volume_id", "elastic_ip_allocation_id", "launch",
-            "floating_ip"}  # the cloud ids and sections are required by scheme: every one in the example is needed
+# the cloud ids and sections are required by scheme: every one in the example is needed
+REQUIRED = {"cells", "name", "scheme", "cns", "pns", "role", "ssh_conn_id", "nodekey_secret_id", "subnet_id",
+            "security_group_ids", "ssh_conn_template", "address", "instance_id", "data_device", "data_volume_id",
+            "elastic_ip_allocation_id", "launch", "floating_ip"}
 
 
 @st.composite
@@ -199,7 +210,8 @@ def broken_inventory(draw):
         path = f"{path}.{key}"
     else:
         named = [e for e in entries if e[2] == "name"]
-        (_, first, _k), (path, second, _k2) = sorted(draw(st.lists(st.sampled_from(named), min_size=2, max_size=2, unique_by=lambda e: e[0])),
+        (_, first, _k), (path, second, _k2) = sorted(draw(st.lists(st.sampled_from(named), min_size=2, max_size=2,
+                                                                   unique_by=lambda e: e[0])),
                                                     key=lambda e: named.index(e))
         second["name"] = first["name"]
     return data, path

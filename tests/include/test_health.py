@@ -25,7 +25,8 @@ def test_zero_peers_and_not_syncing_is_not_in_sync():
 def test_in_sync_needs_identity_pn_peers_near_head_and_rising():
     good = assess_sync(probe(100, {"pn": 2, "total": 2}), probe(103, {"pn": 2, "total": 2}), 104, expected_node_id=ID)
     assert good.ok, good.summary()
-    wrong = assess_sync(probe(100, {"pn": 2, "total": 2}), probe(103, {"pn": 2, "total": 2}, node_id="b" * 128), 104, expected_node_id=ID)
+    wrong = assess_sync(probe(100, {"pn": 2, "total": 2}), probe(103, {"pn": 2, "total": 2}, node_id="b" * 128), 104,
+                        expected_node_id=ID)
     assert "another nodekey" in " ".join(wrong.failed())
     stuck = assess_sync(probe(100, {"pn": 2, "total": 2}), probe(100, {"pn": 2, "total": 2}), 101, expected_node_id=ID)
     assert not stuck.ok and "head rising" in stuck.summary()

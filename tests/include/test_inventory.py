@@ -35,18 +35,23 @@ def test_the_example_inventory_is_valid():
 @pytest.mark.parametrize(
     "mutate, expected",
     [
-        (lambda d: d["cells"][0]["cns"][0].update(role="stanby"), "cells[0].cns[0].role: Input should be 'active' or 'standby'"),
+        (lambda d: d["cells"][0]["cns"][0].update(role="stanby"),
+         "cells[0].cns[0].role: Input should be 'active' or 'standby'"),
         (lambda d: d["cells"][0]["cns"][0].update(node_id="abc"), "cells[0].cns[0].node_id: must be the node ID"),
-        (lambda d: d["cells"][0]["cns"][0].update(instance_id="i-xyz"), "cells[0].cns[0].instance_id: must be an EC2 instance id"),
-        (lambda d: d["cells"][0]["cns"][0].update(data_dir="var/kcnd"), "cells[0].cns[0].data_dir: must be an absolute path"),
+        (lambda d: d["cells"][0]["cns"][0].update(instance_id="i-xyz"),
+         "cells[0].cns[0].instance_id: must be an EC2 instance id"),
+        (lambda d: d["cells"][0]["cns"][0].update(data_dir="var/kcnd"),
+         "cells[0].cns[0].data_dir: must be an absolute path"),
         (lambda d: d["cells"][0]["cns"][0].pop("data_device"), "cns[0].data_device: required for scheme 'cloud'"),
         (lambda d: d["cells"][0].pop("launch"), "launch: required for scheme 'cloud'"),
         (lambda d: d["cells"][1].pop("floating_ip"), "floating_ip: required for scheme 'bare-metal'"),
         (lambda d: d["cells"][1]["cns"][1].update(role="active"), "exactly one CN must have role 'active', found 2"),
         (lambda d: d["cells"][0]["pns"][0].update(name="cn-1"), "'cn-1' appears twice"),
-        (lambda d: d["cells"][0]["cns"][0].update(nodkey_secret_id="x"), "cells[0].cns[0].nodkey_secret_id: unknown field"),
+        (lambda d: d["cells"][0]["cns"][0].update(nodkey_secret_id="x"),
+         "cells[0].cns[0].nodkey_secret_id: unknown field"),
         (lambda d: d["cells"][1]["floating_ip"].update(address="10.0.0.100"), "needs a prefix length"),
-        (lambda d: d["cells"][0]["maintenance"].update(snapshot_pn="pn-9"), "maintenance.snapshot_pn: 'pn-9' is not one of this cell's PNs"),
+        (lambda d: d["cells"][0]["maintenance"].update(snapshot_pn="pn-9"),
+         "maintenance.snapshot_pn: 'pn-9' is not one of this cell's PNs"),
         # One DAG serves every cell: a per-cell schedule would be ignored for all but one cell.
         (lambda d: d["cells"][1].update(maintenance={"schedule": "@hourly"}),
          "cells[1].maintenance.schedule: the maintenance DAG runs every core cell on one schedule; move it to the top "

@@ -62,7 +62,6 @@ def test_a_key_from_a_secret_is_masked_in_logs_without_the_caller_asking():
 
 def test_a_key_read_from_a_host_is_masked_in_logs(cell, tmp_path):
     from cellkit import AirflowRunner
-
     from kaia_ha.inventory import load_inventory
     from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
 

@@ -28,7 +28,8 @@ def store(tmp_path):
 
 
 def fenced(host: str, instance_id: str | None = None, run: str = "r1") -> Fenced:
-    return Fenced(host=host, instance_id=instance_id, run_id=run, dag_id="d", at="2026-12-02T00:00:00+00:00", how="test")
+    return Fenced(host=host, instance_id=instance_id, run_id=run, dag_id="d", at="2026-12-02T00:00:00+00:00",
+                  how="test")
 
 
 def test_a_cell_nobody_changed_is_placed_as_the_inventory_says(cells, store):
@@ -55,7 +56,10 @@ def test_a_failover_then_an_enrolment_leave_the_cell_protected_again(cells, stor
 
 def test_a_retry_of_the_same_run_writes_nothing_more(cells, store):
     cloud, _ = cells
-    change = lambda p: after_failover(p, Active(host="cn-1", instance_id="i-0aaaaaaaaaaaaaaaa"), fenced("cn-1", "i-1"))  # noqa: E731
+
+    def change(p):
+        return after_failover(p, Active(host="cn-1", instance_id="i-0aaaaaaaaaaaaaaaa"), fenced("cn-1", "i-1"))
+
     first = live.update(cloud, change, dag_id="failover", run_id="r1", why="x", since=0, st=store)
     again = live.update(cloud, change, dag_id="failover", run_id="r1", why="x", since=0, st=store)
     assert again == first and len(live.history(cloud, store)) == 1

@@ -21,7 +21,8 @@ def standby_facts(**changes) -> dict:
         "static_nodes_path": "/var/kcnd/data/static-nodes.json",
         "static_nodes": [{"node_id": PN, "ip": "10.0.0.21", "port": 32323, "ntype": "pn"}], "static_nodes_bad": [],
         "sync_ok": True, "sync": [{"name": "pn peers", "ok": True, "detail": "1 PN peers"}], "kcn_version": "v2.2.1",
-        "db_flags": FLAGS, "network": "mainnet/", "conf_problems": [], "holds_floating_ip": False, "autostart": "enabled",
+        "db_flags": FLAGS, "network": "mainnet/", "conf_problems": [], "holds_floating_ip": False,
+        "autostart": "enabled",
     }
     return facts | changes
 
@@ -31,7 +32,8 @@ BACKUP = {"ok": True, "node_id": ACTIVE, "secret_id": "s/cn-a", "bls": True}
 
 
 def failed(facts: dict, active: dict | None = ACTIVE_FACTS, backup: dict = BACKUP, pns=None) -> dict[str, str]:
-    checks = assess(cn("cn-b", "standby", STANDBY), facts, active, cn("cn-a", "active", ACTIVE), backup, pns or {"pn-1": PN})
+    checks = assess(cn("cn-b", "standby", STANDBY), facts, active, cn("cn-a", "active", ACTIVE), backup,
+                    pns or {"pn-1": PN})
     return {c["name"]: c["detail"] for c in checks if c["ok"] is False}
 
 
@@ -60,22 +62,26 @@ def test_each_kind_of_drift_fails_its_check_and_says_why(changes, check, words):
 
 
 def test_the_backup_must_exist_and_be_the_node_the_active_runs_as():
-    assert "no nodekey backup" in failed(standby_facts(), backup={"ok": False, "detail": "no nodekey backup of cn-a"})["active's key backup"]
+    missing = {"ok": False, "detail": "no nodekey backup of cn-a"}
+    assert "no nodekey backup" in failed(standby_facts(), backup=missing)["active's key backup"]
     changed = failed(standby_facts(), active=ACTIVE_FACTS | {"node_id": OTHER})
     assert "run kaia_cn_maintenance" in changed["active's key backup"]
 
 
 def test_an_unreachable_standby_or_active_is_said_plainly():
     assert list(failed({"reachable": False, "detail": "connection refused"})) == ["reachable"]
-    checks = assess(cn("cn-b", "standby", STANDBY), standby_facts(), None, cn("cn-a", "active", ACTIVE), BACKUP, {"pn-1": PN})
+    checks = assess(cn("cn-b", "standby", STANDBY), standby_facts(), None, cn("cn-a", "active", ACTIVE), BACKUP,
+                    {"pn-1": PN})
     assert {c["name"] for c in checks if c["ok"] is None} == {"kcn version", "DB flags and network"}
-    unknown_pn = assess(cn("cn-b", "standby", STANDBY), standby_facts(), ACTIVE_FACTS, cn("cn-a", "active", ACTIVE), BACKUP, {"pn-1": None})
+    unknown_pn = assess(cn("cn-b", "standby", STANDBY), standby_facts(), ACTIVE_FACTS, cn("cn-a", "active", ACTIVE),
+                        BACKUP, {"pn-1": None})
     assert next(c for c in unknown_pn if c["name"] == "static-nodes.json")["ok"] is None
 
 
 def test_static_nodes_parse_kni_and_enode_and_name_what_does_not():
     good, bad = parse_static_nodes(
-        f'["kni://{PN}@10.0.0.21:32323?discport=0&ntype=pn", "enode://{OTHER}@10.0.0.22:32323", "kni://{PN[:10]}@10.0.0.23:32323", 5]')
+        f'["kni://{PN}@10.0.0.21:32323?discport=0&ntype=pn", "enode://{OTHER}@10.0.0.22:32323", '
+        f'"kni://{PN[:10]}@10.0.0.23:32323", 5]')
     assert [(g["node_id"], g["ip"], g["ntype"]) for g in good] == [(PN, "10.0.0.21", "pn"), (OTHER, "10.0.0.22", None)]
     assert len(bad) == 2
     assert parse_static_nodes("{not json")[1][0].startswith("not JSON")

@@ -2,7 +2,8 @@ from kaia_ha_airflow.hooks.kaia_node import shutdown_was_clean, shutting_down
 
 
 def test_a_clean_stop_is_manager_stopped_then_database_closed_after_the_last_block():
-    clean = "Inserted a new block number=5\nGot interrupt, shutting down...\nBlockchain manager stopped\nDatabase closed\n"
+    clean = ("Inserted a new block number=5\nGot interrupt, shutting down...\nBlockchain manager stopped\n"
+             "Database closed\n")
     assert shutdown_was_clean(clean)
     killed = "Inserted a new block number=5\nGot interrupt, shutting down...\n"
     assert not shutdown_was_clean(killed)

@@ -9,7 +9,8 @@ CURRENT = "cat /var/kpnd/data/klay/chaindata/misc/CURRENT.json"
 
 def kill_past_its_last_state(cell, pn: str) -> dict:
     """Kill kpnd once blocks past its last state on disk were flushed (right after a start they may not be yet)."""
-    cell.wait_for(lambda: (c := json.loads(cell.ssh(pn, CURRENT).stdout))["state"] < c["head"], what="blocks past the state")
+    cell.wait_for(lambda: (c := json.loads(cell.ssh(pn, CURRENT).stdout))["state"] < c["head"],
+                  what="blocks past the state")
     cell.break_(pn, "kill")
     return json.loads(cell.ssh(pn, CURRENT).stdout)
 
@@ -36,7 +37,8 @@ def test_a_node_refuses_only_chain_data_without_any_state(fresh_cell):
     cell.ssh("pn-aws-2", "sudo rm -rf /var/kpnd/data/klay/chaindata/statetrie")
     started = cell.ssh("pn-aws-2", "sudo systemctl start kpnd", check=False)
     assert started.returncode != 0, cell.ssh("pn-aws-2", "tail -8 /var/log/kpnd/kpnd.out").stdout
-    assert "rewound to block number 0, but repair failed" in cell.ssh("pn-aws-2", "tail -3 /var/log/kpnd/kpnd.out").stdout
+    tail = cell.ssh("pn-aws-2", "tail -3 /var/log/kpnd/kpnd.out").stdout
+    assert "rewound to block number 0, but repair failed" in tail
 
 
 def test_a_clean_stop_after_stop_timeout_is_a_kill(fresh_cell):
@@ -45,7 +47,8 @@ def test_a_clean_stop_after_stop_timeout_is_a_kill(fresh_cell):
     cell.ssh("pn-aws-1", "sudo systemctl stop kpnd")
     log = cell.ssh("pn-aws-1", "tail -5 /var/log/kpnd/kpnd.out").stdout
     assert "Got interrupt" in log and "Database closed" not in log
-    assert json.loads(cell.ssh("pn-aws-1", "cat /var/kpnd/data/klay/chaindata/misc/CURRENT.json").stdout)["clean"] is False
+    current = cell.ssh("pn-aws-1", "cat /var/kpnd/data/klay/chaindata/misc/CURRENT.json").stdout
+    assert json.loads(current)["clean"] is False
     cell.ssh("pn-aws-1", "sudo systemctl start kpnd")  # rewinds, as the real node does
     cell.fault("--clear")
 
@@ -57,7 +60,8 @@ def test_systemctl_kill_lets_a_slow_node_stop_on_its_own(fresh_cell):
     assert "Got interrupt" in cell.ssh("pn-aws-1", "tail -2 /var/log/kpnd/kpnd.out").stdout
     cell.wait_for(lambda: not cell.node("pn-aws-1", "kpnd")["running"]
                   and "Database closed" in cell.ssh("pn-aws-1", "tail -1 /var/log/kpnd/kpnd.out").stdout, what="exit")
-    assert json.loads(cell.ssh("pn-aws-1", "cat /var/kpnd/data/klay/chaindata/misc/CURRENT.json").stdout)["clean"] is True
+    current = cell.ssh("pn-aws-1", "cat /var/kpnd/data/klay/chaindata/misc/CURRENT.json").stdout
+    assert json.loads(current)["clean"] is True
     cell.ssh("pn-aws-1", "sudo systemctl stop kpnd && sudo systemctl start kpnd")
     cell.fault("--clear")
 
@@ -82,7 +86,10 @@ def test_breaking_ssh_and_instances(fresh_cell):
     cell.break_("cn-aws-1", "stop-instance")
     ec2 = cell.client("ec2")
     instance = cell.node("cn-aws-1")["instance_id"]
-    state = lambda: ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    def state():
+        return ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
     cell.wait_for(lambda: state() == "stopped", what="instance stopped")
     assert not cell.node("cn-aws-1")["running"]
     assert cell.ssh("cn-aws-1", "true", check=False).returncode == 255

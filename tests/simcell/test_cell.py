@@ -78,14 +78,17 @@ def test_a_nodekey_that_does_not_parse_becomes_a_new_identity_the_other_validato
     original = cell.node(name)["node_id"]
     saved = cell.ssh(name, "sudo cat /var/kcnd/data/klay/nodekey").stdout
     try:
-        cell.ssh(name, "sudo systemctl stop kcnd && printf 'not-a-key' | sudo tee /var/kcnd/data/klay/nodekey >/dev/null && sudo systemctl start kcnd")
+        cell.ssh(name, "sudo systemctl stop kcnd && printf 'not-a-key' | sudo tee /var/kcnd/data/klay/nodekey "
+                       ">/dev/null && sudo systemctl start kcnd")
         assert "Generated nodekey" in cell.ssh(name, "tail -20 /var/log/kcnd/kcnd.out").stdout
         node = cell.wait_for(lambda: (n := cell.node(name)) and n["running"] and n, what="kcnd running")
         assert node["node_id"] != original
         # Its PNs still accept it (a PN takes any CN that dials it), the other operators' CNs do not: not the validator.
         assert "cn" not in cell.attach(name, "net.peerCountByType")
     finally:
-        cell.ssh(name, "sudo systemctl stop kcnd && sudo cat > /var/kcnd/data/klay/nodekey && sudo systemctl start kcnd", stdin=saved)
+        cell.ssh(name,
+                 "sudo systemctl stop kcnd && sudo cat > /var/kcnd/data/klay/nodekey && sudo systemctl start kcnd",
+                 stdin=saved)
     cell.wait_for(lambda: cell.node(name)["peer_count"]["total"] > 0, what="peers back with the right key")
     assert cell.node(name)["node_id"] == original
 
@@ -94,9 +97,8 @@ def test_a_top_level_nodekey_shadows_klay_nodekey(cell):
     name = "cn-metal-b"
     before = cell.node(name)["node_id"]
     try:
-        cell.ssh(name, "sudo systemctl stop kcnd && "
-                       "head -c 64 /dev/urandom | sha256sum | cut -c1-64 | sudo tee /var/kcnd/data/nodekey >/dev/null && "
-                       "sudo systemctl start kcnd")
+        cell.ssh(name, "sudo systemctl stop kcnd && head -c 64 /dev/urandom | sha256sum | cut -c1-64 | sudo tee "
+                       "/var/kcnd/data/nodekey >/dev/null && sudo systemctl start kcnd")
         assert cell.wait_for(lambda: cell.node(name)["node_id"], what="node up") != before
     finally:
         cell.ssh(name, "sudo systemctl stop kcnd && sudo rm -f /var/kcnd/data/nodekey && sudo systemctl start kcnd")
@@ -106,7 +108,8 @@ def test_a_top_level_nodekey_shadows_klay_nodekey(cell):
 def test_client_token_makes_a_retry_return_the_same_instance_and_volume(cell):
     ec2 = cell.client("ec2")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    subnet = ec2.describe_subnets(Filters=[{"Name": "availabilityZone", "Values": ["us-east-1a"]}])["Subnets"][0]["SubnetId"]
+    subnets = ec2.describe_subnets(Filters=[{"Name": "availabilityZone", "Values": ["us-east-1a"]}])["Subnets"]
+    subnet = subnets[0]["SubnetId"]
     first = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, SubnetId=subnet, ClientToken="test-token-1")
     again = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, SubnetId=subnet, ClientToken="test-token-1")
     assert first["Instances"][0]["InstanceId"] == again["Instances"][0]["InstanceId"]

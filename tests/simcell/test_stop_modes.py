@@ -10,7 +10,8 @@ import time
 
 def data_volume_clean(cell, instance_id: str) -> bool:
     ec2 = cell.client("ec2")
-    mapping = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["BlockDeviceMappings"]
+    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    mapping = instance["BlockDeviceMappings"]
     volume = next(m["Ebs"]["VolumeId"] for m in mapping if m["DeviceName"] == "/dev/sdf")
     return json.loads((cell.state_dir / "ebs" / "volumes" / volume / "klay" / "chaindata" / "misc" / "CURRENT.json")
                       .read_text())["clean"]
@@ -18,8 +19,8 @@ def data_volume_clean(cell, instance_id: str) -> bool:
 
 def stopped_after(cell, instance_id: str, timeout: float = 30) -> float:
     ec2, started = cell.client("ec2"), time.monotonic()
-    cell.wait_for(lambda: ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
-                  == "stopped", timeout=timeout, what=f"{instance_id} stopped")
+    cell.wait_for(lambda: ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+                  ["State"]["Name"] == "stopped", timeout=timeout, what=f"{instance_id} stopped")
     return time.monotonic() - started
 
 

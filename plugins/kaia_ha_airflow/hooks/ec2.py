@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_CODES = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "Unavailable",
                    "ServiceUnavailable", "InternalFailure"}
-NOT_FOUND_CODES = {"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidSnapshot.NotFound", "InvalidVolume.NotFound",
+NOT_FOUND_CODES = {"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidSnapshot.NotFound",
+                   "InvalidVolume.NotFound",
                    "InvalidInstanceID.NotFound"}
 
 IAM_ACTIONS: dict[str, tuple[str, ...]] = {
@@ -95,7 +96,8 @@ class CoreCellEC2Hook(EC2Hook):
     @cached_property
     def once(self):
         """A client that never retries by itself: for calls without a ClientToken (see ``create_once``)."""
-        return self.get_client_type(config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+        return self.get_client_type(config=botocore.config.Config(retries={"total_max_attempts": 1,
+                                                                           "mode": "standard"}))
 
     # ----- find ------------------------------------------------------------------------------------------
     def find_images(self, tags: dict[str, str]) -> list[dict]:
@@ -191,14 +193,16 @@ class CoreCellEC2Hook(EC2Hook):
         """IAM: ec2:DescribeInstances."""
         return self.conn.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
 
-    def launch_instance(self, *, image_id: str, launch, client_token: str, tags: dict[str, str], user_data: str = "") -> str:
+    def launch_instance(self, *, image_id: str, launch, client_token: str, tags: dict[str, str],
+                        user_data: str = "") -> str:
         """RunInstances with a ClientToken: a retry gets the same instance back.
 
         IAM: ec2:RunInstances, ec2:CreateTags, ec2:DescribeInstances.
         """
         config = {
             "ImageId": image_id, "MinCount": 1, "MaxCount": 1, "InstanceType": launch.instance_type,
-            "SubnetId": launch.subnet_id, "SecurityGroupIds": list(launch.security_group_ids), "ClientToken": client_token,
+            "SubnetId": launch.subnet_id, "SecurityGroupIds": list(launch.security_group_ids),
+            "ClientToken": client_token,
             "TagSpecifications": [{"ResourceType": "instance", "Tags": T.tag_list(tags)}],
         }
         if launch.key_name:
@@ -211,7 +215,8 @@ class CoreCellEC2Hook(EC2Hook):
                       initialization_rate: int | None = None) -> str:
         """CreateVolume from a snapshot with a ClientToken. IAM: ec2:CreateVolume, ec2:CreateTags."""
         args = {"SnapshotId": snapshot_id, "AvailabilityZone": zone, "Size": size, "VolumeType": "gp3", "Iops": 9000,
-                "ClientToken": client_token, "TagSpecifications": [{"ResourceType": "volume", "Tags": T.tag_list(tags)}]}
+                "ClientToken": client_token, "TagSpecifications": [{"ResourceType": "volume",
+                                                                    "Tags": T.tag_list(tags)}]}
         if initialization_rate:
             args["VolumeInitializationRate"] = initialization_rate
         return self.conn.create_volume(**args)["VolumeId"]
@@ -222,7 +227,8 @@ class CoreCellEC2Hook(EC2Hook):
         for attachment in volume.get("Attachments", []):
             if attachment["InstanceId"] == instance_id and attachment["Device"] == device:
                 return "already attached"
-            raise RuntimeError(f"volume {volume_id} is attached to {attachment['InstanceId']} at {attachment['Device']}")
+            raise RuntimeError(f"volume {volume_id} is attached to {attachment['InstanceId']} "
+                               f"at {attachment['Device']}")
         self.conn.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
         return "attached"
 
@@ -251,7 +257,8 @@ class CoreCellEC2Hook(EC2Hook):
 
         IAM: ec2:GetConsoleOutput.
         """
-        text = self.conn.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""  # botocore decodes it
+        # botocore decodes it
+        text = self.conn.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
         inside = text.split("-----BEGIN SSH HOST KEY KEYS-----", 1)[-1].split("-----END SSH HOST KEY KEYS-----", 1)[0]
         for line in inside.splitlines():
             parts = line.split()
@@ -262,7 +269,8 @@ class CoreCellEC2Hook(EC2Hook):
     def detach_for_good(self, instance_id: str, device: str, tags: dict[str, str]) -> str | None:
         """Detach the volume at ``device`` of a stopped instance and tag it (kept, never deleted); None when nothing is
         attached there (an earlier try did it). IAM: ec2:DescribeInstances, ec2:DetachVolume, ec2:CreateTags."""
-        mapping = next((m for m in self.instance(instance_id).get("BlockDeviceMappings", []) if m["DeviceName"] == device), None)
+        mapping = next((m for m in self.instance(instance_id).get("BlockDeviceMappings", [])
+                        if m["DeviceName"] == device), None)
         if mapping is None or "Ebs" not in mapping:
             return None
         volume_id = mapping["Ebs"]["VolumeId"]

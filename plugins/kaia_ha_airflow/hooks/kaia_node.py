@@ -80,7 +80,8 @@ class KaiaNodeHook:
 
     @cached_property
     def ssh_hook(self) -> SSHHook:
-        hook = SSHHook(ssh_conn_id=self.ssh_conn_id, remote_host=self.remote_host or "", conn_timeout=self.connect_timeout,
+        hook = SSHHook(ssh_conn_id=self.ssh_conn_id, remote_host=self.remote_host or "",
+                       conn_timeout=self.connect_timeout,
                        conn_retry_attempts=self.connect_attempts)
         if self.host_key:
             key_type, data = self.host_key.split()[:2]
@@ -93,7 +94,8 @@ class KaiaNodeHook:
             try:
                 self._client = self.ssh_hook.get_conn()
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise HostUnreachable(f"{self.node.name}: cannot open SSH ({self.ssh_conn_id}): {type(exc).__name__}: {exc}") from None
+                raise HostUnreachable(f"{self.node.name}: cannot open SSH ({self.ssh_conn_id}): {type(exc).__name__}: "
+                                      f"{exc}") from None
         return self._client
 
     def close(self) -> None:
@@ -116,7 +118,8 @@ class KaiaNodeHook:
             rc = chan_out.channel.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError, socket.timeout) as exc:
             self.close()
-            raise HostUnreachable(f"{self.node.name}: SSH dropped during {command.split()[0:3]}: {type(exc).__name__}") from None
+            raise HostUnreachable(f"{self.node.name}: SSH dropped during {command.split()[0:3]}: "
+                                  f"{type(exc).__name__}") from None
         if rc == -1 or (rc == 255 and not out and not err):
             self.close()
             raise HostUnreachable(f"{self.node.name}: SSH session ended without an exit status")
@@ -127,7 +130,8 @@ class KaiaNodeHook:
 
     # ----- the node ------------------------------------------------------------------------------------------
     def attach(self, expr: str, timeout: float = 30) -> str:
-        cmd = self.node.attach_cmd.format(binary=self.node.binary, data_dir=shlex.quote(self.node.data_dir), expr=shlex.quote(expr))
+        cmd = self.node.attach_cmd.format(binary=self.node.binary, data_dir=shlex.quote(self.node.data_dir),
+                                          expr=shlex.quote(expr))
         return self.run(cmd, timeout=timeout).stdout
 
     def probe(self) -> Probe:

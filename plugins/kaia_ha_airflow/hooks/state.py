@@ -60,7 +60,8 @@ class StateStore:
             return sorted(f"{under}/{p.name}" for p in folder.iterdir()) if folder.is_dir() else []
         strip = len(self.prefix) + 1 if self.prefix else 0
         found = []
-        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(under) + "/"):
+        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                       Prefix=self._key(under) + "/"):
             found += [o["Key"][strip:] for o in page.get("Contents", [])]
         return sorted(found)
 

@@ -36,7 +36,8 @@ class CoreCellFailureNotifier:
             return
         for conn_id, region, arn in sorted(topics):
             try:
-                SnsHook(aws_conn_id=conn_id, region_name=region).publish_to_target(target_arn=arn, message=message, subject=subject[:100])
+                SnsHook(aws_conn_id=conn_id, region_name=region).publish_to_target(target_arn=arn, message=message,
+                                                                                   subject=subject[:100])
             except Exception:  # an alert that fails must not hide the failure it reports
                 log.exception("could not publish the failure alert to %s", arn)
         log.error("%s", message)
