@@ -31,7 +31,6 @@ import tempfile
 from pathlib import Path
 
 from common import REPO, Bench, critical_path, path_figures, run_steps, say
-
 from simcell.aws import latency as L
 
 DAG = "kaia_cn_failover_cloud"
@@ -44,7 +43,8 @@ AWS_WAITS = {"wait_stopped": L.INSTANCE_STOPPING_S, "wait_running": L.INSTANCE_P
 
 
 # The step that begins each transition (last part of the task id, the DAG's and the sequential script's alike).
-STARTED_BY = {"wait_stopped": "fence", "wait_running": "launch", "wait_snapshot": "create_snapshot", "volume_available": "create_volume"}
+STARTED_BY = {"wait_stopped": "fence", "wait_running": "launch", "wait_snapshot": "create_snapshot",
+              "volume_available": "create_volume"}
 
 
 def short(task: str) -> str:
@@ -71,14 +71,16 @@ def projected(steps: list[dict], upstream: dict[str, list[str]] | None, last: st
     while upstream is not None and (ups := [u for u in upstream[path[-1]] if u in end]):
         path.append(max(ups, key=end.get))
     return {"projected_unscaled_s": round(end[last], 1),
-            "projected_path": [f"{t} (ends {end[t]:.0f})" for t in path[::-1]] if upstream is not None else "every step, in order"}
+            "projected_path": ([f"{t} (ends {end[t]:.0f})" for t in path[::-1]] if upstream is not None
+                               else "every step, in order")}
 
 
 def figures(rto: float, steps: list[dict], path: list[str], scale: float, upstream: dict | None) -> dict:
     aws = sum(AWS_WAITS.get(short(t), 0.0) for t in path)
     last = "verify.in_sync" if upstream is not None else "in_sync"
     return path_figures(rto, steps, path) | {
-        "aws_part_scaled_s": round(aws * scale, 2), "aws_part_unscaled_s": aws, "non_scaling_s": round(rto - aws * scale, 2),
+        "aws_part_scaled_s": round(aws * scale, 2), "aws_part_unscaled_s": aws,
+        "non_scaling_s": round(rto - aws * scale, 2),
         **projected(steps, upstream, last)}
 
 
@@ -114,7 +116,8 @@ def once(variant: str, scale: float) -> dict:
                 report = runner.report(DAG, run_id)
                 steps = run_steps(DAG, run_id)
                 dag = runner.dag(DAG)
-                out = figures(report["rto_seconds"], steps, critical_path(dag, steps, "verify.in_sync"), scale, upstream_map(dag))
+                out = figures(report["rto_seconds"], steps, critical_path(dag, steps, "verify.in_sync"), scale,
+                              upstream_map(dag))
                 out["busy_s"] = round(sum(s["seconds"] for s in steps if s["task"] != "report"), 2)
                 out["pn_stops"] = report["facts"].get("PN stops")
                 return out
@@ -134,14 +137,16 @@ def rescore() -> None:
 
     from airflow.dag_processing.dagbag import DagBag
 
-    os.environ.setdefault("KAIA_HA_INVENTORY", str(REPO / "inventory.example.yaml"))  # the DAG's shape does not depend on it
+    # the DAG's shape does not depend on it
+    os.environ.setdefault("KAIA_HA_INVENTORY", str(REPO / "inventory.example.yaml"))
     upstream = upstream_map(DagBag(dag_folder=str(REPO / "dags" / f"{DAG}.py")).get_dag(DAG))
     bench = Bench.load("failover_rto")
     for label, res in bench.results.items():
         for r in res["runs"]:
             if r.get("ok"):
                 path = [c.rsplit(" ", 1)[0] for c in r["critical_path"]]
-                r |= figures(r["rto_s"], r["steps"], path, bench.params["time_scale"], None if "sequential" in label else upstream)
+                r |= figures(r["rto_s"], r["steps"], path, bench.params["time_scale"],
+                             None if "sequential" in label else upstream)
     report(bench)
 
 
@@ -160,14 +165,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--time-scale", type=float, default=0.02)
     parser.add_argument("--variants", default="pretaken,fresh,sequential")
-    parser.add_argument("--rescore", action="store_true", help="only derive the figures again from .artifacts/bench/failover_rto.json")
+    parser.add_argument("--rescore", action="store_true",
+                        help="only derive the figures again from .artifacts/bench/failover_rto.json")
     args = parser.parse_args()
     if args.rescore:
         return rescore()
-    bench = Bench("failover_rto", params={"profile": "aws", "time_scale": args.time_scale, "runs": args.runs, "failed_cn": FAILED},
-                  notes=["dag.test() runs one task at a time (deferred sensors' triggers inline); only reschedule-mode sensors "
-                         "(volume_available, in_sync) let other tasks run while they wait. A scheduler with workers overlaps the "
-                         "launch and chain-data branches for real.",
+    bench = Bench("failover_rto",
+                  params={"profile": "aws", "time_scale": args.time_scale, "runs": args.runs, "failed_cn": FAILED},
+                  notes=["dag.test() runs one task at a time (deferred sensors' triggers inline); only "
+                         "reschedule-mode sensors (volume_available, in_sync) let other tasks run while they wait. "
+                         "A scheduler with workers overlaps the launch and chain-data branches for real.",
                          "Only the AWS transitions scale; Airflow, SSH, the nodes and the 5 s sensor poll do not."])
     labels = {"pretaken": "DAG, pre-taken snapshot", "fresh": "DAG, fresh snapshot",
               "sequential": "docs' order by hand (sequential)",

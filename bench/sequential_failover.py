@@ -66,7 +66,8 @@ def run(failed_cn: str, poll: float = POLL) -> dict:
     )["SnapshotId"])
     timed("start_kpnd", maintenance.start_pn, plan["cell"], plan["snapshot_pn"])
     instance_id = timed("launch", steps.launch, plan)
-    host = timed("wait_running", wait, "running, with its host key", lambda: steps.running_host(plan, instance_id), poll)
+    host = timed("wait_running", wait, "running, with its host key",
+                 lambda: steps.running_host(plan, instance_id), poll)
     timed("wait_snapshot", wait, "snapshot completed",
           lambda: ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["State"] == "completed", poll)
     chosen = timed("chaindata_snapshot", steps.chaindata_snapshot, plan, snapshot)

@@ -52,8 +52,8 @@ stopped": start it by hand or clear `start_kpnd` first.
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from kaia_ha import failover_cloud as steps
 from kaia_ha import maintenance, pn_stop

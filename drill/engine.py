@@ -53,7 +53,8 @@ def log_text(content: list) -> str:
 
 
 class AirflowEngine:
-    """``start()`` a real Airflow in ``home`` with ``extra_env`` (the simulated cell's variables), then use the REST API."""
+    """``start()`` a real Airflow in ``home`` with ``extra_env`` (the simulated cell's variables), then use the
+    REST API."""
 
     def __init__(self, home: Path, extra_env: dict[str, str] | None = None, port: int | None = None):
         self.home = Path(home)
@@ -127,11 +128,13 @@ class AirflowEngine:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise EngineError(f"airflow standalone exited ({self.process.returncode}); log: {self.log_path}\n{self.tail()}")
+                raise EngineError(f"airflow standalone exited ({self.process.returncode}); log: {self.log_path}\n"
+                                  f"{self.tail()}")
             try:
                 health = self.session.get(f"{self.url}/api/v2/monitor/health", timeout=5)
                 if health.ok and self.password_file().exists() and all(
-                        (health.json().get(c) or {}).get("status") == "healthy" for c in ("scheduler", "dag_processor", "triggerer")):
+                        (health.json().get(c) or {}).get("status") == "healthy"
+                        for c in ("scheduler", "dag_processor", "triggerer")):
                     return
             except requests.RequestException:
                 pass
@@ -232,7 +235,8 @@ class AirflowEngine:
             except EngineError as exc:
                 if time.monotonic() > deadline:
                     errors = self.get("/importErrors").get("import_errors", [])
-                    raise EngineError(f"{dag_id} not parsed after {timeout:.0f}s: {exc}; import errors: {errors}") from None
+                    raise EngineError(f"{dag_id} not parsed after {timeout:.0f}s: {exc}; "
+                                      f"import errors: {errors}") from None
             time.sleep(1)
 
     def ensure_pool(self, name: str, slots: int, description: str) -> None:

@@ -1,4 +1,4 @@
-"""SNS messages to a core cell's operators (IAM: sns:Publish)."""
+"""SNS messages to a core cell's operators."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import logging
 from airflow.providers.amazon.aws.hooks.sns import SnsHook
 
 from kaia_ha.inventory import Cell
+from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
 
 
+@needs("sns:Publish")
 def notify(cell: Cell, subject: str, message: str) -> None:
     """Publish to the cell's topic; only logged when the inventory names none. Never pass key material."""
     log.warning("%s: %s", subject, message)

@@ -15,7 +15,6 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import botocore.exceptions
-
 from airflow.sdk.exceptions import AirflowSkipException
 
 from kaia_ha import compat, live, maintenance, pn_stop, settings
@@ -24,10 +23,22 @@ from kaia_ha.alerts import alert
 from kaia_ha.inventory import CN, Cell, load_inventory
 from kaia_ha.placement import Active, Fenced, Placement, after_failover
 from kaia_ha.report import step
-from kaia_ha.takeover import (FailoverInputError, Refused, TakeoverError, answers_ssh, failover_report, fence_kcnd,
-                              install_identity, load_backup, refuse_unknown_params, sync_check, verify_identity_on_disk)
+from kaia_ha.takeover import (
+    FailoverInputError,
+    Refused,
+    TakeoverError,
+    answers_ssh,
+    failover_report,
+    fence_kcnd,
+    install_identity,
+    load_backup,
+    refuse_unknown_params,
+    sync_check,
+    verify_identity_on_disk,
+)
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook, error_code
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
+from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_failover_cloud"
@@ -112,7 +123,7 @@ LIVE = ("pending", "running", "stopping", "shutting-down")
 def other_live_replacements(ec2: CoreCellEC2Hook, cell: Cell, cn: CN, run_id: str, failed_instance_id: str) -> None:
     """Refuse while a replacement an earlier run launched for this CN is not stopped: it holds (or may hold) the
     validator key, and a second replacement would be a second live node with it. The failed instance itself (which
-    may be the replacement of an earlier failover) is this run's to fence. IAM: ec2:DescribeInstances."""
+    may be the replacement of an earlier failover) is this run's to fence."""
     running = [i for i in ec2.find_instances({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_REPLACEMENT_CN}, LIVE)
                if i["InstanceId"] != failed_instance_id and T.tag_dict(i).get(T.RUN_ID) != run_id]
     if running:
@@ -123,14 +134,11 @@ def other_live_replacements(ec2: CoreCellEC2Hook, cell: Cell, cn: CN, run_id: st
 
 
 @step
+@needs("ec2:DescribeSubnets", "ec2:RunInstances", "ec2:CreateVolume", "ec2:AttachVolume", "ec2:CreateTags",
+       "ec2:AssociateAddress", "ec2:StopInstances", "ec2:CreateSnapshot")
 def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
-    """Check everything the failover needs, changing nothing; return the plan.
-
-    IAM: ec2:DescribeInstances, ec2:DescribeAddresses, ec2:DescribeImages, ec2:DescribeSnapshots,
-    ec2:DescribeSubnets, secretsmanager:GetSecretValue, and DryRun of ec2:RunInstances, ec2:CreateVolume,
-    ec2:AttachVolume, ec2:CreateTags, ec2:AssociateAddress, ec2:StopInstances (and ec2:CreateSnapshot when a fresh
-    snapshot is needed). DryRun checks the permission, not every parameter: RunInstances is tried without tags.
-    """
+    """Check everything the failover needs, changing nothing; return the plan. The permissions of the later steps
+    are tried with DryRun (the permission, not every parameter: RunInstances is tried without tags)."""
     plan = _check_params(conf)
     cell, cn, ec2 = _ctx(plan)
     placement = live.for_run(cell, DAG_ID, run_id)  # the node that runs the validator now, not the inventory's first one
@@ -200,7 +208,7 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
 @step
 def fence(plan: dict) -> dict:
     """Make sure the failed CN cannot sign again: autostart off (if its host answers), instance stopped.
-    With fencing off, only proceed when it is already down. IAM: ec2:StopInstances, ec2:DescribeInstances."""
+    With fencing off, only proceed when it is already down."""
     cell, cn, ec2 = _ctx(plan)
     failed_id = plan["failed_instance_id"]
     state = ec2.instance(failed_id)["State"]["Name"]
@@ -232,8 +240,7 @@ def fence(plan: dict) -> dict:
 @step
 def wait_stopped(plan: dict, fence_result: dict) -> dict | None:
     """One poke: is the fenced instance stopped? A stop still not confirmed after ``force_stop_after()`` seconds is
-    repeated with Force (an instance stuck in ``stopping``); the report says so. IAM: ec2:DescribeInstances,
-    ec2:StopInstances."""
+    repeated with Force (an instance stuck in ``stopping``); the report says so."""
     _, _, ec2 = _ctx(plan)
     failed_id = plan["failed_instance_id"]
     state = ec2.instance(failed_id)["State"]["Name"]
@@ -280,8 +287,7 @@ def defuse(plan: dict, fence_result: dict | None) -> dict:
     whoever starts the instance later (an investigation, an auto-recovery, a schedule): its DATA_DIR volume (the keys)
     is detached, tagged and kept for forensics (never deleted). When its host was not fenced over SSH, kcnd is still
     enabled and a `--nodekey` file may sit on its root disk: the root volume is detached too, so it cannot boot at all.
-    Stopped replacements of earlier runs of this validator get the same. IAM: ec2:DescribeInstances, ec2:DetachVolume,
-    ec2:CreateTags."""
+    Stopped replacements of earlier runs of this validator get the same."""
     cell, cn, ec2 = _ctx(plan)
     failed = plan["failed_instance_id"]
     if not (fence_result or {}).get("fenced"):
@@ -329,9 +335,10 @@ def pretaken_fallback(cell: Cell, attempts: list[dict] | None) -> tuple[str, str
 
 
 @step
+@needs("ec2:DescribeSnapshots")
 def chaindata_snapshot(plan: dict, fresh_snapshot_id: str | None, attempts: list[dict] | None = None) -> dict:
     """The snapshot this run uses, tagged in use so that retention spares it: the pre-taken one, the fresh one, or
-    when no PN stopped cleanly the newest pre-taken one whatever its age. IAM: ec2:CreateTags, ec2:DescribeSnapshots."""
+    when no PN stopped cleanly the newest pre-taken one whatever its age."""
     cell, cn, ec2 = _ctx(plan)
     snapshot_id, warning = plan["snapshot_id"] or fresh_snapshot_id, None
     source = "pre-taken" if plan["snapshot_id"] else "fresh"
@@ -373,8 +380,7 @@ def launch(plan: dict) -> str:
 
 def running_host(plan: dict, instance_id: str) -> dict | None:
     """One poke: the new instance's address and SSH host key once it runs and cloud-init has printed the key to
-    the console output (the EC2 API, not a first connect); None until then. IAM: ec2:DescribeInstances,
-    ec2:GetConsoleOutput."""
+    the console output (the EC2 API, not a first connect); None until then."""
     _, _, ec2 = _ctx(plan)
     instance = ec2.instance(instance_id)
     state = instance["State"]["Name"]
@@ -395,7 +401,7 @@ def running_host(plan: dict, instance_id: str) -> dict | None:
 @step
 def attach_and_mount(plan: dict, host: dict, volume_id: str) -> dict:
     """Attach the volume where DATA_DIR lives and mount it; kcnd (started at boot on an empty DATA_DIR) is
-    stopped first. IAM: ec2:AttachVolume, ec2:DescribeVolumes."""
+    stopped first."""
     cell, cn, ec2 = _ctx(plan)
     plan = plan | host
     attached = ec2.attach_volume(volume_id=volume_id, instance_id=host["new_instance_id"], device=cn.data_device)
@@ -516,8 +522,7 @@ def in_sync(plan: dict, host: dict) -> dict | None:
 @step
 def record_placement(plan: dict, host: dict, fence_result: dict | None) -> dict:
     """Once the replacement is verified in sync (the only way this task runs): it runs the validator now and the
-    failed instance is fenced. A conditional write: a run whose placement changed meanwhile records nothing.
-    IAM: s3:GetObject, s3:PutObject, s3:ListBucket on the state bucket."""
+    failed instance is fenced. A conditional write: a run whose placement changed meanwhile records nothing."""
     cell, cn, _ = _ctx(plan)
     fence_how = "instance stopped" + (
         ", kcnd disabled and keys aside over SSH" if (fence_result or {}).get("over_ssh") else ", host not reached over SSH")

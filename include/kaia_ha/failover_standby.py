@@ -166,8 +166,7 @@ def validate(conf: dict, run_id: str) -> dict:
 
 @step
 def check_backup(plan: dict) -> dict:
-    """The failed active's keys exist in Secrets Manager and are the inventory's node.
-    IAM: secretsmanager:GetSecretValue."""
+    """The failed active's keys exist in Secrets Manager and are the inventory's node."""
     cell, failed, standby = _ctx(plan)
     backup = load_backup(cell, cell.validator)
     if plan["standby_node_id"] == backup.node_id:

@@ -24,6 +24,7 @@ from kaia_ha.pn_stop import first_unhealthy, pn_is_back
 from kaia_ha.report import step, table, timeline, write
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
+from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_maintenance"
@@ -68,12 +69,10 @@ def read_live_identity(cell: Cell) -> tuple[KeyBackup, Probe, str]:
 
 
 @step
+@needs("secretsmanager:GetSecretValue", "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue",
+       "secretsmanager:TagResource")
 def backup_nodekey(cell_name: str, run_id: str) -> dict:
-    """Keep the active CN's nodekey and bls-nodekey in Secrets Manager; alert when they changed.
-
-    IAM: secretsmanager:GetSecretValue, secretsmanager:CreateSecret, secretsmanager:PutSecretValue,
-    secretsmanager:TagResource, sns:Publish.
-    """
+    """Keep the active CN's nodekey and bls-nodekey in Secrets Manager; alert when they changed."""
     cell = _cell(cell_name)
     cn = cell.validator
     backup, probe, path = read_live_identity(cell)
@@ -158,7 +157,7 @@ def root_disk_key_material(node: KaiaNodeHook, data_dir: str, additional: str) -
 
 @step
 def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
-    """Decide whether this run makes a new CN image. IAM: ec2:DescribeImages."""
+    """Decide whether this run makes a new CN image."""
     cell = _cell(cell_name)
     cn = cell.validator
     source = live.current(cell).active.instance_id  # the replacement, after a failover
@@ -201,8 +200,6 @@ def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False
     """Pick the PN to snapshot (the inventory's choice, else the one with the oldest snapshot) and
     make sure every PN of the cell is healthy first: never two PNs of a cell down at once. While a cloud
     failover runs (it may take a fresh snapshot of a PN itself) no PN is taken down: the group is skipped.
-
-    IAM: ec2:DescribeSnapshots.
     """
     cell = _cell(cell_name)
     ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
@@ -293,13 +290,13 @@ def _retention(cell_name: str, run_after: datetime, kind: str) -> list[str]:
 
 @step
 def images_to_delete(cell_name: str, run_after: datetime) -> list[str]:
-    """CN images past the inventory's retention. IAM: ec2:DescribeImages."""
+    """CN images past the inventory's retention."""
     return _retention(cell_name, run_after, T.KIND_CN_IMAGE)
 
 
 @step
 def snapshots_to_delete(cell_name: str, run_after: datetime) -> list[str]:
-    """PN snapshots past the inventory's retention. IAM: ec2:DescribeSnapshots."""
+    """PN snapshots past the inventory's retention."""
     return _retention(cell_name, run_after, T.KIND_PN_CHAINDATA)
 
 

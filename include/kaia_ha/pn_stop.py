@@ -23,6 +23,7 @@ from kaia_ha.health import ProbeError
 from kaia_ha.inventory import Cell
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError, shutdown_was_clean, shutting_down
+from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
 STOPPED_KEY = "kpnd_stopped"
@@ -103,10 +104,11 @@ def fitting(cell: Cell, names: list[str], image_tags: dict[str, str]) -> list[st
     return fit
 
 
+@needs("ec2:DescribeSnapshots")
 def incremental(cell: Cell, names: list[str]) -> list[str]:
     """Those of ``names`` whose data volume has a completed snapshot already: a fresh one is then incremental
     (minutes). A volume's first snapshot copies all of it (4,000 GiB: many hours), longer than any failover can
-    wait, so such a PN is no fallback; the pre-taken snapshot is. IAM: ec2:DescribeSnapshots."""
+    wait, so such a PN is no fallback; the pre-taken snapshot is."""
     ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
     keep = []
     for name in names:
@@ -247,7 +249,7 @@ def start_stopped(cell: Cell, ti, stop_task: str | None, pn_name: str | None = N
 
 def pretaken_fallback(cell: Cell, now: datetime) -> dict | None:
     """The newest completed pre-taken snapshot of the cell whatever its age, with its age and the blocks the CN
-    will have to catch up (from its head-block tag and a PN's head, else from its age). IAM: ec2:DescribeSnapshots."""
+    will have to catch up (from its head-block tag and a PN's head, else from its age)."""
     ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
     usable = [s for s in ec2.find_snapshots({T.CELL: cell.name, T.KIND: T.KIND_PN_CHAINDATA, T.CLEAN_STOP: "true"})
               if s["State"] == "completed"]

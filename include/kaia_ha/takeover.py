@@ -20,6 +20,7 @@ from kaia_ha.inventory import CN, Cell
 from kaia_ha.keys import KeyBackup
 from kaia_ha.report import table, timeline, write
 from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook
+from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,9 @@ class Refused(TakeoverError, AirflowFailException):
     fails at once, so the operator reads why in seconds instead of after every retry."""
 
 
+@needs("secretsmanager:GetSecretValue")
 def load_backup(cell: Cell, cn: CN) -> KeyBackup:
-    """The failed CN's keys from Secrets Manager, checked against the inventory's node ID.
-
-    IAM: secretsmanager:GetSecretValue.
-    """
+    """The failed CN's keys from Secrets Manager, checked against the inventory's node ID."""
     client = SecretsManagerHook(aws_conn_id=cell.aws_conn_id, region_name=cell.region).conn
     try:
         text = client.get_secret_value(SecretId=cn.nodekey_secret_id)["SecretString"]

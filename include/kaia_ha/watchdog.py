@@ -37,6 +37,7 @@ from kaia_ha.health import ProbeError
 from kaia_ha.inventory import Cell, load_inventory
 from kaia_ha.placement import Placement
 from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook, NodeCommandError
+from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
 DAG_ID = "kaia_cn_watchdog"
@@ -89,8 +90,9 @@ def _probe(node: KaiaNodeHook, tries: int = 2) -> dict:
     return {"answers": not why.startswith("SSH"), "running": None, "detail": why}
 
 
+@needs("ec2:DescribeInstanceStatus")
 def ec2_view(cell: Cell, instance_id: str) -> dict:
-    """The instance's state and status checks. IAM: ec2:DescribeInstances, ec2:DescribeInstanceStatus."""
+    """The instance's state and status checks."""
     from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 
     hook = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from leakscan import LeakScan
 
 DAG_ID = "kaia_cn_failover_cloud"
@@ -64,9 +65,11 @@ def test_the_replacement_disk_holds_only_chaindata_and_the_keys(failover):
     cell, runner, before, run_id, *_ = failover
     report = runner.report(DAG_ID, run_id)
     new = report["facts"]["replacement instance"]
-    listing = cell.ssh("cn-aws-1", "sudo find /var/kcnd/data -maxdepth 2 -not -path '*/chaindata/*' | sort", instance_id=new).stdout.split()
+    listing = cell.ssh("cn-aws-1", "sudo find /var/kcnd/data -maxdepth 2 -not -path '*/chaindata/*' | sort",
+                       instance_id=new).stdout.split()
     assert "/var/kcnd/data/static-nodes.json" not in listing and "/var/kcnd/data/nodekey" not in listing
-    assert {"/var/kcnd/data/klay/chaindata", "/var/kcnd/data/klay/nodekey", "/var/kcnd/data/klay/bls-nodekey"} <= set(listing)
+    assert {"/var/kcnd/data/klay/chaindata", "/var/kcnd/data/klay/nodekey",
+            "/var/kcnd/data/klay/bls-nodekey"} <= set(listing)
     assert cell.ssh("cn-aws-1", "stat -c %a /var/kcnd/data/klay/nodekey", instance_id=new).stdout.strip() == "600"
 
 

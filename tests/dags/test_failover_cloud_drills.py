@@ -55,7 +55,8 @@ def test_fencing_off_with_the_failed_cn_still_running_is_refused(own_cell_airflo
     # The run launched a replacement beside the refused fence, and it may hold the key: triggering again (even a
     # dry run) is refused until the operator goes on with that run or stops the instance.
     ec2 = cell.client("ec2")
-    left = [i["InstanceId"] for r in ec2.describe_instances(Filters=[{"Name": "tag:kaia:run-id", "Values": [run_id]}])["Reservations"]
+    left = [i["InstanceId"]
+            for r in ec2.describe_instances(Filters=[{"Name": "tag:kaia:run-id", "Values": [run_id]}])["Reservations"]
             for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
     assert len(left) == 1
     again, state, states = runner.run(DAG_ID, {"failed_cn": "cn-aws-1", "dry_run": True})
@@ -70,11 +71,12 @@ def test_faults_at_every_step_end_in_one_replacement_and_a_running_pn(own_cell_a
     cell, runner = own_cell_airflow
     old = cell.node("cn-aws-1")
     cell.break_("cn-aws-1", "stop-instance")
-    for action, kind, times in (("RunInstances", "drop", 1), ("CreateVolume", "drop", 1), ("AssociateAddress", "throttle", 2),
-                                ("CreateSnapshot", "drop", 1), ("GetConsoleOutput", "server-error", 1),
-                                ("ssh:pn-aws-1", "drop", 1)):
+    for action, kind, times in (("RunInstances", "drop", 1), ("CreateVolume", "drop", 1),
+                                ("AssociateAddress", "throttle", 2), ("CreateSnapshot", "drop", 1),
+                                ("GetConsoleOutput", "server-error", 1), ("ssh:pn-aws-1", "drop", 1)):
         cell.fault(action, "--kind", kind, "--times", str(times))
-    run_id, state, states = runner.run(DAG_ID, {"failed_cn": "cn-aws-1", "use_presnapshot": False, "snapshot_pn": "pn-aws-1"})
+    run_id, state, states = runner.run(DAG_ID, {"failed_cn": "cn-aws-1", "use_presnapshot": False,
+                                                "snapshot_pn": "pn-aws-1"})
     assert state == "success", {k: v for k, v in states.items() if v[0] != "success"}
     ec2 = cell.client("ec2")
     by_run = [{"Name": "tag:kaia:run-id", "Values": [run_id]}]

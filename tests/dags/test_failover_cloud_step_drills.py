@@ -32,7 +32,8 @@ def run_drill(cell, runner, stop_replacement: bool = True):
     """Run the failover; return (state, task states, the report); stop the run's replacement after a drill."""
     run_id, state, states = runner.run(DAG_ID, CONF)
     ec2 = cell.client("ec2")
-    mine = [i["InstanceId"] for r in ec2.describe_instances(Filters=[{"Name": "tag:kaia:run-id", "Values": [run_id]}])["Reservations"]
+    mine = [i["InstanceId"]
+            for r in ec2.describe_instances(Filters=[{"Name": "tag:kaia:run-id", "Values": [run_id]}])["Reservations"]
             for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
     if mine and stop_replacement:  # the next run's preflight refuses while it is not stopped
         ec2.stop_instances(InstanceIds=mine)
@@ -67,7 +68,8 @@ def test_a_backup_of_another_node_is_refused_at_preflight(drill_cell, tmp_path, 
     since = len(cell.calls())
     state, states, report = run_drill(cell, runner)
     assert_caught(state, states, report, "preflight", "refusing to give the replacement a different identity")
-    assert [c for c in cell.calls()[since:] if c["action"] in ("RunInstances", "StopInstances", "CreateVolume") and not c["dry_run"]] == []
+    assert [c for c in cell.calls()[since:]
+            if c["action"] in ("RunInstances", "StopInstances", "CreateVolume") and not c["dry_run"]] == []
 
 
 def test_a_volume_never_attached_is_caught_before_pruning(drill_cell, monkeypatch):

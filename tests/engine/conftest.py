@@ -12,18 +12,18 @@ from dataclasses import dataclass
 
 import pytest
 
-from .enginekit import FAILOVER, MAINTENANCE  # first: puts the repo (drill/) and tests/ (cellkit) on sys.path
+from cellkit import Cell
+from drill.engine import AirflowEngine
 
-from cellkit import Cell  # noqa: E402,I001
-from drill.engine import AirflowEngine  # noqa: E402
-
+from .enginekit import FAILOVER, MAINTENANCE
 
 TIMES: dict[str, float] = {}  # seconds of each stage, printed at the end of the run (README's measured times)
 
 
 def pytest_terminal_summary(terminalreporter):
     if TIMES:
-        terminalreporter.write_line("engine: " + ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in TIMES.items()))
+        terminalreporter.write_line("engine: " + ", ".join(f"{stage} {seconds:.0f}s"
+                                                           for stage, seconds in TIMES.items()))
 
 
 def pytest_collection_modifyitems(items):

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))  # drill/
-sys.path.insert(0, str(REPO / "tests"))  # cellkit
 
 MAINTENANCE = "kaia_cn_maintenance"
 FAILOVER = "kaia_cn_failover_cloud"
@@ -16,6 +10,7 @@ FAILOVER = "kaia_cn_failover_cloud"
 
 def keys_of(cell, cn: str = "cn-aws-1") -> list[str]:
     """The CN's nodekey and bls-nodekey as backed up (what must never reach a log)."""
-    secret = json.loads(cell.client("secretsmanager").get_secret_value(SecretId=f"kaia-ha/cc-cloud/{cn}/nodekey")["SecretString"])
+    secret = json.loads(cell.client("secretsmanager").get_secret_value(
+        SecretId=f"kaia-ha/cc-cloud/{cn}/nodekey")["SecretString"])
     return [secret["nodekey"], secret["bls_nodekey"]]
 

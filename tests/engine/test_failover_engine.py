@@ -16,13 +16,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from .conftest import TIMES
-from .enginekit import FAILOVER, MAINTENANCE, keys_of
 from cellkit import Cell
 from drill.engine import AirflowEngine, EngineError
 from drill.incident import APPROVAL, WATCHDOG, asked, synced_at, watch_until_dead
 
-FRESH_SNAPSHOT = {f"chain_data.fresh_snapshot.{t}" for t in ("reserve_pn", "stop_kpnd", "create_snapshot", "start_kpnd", "wait_snapshot")}
+from .conftest import TIMES
+from .enginekit import FAILOVER, MAINTENANCE, keys_of
+
+FRESH_SNAPSHOT = {f"chain_data.fresh_snapshot.{t}"
+                  for t in ("reserve_pn", "stop_kpnd", "create_snapshot", "start_kpnd", "wait_snapshot")}
 RAN = {"preflight", "not_dry_run", "fence.fence", "fence.wait_stopped", "fence.confirm_fenced", "fence.defuse",
        "chain_data.chaindata_source",
        "chain_data.chaindata_snapshot", "chain_data.create_volume", "chain_data.volume_available", "launch.launch",
@@ -94,8 +96,8 @@ def test_a_rejected_approval_starts_nothing(maintained):
     engine = maintained.engine
     engine.unpause(APPROVAL)
     before = set(engine.runs(FAILOVER))
-    conf = {"cell": "cc-cloud", "validator": "cn-aws-1", "failover_dag_id": FAILOVER, "evidence": "cn-aws-1: DEAD (test)",
-            "auto_failover": False, "failover_conf": {"failed_cn": "cn-aws-1"}}
+    conf = {"cell": "cc-cloud", "validator": "cn-aws-1", "failover_dag_id": FAILOVER,
+            "evidence": "cn-aws-1: DEAD (test)", "auto_failover": False, "failover_conf": {"failed_cn": "cn-aws-1"}}
     run_id = engine.trigger(APPROVAL, conf)
     question = asked(engine, run_id)
     assert question["subject"] == "Fail over cn-aws-1 now?" and question["options"] == ["Approve", "Reject"]
@@ -126,11 +128,12 @@ def test_maintenance_ran_every_task_once(maintained):
 
 
 def test_failover_succeeds_with_one_retry_of_the_preflight(failover):
-    run_id, state, tis = failover.run_id, failover.state, failover.tis
+    state, tis = failover.state, failover.tis
     assert state == "success", {k: v for k, v in tis.items() if v[0] != "success"}
     assert set(tis) == RAN | FRESH_SNAPSHOT
     assert tis["preflight"] == ("success", 2)
-    assert {t: state for t, (state, _) in tis.items()} == {t: "success" for t in RAN} | {t: "skipped" for t in FRESH_SNAPSHOT}
+    assert ({t: state for t, (state, _) in tis.items()}
+            == {t: "success" for t in RAN} | {t: "skipped" for t in FRESH_SNAPSHOT})
     assert all(tis[t][1] == 0 for t in FRESH_SNAPSHOT)
     assert all(ran_once(t, tis[t][1]) for t in RAN - {"preflight"}), tis
 
@@ -184,10 +187,12 @@ def test_no_key_in_any_task_log(maintained, failover):
                 assert text.strip(), f"{dag_id} {ti['task_id']} try {attempt}: empty log"
                 fetched += 1
                 for key in keys:
-                    assert key not in text and key.upper() not in text, f"a key leaked into {ti['task_id']} try {attempt}"
+                    assert key not in text and key.upper() not in text, (
+                        f"a key leaked into {ti['task_id']} try {attempt}")
     assert fetched >= 30
     files = [p for p in (engine.home / "logs").rglob("*") if p.is_file()]
     assert len(files) >= fetched
     for path in files:
         data = path.read_bytes()
-        assert not any(key.encode() in data or key.upper().encode() in data for key in keys), f"a key leaked into {path}"
+        assert not any(key.encode() in data or key.upper().encode() in data
+                       for key in keys), f"a key leaked into {path}"

@@ -16,13 +16,14 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
+from . import REPO
 from .conftest import TIMES
-from .enginekit import FAILOVER, REPO
+from .enginekit import FAILOVER
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SHOTS = REPO / ".artifacts" / "screenshots"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--window-size=1400,1100")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1100")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,8 @@ def choices(driver, dialog, title: str) -> list[str]:
 def choose(driver, dialog, title: str, option: str) -> str:
     """Pick an option by its visible text; the value the form will send."""
     click(driver, field(dialog, title).find_element(By.CSS_SELECTOR, "input[role=combobox]"))
-    WebDriverWait(driver, 10).until(lambda _: [o for o in field(dialog, title).find_elements(By.XPATH, OPTION) if o.text == option])[0].click()
+    WebDriverWait(driver, 10).until(lambda _: [o for o in field(dialog, title).find_elements(By.XPATH, OPTION)
+                                               if o.text == option])[0].click()
     return field(dialog, title).find_element(By.CSS_SELECTOR, "input[type=hidden]").get_attribute("value")
 
 
@@ -113,7 +115,8 @@ def test_trigger_form_shows_the_fields_and_runs_a_dry_run(maintained, browser):
 
     open_section(browser, dialog, "What failed")
     assert "The CN that is down" in field(dialog, "Failed CN").text
-    assert choices(browser, dialog, "Failed CN") == ["Choose the failed CN", "cn-aws-1"]  # none preselected, then the inventory's cloud CNs
+    # none preselected, then the inventory's cloud CNs
+    assert choices(browser, dialog, "Failed CN") == ["Choose the failed CN", "cn-aws-1"]
     assert choose(browser, dialog, "Failed CN", "cn-aws-1") == "cn-aws-1"
     assert field(dialog, "Fence the failed CN").find_element(By.CSS_SELECTOR, "input[type=checkbox]").is_selected()
 
@@ -149,7 +152,8 @@ def test_trigger_form_shows_the_fields_and_runs_a_dry_run(maintained, browser):
         raise
 
     deadline = time.monotonic() + 30
-    while not (new := [r for r in engine.get(f"/dags/{FAILOVER}/dagRuns", limit=100)["dag_runs"] if r["dag_run_id"] not in before]):
+    while not (new := [r for r in engine.get(f"/dags/{FAILOVER}/dagRuns", limit=100)["dag_runs"]
+                       if r["dag_run_id"] not in before]):
         assert time.monotonic() < deadline, "no run after pressing Trigger"
         time.sleep(1)
     assert len(new) == 1

@@ -11,6 +11,7 @@ double signing; then the faults are cleared and the run is cleared and driven on
 from __future__ import annotations
 
 import pytest
+
 from faultkit import CLOUD, MAINTENANCE, METAL, Fault, cell_with_airflow, duplicates, full_sweep, made_by_run
 
 pytestmark = [full_sweep, pytest.mark.timeout(1800)]
@@ -34,7 +35,8 @@ CLOUD_ROUNDS = [
     (["launch.wait_running", "chain_data.fresh_snapshot.create_snapshot"],
      [aws(CLOUD, "GetConsoleOutput", "server-error"), aws(CLOUD, "CreateSnapshot", "server-error", 6)]),
     (["chain_data.fresh_snapshot.start_kpnd", "chain_data.chaindata_snapshot"],  # the PN stays down until the clear
-     [ssh(CLOUD, "chain_data.fresh_snapshot.start_kpnd", "pn-aws-1", "systemctl start kpnd", "drop"), aws(CLOUD, "CreateTags")]),
+     [ssh(CLOUD, "chain_data.fresh_snapshot.start_kpnd", "pn-aws-1", "systemctl start kpnd", "drop"),
+      aws(CLOUD, "CreateTags")]),
     (["chain_data.create_volume"], [aws(CLOUD, "CreateVolume")]),
     (["replace.attach_and_mount"], [ssh(CLOUD, "replace.attach_and_mount", "*", "mount /dev/sdf")]),
     (["replace.prune"], [ssh(CLOUD, "replace.prune", "*", "! -name chaindata")]),
@@ -75,12 +77,14 @@ def drive_in_rounds(cell, runner, dag_id, conf, rounds, matrix, pn_down_when=())
         status = cell.status()
         missed = [f.row for f in faults if not reached(f, status["pending_faults"])]
         cell.fault("--clear")
-        failed = sorted(t for (t, _), (s, _) in states.items() if s == "failed" and t != "report")  # report: fails with the run
+        # report: fails with the run
+        failed = sorted(t for (t, _), (s, _) in states.items() if s == "failed" and t != "report")
         report = runner.report(dag_id, run_id)
         made = made_by_run(cell, run_id)
         stopped = [n["name"] for n in status["nodes"] if n["service"] == "kpnd" and not n["running"]]
         rows.append({"dag": dag_id, "failed on purpose": ", ".join(expected) or "(none: the last drive)",
-                     "run state": str(getattr(state, "value", state)), "report names": ", ".join(report["failed_tasks"]) or "-",
+                     "run state": str(getattr(state, "value", state)),
+                     "report names": ", ".join(report["failed_tasks"]) or "-",
                      "made so far": made, "duplicates": duplicates(made) or "none", "PNs stopped": stopped or "none",
                      "double signing": len(status["double_signing_events"])})
         assert not missed, f"faults never reached: {missed}"
@@ -96,7 +100,8 @@ def drive_in_rounds(cell, runner, dag_id, conf, rounds, matrix, pn_down_when=())
             assert set(expected) <= set(report["failed_tasks"]), report["failed_tasks"]  # the report says which step
         else:
             assert state == "success", (failed, report["failed_tasks"])
-    matrix.extra.setdefault("Cleared re-runs (each step failed once for good, then cleared; one run per failover)", []).extend(rows)
+    matrix.extra.setdefault("Cleared re-runs (each step failed once for good, then cleared; "
+                            "one run per failover)", []).extend(rows)
     return run_id, states
 
 
@@ -109,7 +114,8 @@ def test_every_cloud_failover_step_failed_then_cleared_finishes_the_job(tmp_path
         run_id, states = drive_in_rounds(cell, runner, CLOUD, conf, CLOUD_ROUNDS, matrix,
                                          pn_down_when=["chain_data.fresh_snapshot.start_kpnd"])
         made = made_by_run(cell, run_id)
-        assert made["instances"] == 1 and made["volumes"] == 1 and sum(v for k, v in made.items() if "pn-chaindata" in k) == 1, made
+        assert (made["instances"] == 1 and made["volumes"] == 1
+                and sum(v for k, v in made.items() if "pn-chaindata" in k) == 1), made
         instance = cell.client("ec2").describe_instances(Filters=[{"Name": "tag:kaia:run-id", "Values": [run_id]}])
         live = [n for n in cell.status()["nodes"] if n["node_id"] == validator and n["running"]]
         assert [n["instance_id"] for n in live] == [instance["Reservations"][0]["Instances"][0]["InstanceId"]]
@@ -121,7 +127,8 @@ def test_every_bare_metal_failover_step_failed_then_cleared_finishes_the_job(tmp
         from kaia_ha import maintenance
         from kaia_ha.inventory import load_inventory
 
-        for metal in load_inventory().cells_of("bare-metal"):  # the backup a failover needs, as the maintenance DAG makes it
+        # the backup a failover needs, as the maintenance DAG makes it
+        for metal in load_inventory().cells_of("bare-metal"):
             maintenance.backup_nodekey(metal.name, "test-setup")
         validator = cell.node("cn-metal-a")["node_id"]
         cell.break_("cn-metal-a", "kill")

@@ -7,12 +7,26 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from faultkit import (AWS_ACTIONS, CLOUD, KINDS, MAINTENANCE, METAL, assert_ended_well, cell_with_airflow, fault_run,
-                      faults_of, full_sweep, outlasting, pick, within_retries)
 
+from faultkit import (
+    AWS_ACTIONS,
+    CLOUD,
+    KINDS,
+    MAINTENANCE,
+    METAL,
+    assert_ended_well,
+    cell_with_airflow,
+    fault_run,
+    faults_of,
+    full_sweep,
+    outlasting,
+    pick,
+    within_retries,
+)
 from kaia_ha.keys import BlsKey, KeyBackup, NodeKey
 
-CLOUD_CONF = {"failed_cn": "cn-aws-1", "use_presnapshot": False, "snapshot_pn": "pn-aws-1"}  # the fresh-snapshot path: every step
+# the fresh-snapshot path: every step
+CLOUD_CONF = {"failed_cn": "cn-aws-1", "use_presnapshot": False, "snapshot_pn": "pn-aws-1"}
 METAL_CONF = {"failed_cn": "cn-metal-a"}
 CLOUD_MAKES = {"instances": 1, "volumes": 1, "snapshots pn-chaindata": 1, "images": 0}
 MAINTENANCE_MAKES = {"images": 1, "snapshots pn-chaindata": 1, "instances": 0, "volumes": 0}
@@ -54,22 +68,26 @@ def metal_failover(cell, runner, faults, group, matrix):
 
 def only_catalogued(outcome) -> None:
     """The run called no AWS action the matrix has no row for."""
-    assert set(outcome.called) <= set(AWS_ACTIONS[outcome.dag_id]), set(outcome.called) - set(AWS_ACTIONS[outcome.dag_id])
+    assert set(outcome.called) <= set(AWS_ACTIONS[outcome.dag_id]), (
+        set(outcome.called) - set(AWS_ACTIONS[outcome.dag_id]))
 
 
 # ----- the quick subset (make test) --------------------------------------------------------------------------
 QUICK = {
-    MAINTENANCE: pick(MAINTENANCE, ("aws drop", "CreateSnapshot"), ("aws throttle", "CreateImage"), ("ssh drop-after", "systemctl stop kpnd")),
-    CLOUD: pick(CLOUD, ("aws drop", "RunInstances"), ("aws server-error", "AssociateAddress"), ("ssh drop-after", "mount /dev/sdf"),
-                ("ssh drop", "nodekey.kaia-ha.tmp")),
-    METAL: pick(METAL, ("ssh drop-after", "systemctl disable kcnd"), ("ssh drop", "nodekey.kaia-ha.tmp"), ("aws server-error", "GetSecretValue")),
+    MAINTENANCE: pick(MAINTENANCE, ("aws drop", "CreateSnapshot"), ("aws throttle", "CreateImage"),
+                      ("ssh drop-after", "systemctl stop kpnd")),
+    CLOUD: pick(CLOUD, ("aws drop", "RunInstances"), ("aws server-error", "AssociateAddress"),
+                ("ssh drop-after", "mount /dev/sdf"), ("ssh drop", "nodekey.kaia-ha.tmp")),
+    METAL: pick(METAL, ("ssh drop-after", "systemctl disable kcnd"), ("ssh drop", "nodekey.kaia-ha.tmp"),
+                ("aws server-error", "GetSecretValue")),
 }
 
 
 @pytest.mark.timeout(600)
 def test_representative_faults_in_each_dag_end_well(tmp_path_factory, matrix):
     with cell_with_airflow(tmp_path_factory, "quick") as (cell, runner):
-        assert_ended_well(matrix.add(fault_run(cell, runner, MAINTENANCE, None, QUICK[MAINTENANCE], "quick")), MAINTENANCE_MAKES)
+        assert_ended_well(matrix.add(fault_run(cell, runner, MAINTENANCE, None, QUICK[MAINTENANCE], "quick")),
+                          MAINTENANCE_MAKES)
         cloud_failover(cell, runner, QUICK[CLOUD], "quick", matrix)
         metal_failover(cell, runner, QUICK[METAL], "quick", matrix)
 
@@ -83,15 +101,18 @@ def maintenance_cell(tmp_path_factory):
         clean_maintenance(cell, runner)
         ec2 = cell.client("ec2")
         cn, pn = cell.node("cn-aws-1")["instance_id"], cell.node("pn-aws-2")["instance_id"]
-        volume = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [pn]},
-                                               {"Name": "attachment.device", "Values": ["/dev/sdf"]}])["Volumes"][0]["VolumeId"]
+        volume = ec2.describe_volumes(
+            Filters=[{"Name": "attachment.instance-id", "Values": [pn]},
+                     {"Name": "attachment.device", "Values": ["/dev/sdf"]}])["Volumes"][0]["VolumeId"]
         for i in range(3):
             tags = lambda kind: [{"Key": "kaia:cell", "Value": "cc-cloud"}, {"Key": "kaia:kind", "Value": kind},  # noqa: E731
                                  {"Key": "kaia:node", "Value": "cn-aws-1" if kind == "cn-image" else "pn-aws-2"},
                                  {"Key": "kaia:run-id", "Value": f"older-{i}"}]
-            ec2.create_image(InstanceId=cn, Name=f"kaia-cn-older-{i}", NoReboot=True, BlockDeviceMappings=[{"DeviceName": "/dev/sdf", "NoDevice": ""}],
+            ec2.create_image(InstanceId=cn, Name=f"kaia-cn-older-{i}", NoReboot=True,
+                             BlockDeviceMappings=[{"DeviceName": "/dev/sdf", "NoDevice": ""}],
                              TagSpecifications=[{"ResourceType": "image", "Tags": tags("cn-image")}])
-            ec2.create_snapshot(VolumeId=volume, TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags("pn-chaindata")}])
+            ec2.create_snapshot(VolumeId=volume,
+                                TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags("pn-chaindata")}])
         yield cell, runner
 
 
@@ -137,7 +158,8 @@ def test_bare_metal_failover_under_ssh_faults_within_its_retries(tmp_path_factor
     from kaia_ha.inventory import load_inventory
 
     with cell_with_airflow(tmp_path_factory, f"metal-{kind.replace(' ', '-')}") as (cell, runner):
-        for metal in load_inventory().cells_of("bare-metal"):  # the backup a failover needs, as the maintenance DAG makes it
+        # the backup a failover needs, as the maintenance DAG makes it
+        for metal in load_inventory().cells_of("bare-metal"):
             maintenance.backup_nodekey(metal.name, "test-setup")
         faults = within_retries(faults_of(METAL, kind))
         assert not outlasting(faults)

@@ -3,9 +3,7 @@
 ``s3://bucket/prefix``: every worker and scheduler sees it, it survives any Airflow host, and S3's
 conditional write (``If-None-Match: *``, S3 since 2024-08) makes "create this key unless it exists" atomic,
 so two writers of the same generation cannot both win. ``file:///path``: the same on one machine
-(``link()`` is atomic and refuses an existing name).
-
-IAM (s3): s3:GetObject, s3:PutObject, s3:ListBucket on the bucket and prefix.
+(``link()`` is atomic and refuses an existing name). The IAM actions (on the bucket and prefix) are on the methods.
 """
 
 from __future__ import annotations
@@ -18,6 +16,8 @@ from urllib.parse import urlsplit
 
 import botocore.exceptions
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+from kaia_ha_airflow.iam import needs
 
 
 class AlreadyExists(Exception):
@@ -39,6 +39,7 @@ class StateStore:
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
+    @needs("s3:GetObject")
     def get(self, name: str) -> dict | None:
         if self.scheme == "file":
             try:
@@ -53,6 +54,7 @@ class StateStore:
             raise
         return json.loads(body)
 
+    @needs("s3:ListBucket")
     def names(self, under: str) -> list[str]:
         """Names below ``under/``, sorted."""
         if self.scheme == "file":
@@ -73,6 +75,7 @@ class StateStore:
         """Write ``doc`` at ``name`` only if nothing is there yet; AlreadyExists otherwise."""
         self._write(name, doc, create_only=True)
 
+    @needs("s3:PutObject")
     def _write(self, name: str, doc: dict, *, create_only: bool) -> None:
         body = json.dumps(doc, indent=2, sort_keys=True) + "\n"
         if self.scheme == "file":

@@ -1,4 +1,4 @@
-"""SNS alerts for failed runs, to every topic the inventory names (IAM: sns:Publish)."""
+"""SNS alerts for failed runs, to every topic the inventory names."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import logging
 from airflow.providers.amazon.aws.hooks.sns import SnsHook
 
 from kaia_ha.inventory import InventoryError, load_inventory
+from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
 
 
+@needs("sns:Publish")
 class CoreCellFailureNotifier:
     """Publish "run failed" to each core cell's topic; used as a DAG ``on_failure_callback``.
 

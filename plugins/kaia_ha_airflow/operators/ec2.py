@@ -1,7 +1,7 @@
 """Operators for EC2 images and EBS snapshots, in the Amazon provider's style (their waits: ``sensors.ec2``).
 
 Each is idempotent under retry and clear (it finds what an earlier try made), waits by deferral to a
-waiter-based trigger, and lists the IAM actions it needs.
+waiter-based trigger. Their AWS calls are the hook's, which declares their IAM actions.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
+from kaia_ha_airflow.iam import needs
 from kaia_ha_airflow.triggers.ec2 import EC2ImageAvailableTrigger, attempts, completed
 
 
+@needs("ec2:DescribeImages")  # the wait without deferral; the calls themselves are the hook's
 class EC2CreateImageOperator(AwsBaseOperator[CoreCellEC2Hook]):
     """Create an AMI of an instance, leaving out the listed devices, and wait until it is available.
 
     A retry finds the image by its name (names are unique per account) instead of making another.
-    IAM: ec2:CreateImage, ec2:CreateTags, ec2:DescribeImages, ec2:DescribeInstances.
 
     :param instance_id: the instance to image.
     :param image_name: unique name; derive it from the run id so every try uses the same one.
@@ -31,7 +32,6 @@ class EC2CreateImageOperator(AwsBaseOperator[CoreCellEC2Hook]):
 
     aws_hook_class = CoreCellEC2Hook
     template_fields: Sequence[str] = aws_template_fields("instance_id", "image_name", "exclude_devices", "image_tags")
-    IAM_ACTIONS = ("ec2:CreateImage", "ec2:CreateTags", "ec2:DescribeImages", "ec2:DescribeInstances")
 
     def __init__(self, *, instance_id: str, image_name: str, exclude_devices: Sequence[str] = (),
                  image_tags: dict[str, str] | None = None, no_reboot: bool = True, wait_for_completion: bool = True,
@@ -80,7 +80,6 @@ class EBSCreateSnapshotOperator(AwsBaseOperator[CoreCellEC2Hook]):
 
     The volume may be used again at once (the snapshot is point in time), so by default this does not
     wait: pair it with ``sensors.ec2.EBSSnapshotCompletedSensor``. A retry finds the snapshot by its run tags.
-    IAM: ec2:CreateSnapshot, ec2:CreateTags, ec2:DescribeSnapshots.
 
     :param volume_id: the volume to snapshot.
     :param snapshot_tags: tags, including the run id, by which a retry finds the snapshot.
@@ -88,7 +87,6 @@ class EBSCreateSnapshotOperator(AwsBaseOperator[CoreCellEC2Hook]):
 
     aws_hook_class = CoreCellEC2Hook
     template_fields: Sequence[str] = aws_template_fields("volume_id", "snapshot_tags", "description")
-    IAM_ACTIONS = ("ec2:CreateSnapshot", "ec2:CreateTags", "ec2:DescribeSnapshots")
 
     def __init__(self, *, volume_id: str, snapshot_tags: dict[str, str], description: str = "", **kwargs):
         super().__init__(**kwargs)
@@ -98,7 +96,8 @@ class EBSCreateSnapshotOperator(AwsBaseOperator[CoreCellEC2Hook]):
 
     def execute(self, context) -> str:
         snapshot, created = self.hook.create_snapshot(
-            volume_id=self.volume_id, tags=self.snapshot_tags, description=self.description or f"chain data of {self.volume_id}"
+            volume_id=self.volume_id, tags=self.snapshot_tags,
+            description=self.description or f"chain data of {self.volume_id}"
         )
         self.log.info("%s snapshot %s of %s (%s)", "Created" if created else "Found", snapshot["SnapshotId"],
                       self.volume_id, snapshot.get("State"))
@@ -108,12 +107,10 @@ class EBSCreateSnapshotOperator(AwsBaseOperator[CoreCellEC2Hook]):
 class EC2DeregisterImageOperator(AwsBaseOperator[CoreCellEC2Hook]):
     """Deregister an AMI and delete its snapshots. Already gone counts as done.
 
-    IAM: ec2:DeregisterImage, ec2:DeleteSnapshot, ec2:DescribeImages.
     """
 
     aws_hook_class = CoreCellEC2Hook
     template_fields: Sequence[str] = aws_template_fields("image_id")
-    IAM_ACTIONS = ("ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:DescribeImages")
 
     def __init__(self, *, image_id: str, **kwargs):
         super().__init__(**kwargs)
@@ -121,16 +118,16 @@ class EC2DeregisterImageOperator(AwsBaseOperator[CoreCellEC2Hook]):
 
     def execute(self, context) -> str:
         deleted = self.hook.deregister_image(self.image_id)
-        self.log.info("Image %s %s", self.image_id, "deregistered with its snapshots" if deleted else "was already gone")
+        self.log.info("Image %s %s", self.image_id,
+                      "deregistered with its snapshots" if deleted else "was already gone")
         return self.image_id
 
 
 class EBSDeleteSnapshotOperator(AwsBaseOperator[CoreCellEC2Hook]):
-    """Delete an EBS snapshot. Already gone counts as done. IAM: ec2:DeleteSnapshot."""
+    """Delete an EBS snapshot. Already gone counts as done."""
 
     aws_hook_class = CoreCellEC2Hook
     template_fields: Sequence[str] = aws_template_fields("snapshot_id")
-    IAM_ACTIONS = ("ec2:DeleteSnapshot",)
 
     def __init__(self, *, snapshot_id: str, **kwargs):
         super().__init__(**kwargs)

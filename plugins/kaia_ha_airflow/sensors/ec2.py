@@ -11,6 +11,7 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowException
 
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
+from kaia_ha_airflow.iam import needs
 from kaia_ha_airflow.triggers.ec2 import EBSSnapshotCompletedTrigger, EBSVolumeAvailableTrigger, attempts, completed
 
 
@@ -60,16 +61,14 @@ class _EBSWaitSensor(AwsBaseSensor[CoreCellEC2Hook]):
         return completed(event, self.key)
 
 
+@needs("ec2:DescribeSnapshots")
 class EBSSnapshotCompletedSensor(_EBSWaitSensor):
     """Wait for a snapshot to complete, deferred so that no worker slot is held for hours.
-
-    IAM: ec2:DescribeSnapshots.
 
     :param snapshot_id: the snapshot to wait for.
     """
 
     template_fields: Sequence[str] = aws_template_fields("snapshot_id")
-    IAM_ACTIONS = ("ec2:DescribeSnapshots",)
     key, done_state, trigger_class = "snapshot_id", "completed", EBSSnapshotCompletedTrigger
 
     # A PN's first snapshot copies the whole volume: ~33 h for 4,000 GiB at the README's modelled rate.
@@ -82,16 +81,14 @@ class EBSSnapshotCompletedSensor(_EBSWaitSensor):
         return self.hook.conn.describe_snapshots(SnapshotIds=[self.snapshot_id])["Snapshots"][0]
 
 
+@needs("ec2:DescribeVolumes")
 class EBSVolumeAvailableSensor(_EBSWaitSensor):
     """Wait for a new volume to become ``available`` (minutes at most; from a snapshot it is usable at once after).
-
-    IAM: ec2:DescribeVolumes.
 
     :param volume_id: the volume to wait for.
     """
 
     template_fields: Sequence[str] = aws_template_fields("volume_id")
-    IAM_ACTIONS = ("ec2:DescribeVolumes",)
     key, done_state, trigger_class = "volume_id", "available", EBSVolumeAvailableTrigger
 
     def __init__(self, *, volume_id: str, deferrable: bool = True, waiter_delay: int = 5, max_wait_hours: float = 1,
