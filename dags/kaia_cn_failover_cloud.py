@@ -8,8 +8,8 @@ dry run. Use *dry run* first if you are unsure: it checks everything and changes
 What it does (the Kaia docs' "Machine Image & Snapshot" failover, in the fastest safe order):
 
 1. **Preflight** (changes nothing): the failed CN and its Elastic IP, the newest CN image, the nodekey
-   backup (its node ID must be the inventory's `node_id`, when set), the PN's DB flags and kpn version against the image,
-   permissions through `DryRun`.
+   backup (its node ID must be the inventory's `node_id`, when set), the PN's DB flags and kpn version against the
+   image, permissions through `DryRun`.
 2. **Fence** the failed CN: kcnd stopped and disabled if its host answers, the instance stopped (without
    the OS shutdown unless you ask for a graceful stop: seconds instead of a minute; a stop still hanging
    after 30 s is repeated with `Force`, and the report says so) and confirmed stopped. Without
@@ -219,30 +219,39 @@ def report() -> dict:
     **core_cell_dag(tags=["failover", "cloud"], retries=3),
     params={
         # No CN is preselected: pressing Trigger with the defaults must not fence a healthy validator.
-        "failed_cn": Param("", type="string", enum=["", *CNS], title="Failed CN", values_display={"": "Choose the failed CN"},
+        "failed_cn": Param("", type="string", enum=["", *CNS], title="Failed CN",
+                           values_display={"": "Choose the failed CN"},
                            description="The CN that is down. Its nodekey and Elastic IP move to the replacement.",
                            section="What failed"),
         "fence": Param(True, type="boolean", title="Fence the failed CN",
                        description="Stop its kcnd (if reachable) and its instance before the replacement starts. "
                                    "Leave on: two live nodes with one key double-sign.", section="What failed"),
         "graceful_stop": Param(False, type="boolean", title="Stop the failed instance gracefully",
-                               description="Off (fast): EC2 stops it without the OS shutdown (SkipOsShutdown); its disk is "
-                                           "not reused. On: the OS shuts down first (about a minute longer). Either way "
-                                           "a stop that hangs is repeated with Force.", section="What failed"),
+                               description="Off (fast): EC2 stops it without the OS shutdown (SkipOsShutdown); its "
+                                           "disk is not reused. On: the OS shuts down first (about a minute longer). "
+                                           "Either way a stop that hangs is repeated with Force.",
+                               section="What failed"),
         "use_presnapshot": Param(True, type="boolean", title="Use the newest pre-taken PN snapshot",
                                  description="Fast: no PN is stopped now. Off: take a fresh snapshot of a PN.",
                                  section="Chain data"),
-        "max_snapshot_age_hours": Param(24, type="number", exclusiveMinimum=0, title="Oldest acceptable pre-taken snapshot (hours)",
-                                        description="Older than this, a fresh snapshot is taken instead (the CN then has more blocks to catch up).",
+        "max_snapshot_age_hours": Param(24, type="number", exclusiveMinimum=0,
+                                        title="Oldest acceptable pre-taken snapshot (hours)",
+                                        description="Older than this, a fresh snapshot is taken instead (the CN then "
+                                                    "has more blocks to catch up).",
                                         section="Chain data"),
-        "snapshot_pn": Param("auto", type="string", enum=["auto", *PNS], title="PN to snapshot if a fresh snapshot is needed",
-                             description="auto: the inventory's choice, else the first PN of the cell.", section="Chain data"),
+        "snapshot_pn": Param("auto", type="string", enum=["auto", *PNS],
+                             title="PN to snapshot if a fresh snapshot is needed",
+                             description="auto: the inventory's choice, else the first PN of the cell.",
+                             section="Chain data"),
         "warmup": Param("none", type="string", enum=list(steps.WARMUP), title="Volume warm-up",
-                        values_display={"none": "None (lazy loading)", "initialization-rate": "Provisioned initialisation rate (300 MiB/s)",
+                        values_display={"none": "None (lazy loading)",
+                                        "initialization-rate": "Provisioned initialisation rate (300 MiB/s)",
                                         "fast-snapshot-restore": "Fast Snapshot Restore (must be enabled beforehand)",
                                         "read-through": "Read every block after mounting"},
-                        description="How the new volume's blocks are fetched from S3 before kcnd reads them.", section="Chain data"),
-        "dry_run": Param(False, type="boolean", title="Dry run", description="Check everything and change nothing; the report says what would happen.",
+                        description="How the new volume's blocks are fetched from S3 before kcnd reads them.",
+                        section="Chain data"),
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="Check everything and change nothing; the report says what would happen.",
                          section="Run"),
     },
 )
@@ -280,7 +289,8 @@ def kaia_cn_failover_cloud():
         [source, waited] >> chosen
         volume = create_volume(plan, chosen)
         # Deferred: in seconds at AWS's pace, and beside the replacement's launch (off the critical path).
-        ready = EBSVolumeAvailableSensor(task_id="volume_available", volume_id=volume, waiter_delay=2, **RECORDED, **aws)
+        ready = EBSVolumeAvailableSensor(task_id="volume_available", volume_id=volume, waiter_delay=2,
+                                         **RECORDED, **aws)
     with TaskGroup("launch"):
         host = wait_running(plan, launch(plan))
     with TaskGroup("replace"):

@@ -52,7 +52,8 @@ REPLACEMENT_USER_DATA = """#cloud-config
 bootcmd:
   - [cloud-init-per, once, kaia-kcnd-off, systemctl, disable, --now, kcnd]
 """
-PARAMS = ("failed_cn", "fence", "graceful_stop", "use_presnapshot", "max_snapshot_age_hours", "snapshot_pn", "warmup", "dry_run")
+PARAMS = ("failed_cn", "fence", "graceful_stop", "use_presnapshot", "max_snapshot_age_hours", "snapshot_pn", "warmup",
+          "dry_run")
 
 
 def cloud_cns() -> list[str]:
@@ -72,7 +73,8 @@ def failed_node(plan: dict, cell: Cell) -> KaiaNodeHook:
 
 def replacement(plan: dict, cell: Cell, cn: CN) -> KaiaNodeHook:
     """SSH to the new instance: the template connection's login and key, its private IP, the learned host key."""
-    return KaiaNodeHook(cn, ssh_conn_id=cell.launch.ssh_conn_template, remote_host=plan["new_private_ip"], host_key=plan["new_host_key"])
+    return KaiaNodeHook(cn, ssh_conn_id=cell.launch.ssh_conn_template, remote_host=plan["new_private_ip"],
+                        host_key=plan["new_host_key"])
 
 
 # ----- 1. preflight --------------------------------------------------------------------------------------------
@@ -82,7 +84,8 @@ def _check_params(conf: dict) -> dict:
     names = cloud_cns()
     failed = conf.get("failed_cn")
     if not isinstance(failed, str) or failed not in names:
-        raise FailoverInputError(f"failed_cn: {failed!r} is not an active CN of a cloud core cell; choose one of {names}")
+        raise FailoverInputError(f"failed_cn: {failed!r} is not an active CN of a cloud core cell; "
+                                 f"choose one of {names}")
     # Booleans must be booleans: bool("false") is True, and bool(0) would silently turn fencing off.
     for field, default in (("use_presnapshot", True), ("fence", True), ("graceful_stop", False), ("dry_run", False)):
         if not isinstance(conf.get(field, default), bool):
@@ -96,9 +99,10 @@ def _check_params(conf: dict) -> dict:
     pn = conf.get("snapshot_pn") or "auto"
     pns = [p.name for p in load_inventory().find_cn(failed)[0].pns]
     if not isinstance(pn, str) or pn not in ("auto", *pns):  # checked here, before preflight builds any hook
-        raise FailoverInputError(f"snapshot_pn: {pn!r} is not a PN of the failed CN's cell; choose one of {pns} or auto")
-    return {"failed_cn": failed, "use_presnapshot": conf.get("use_presnapshot", True), "max_snapshot_age_hours": float(age),
-            "snapshot_pn": pn, "warmup": conf.get("warmup", "none"),
+        raise FailoverInputError(f"snapshot_pn: {pn!r} is not a PN of the failed CN's cell; "
+                                 f"choose one of {pns} or auto")
+    return {"failed_cn": failed, "use_presnapshot": conf.get("use_presnapshot", True),
+            "max_snapshot_age_hours": float(age), "snapshot_pn": pn, "warmup": conf.get("warmup", "none"),
             "fence": conf.get("fence", True), "graceful_stop": conf.get("graceful_stop", False),
             "dry_run": conf.get("dry_run", False)}
 
@@ -127,10 +131,11 @@ def other_live_replacements(ec2: CoreCellEC2Hook, cell: Cell, cn: CN, run_id: st
     running = [i for i in ec2.find_instances({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_REPLACEMENT_CN}, LIVE)
                if i["InstanceId"] != failed_instance_id and T.tag_dict(i).get(T.RUN_ID) != run_id]
     if running:
-        found = ", ".join(f"{i['InstanceId']} ({i['State']['Name']}, run {T.tag_dict(i).get(T.RUN_ID)})" for i in running)
-        raise Refused(f"failed_cn: {cn.name} already has a replacement from an earlier run that is not stopped: {found}. It may hold "
-                      "the validator key. Go on with that run (clear its failed task), or stop or terminate that instance "
-                      "first, then trigger again")
+        found = ", ".join(f"{i['InstanceId']} ({i['State']['Name']}, run {T.tag_dict(i).get(T.RUN_ID)})"
+                          for i in running)
+        raise Refused(f"failed_cn: {cn.name} already has a replacement from an earlier run that is not stopped: "
+                      f"{found}. It may hold the validator key. Go on with that run (clear its failed task), "
+                      "or stop or terminate that instance first, then trigger again")
 
 
 @step
@@ -141,15 +146,18 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
     are tried with DryRun (the permission, not every parameter: RunInstances is tried without tags)."""
     plan = _check_params(conf)
     cell, cn, ec2 = _ctx(plan)
-    placement = live.for_run(cell, DAG_ID, run_id)  # the node that runs the validator now, not the inventory's first one
+    # the node that runs the validator now, not the inventory's first one
+    placement = live.for_run(cell, DAG_ID, run_id)
     failed_id = placement.active.instance_id
     other_live_replacements(ec2, cell, cn, run_id, failed_id)
     backup = load_backup(cell, cn)
     failed = ec2.instance(failed_id)
     eip = ec2.address(cn.elastic_ip_allocation_id)
-    images = [i for i in ec2.find_images({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_CN_IMAGE}) if i["State"] == "available"]
+    images = [i for i in ec2.find_images({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_CN_IMAGE})
+              if i["State"] == "available"]
     if not images:
-        raise TakeoverError(f"no available CN image of {cn.name}: run kaia_cn_maintenance (it makes one) before failing over")
+        raise TakeoverError(f"no available CN image of {cn.name}: run kaia_cn_maintenance (it makes one) "
+                            "before failing over")
     image = images[0]
     zone = ec2.conn.describe_subnets(SubnetIds=[cell.launch.subnet_id])["Subnets"][0]["AvailabilityZone"]
     snapshot, why = None, "use_presnapshot is off"
@@ -159,7 +167,9 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
         if usable and run_after - usable[0]["StartTime"] <= timedelta(hours=plan["max_snapshot_age_hours"]):
             snapshot, why = usable[0], "newest pre-taken snapshot"
         else:
-            why = "no completed pre-taken snapshot" if not usable else f"newest pre-taken snapshot {usable[0]['SnapshotId']} is older than {plan['max_snapshot_age_hours']} h"
+            why = ("no completed pre-taken snapshot" if not usable
+                   else f"newest pre-taken snapshot {usable[0]['SnapshotId']} is older than "
+                        f"{plan['max_snapshot_age_hours']} h")
     source_pn = T.tag_dict(snapshot).get(T.NODE) if snapshot else (
         plan["snapshot_pn"] if plan["snapshot_pn"] != "auto" else cell.maintenance.snapshot_pn or cell.pns[0].name)
     pn = next(p for p in cell.pns if p.name == source_pn)
@@ -170,21 +180,30 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
     if issues:
         raise TakeoverError("the PN's chain data does not fit the CN image: " + "; ".join(issues))
     permissions = {
-        "RunInstances": _dry_run(lambda: ec2.conn.run_instances(ImageId=image["ImageId"], MinCount=1, MaxCount=1, InstanceType=cell.launch.instance_type,
-                                                                SubnetId=cell.launch.subnet_id, DryRun=True), "ec2:RunInstances"),
-        "AssociateAddress": _dry_run(lambda: ec2.conn.associate_address(AllocationId=cn.elastic_ip_allocation_id, InstanceId=failed_id,
-                                                                        AllowReassociation=True, DryRun=True), "ec2:AssociateAddress"),
-        "StopInstances": _dry_run(lambda: ec2.conn.stop_instances(InstanceIds=[failed_id], DryRun=True), "ec2:StopInstances"),
+        "RunInstances": _dry_run(lambda: ec2.conn.run_instances(ImageId=image["ImageId"], MinCount=1, MaxCount=1,
+                                                                InstanceType=cell.launch.instance_type,
+                                                                SubnetId=cell.launch.subnet_id, DryRun=True),
+                                 "ec2:RunInstances"),
+        "AssociateAddress": _dry_run(lambda: ec2.conn.associate_address(AllocationId=cn.elastic_ip_allocation_id,
+                                                                        InstanceId=failed_id,
+                                                                        AllowReassociation=True, DryRun=True),
+                                     "ec2:AssociateAddress"),
+        "StopInstances": _dry_run(lambda: ec2.conn.stop_instances(InstanceIds=[failed_id], DryRun=True),
+                                  "ec2:StopInstances"),
         "CreateVolume": _dry_run(lambda: ec2.conn.create_volume(AvailabilityZone=zone, DryRun=True, **(
             {"SnapshotId": snapshot["SnapshotId"]} if snapshot else {"Size": 1})), "ec2:CreateVolume"),
         "AttachVolume": _dry_run(lambda: ec2.conn.attach_volume(VolumeId=pn.data_volume_id, InstanceId=failed_id,
-                                                                Device=cn.data_device, DryRun=True), "ec2:AttachVolume"),
-        "CreateTags": _dry_run(lambda: ec2.conn.create_tags(  # what chaindata_snapshot tags: the snapshot (the image if none yet)
-            Resources=[snapshot["SnapshotId"] if snapshot else image["ImageId"]], Tags=[{"Key": T.IN_USE_BY, "Value": run_id}], DryRun=True),
+                                                                Device=cn.data_device, DryRun=True),
+                                 "ec2:AttachVolume"),
+        # what chaindata_snapshot tags: the snapshot (the image if none yet)
+        "CreateTags": _dry_run(lambda: ec2.conn.create_tags(
+            Resources=[snapshot["SnapshotId"] if snapshot else image["ImageId"]],
+            Tags=[{"Key": T.IN_USE_BY, "Value": run_id}], DryRun=True),
             "ec2:CreateTags"),
     }
     if not snapshot:
-        permissions["CreateSnapshot"] = _dry_run(lambda: ec2.conn.create_snapshot(VolumeId=pn.data_volume_id, DryRun=True), "ec2:CreateSnapshot")
+        permissions["CreateSnapshot"] = _dry_run(
+            lambda: ec2.conn.create_snapshot(VolumeId=pn.data_volume_id, DryRun=True), "ec2:CreateSnapshot")
     plan |= {
         "cell": cell.name, "aws_conn_id": cell.aws_conn_id, "region": cell.region, "run_id": run_id,
         "failed_instance_id": failed_id, "placement": placement.model_dump(mode="json"),
@@ -233,7 +252,8 @@ def fence(plan: dict) -> dict:
     # its keys come from the backup) and a graceful stop keeps the validator down a minute longer.
     graceful = plan.get("graceful_stop", False)
     before = ec2.stop_instance(failed_id, skip_os_shutdown=not graceful)
-    return {"fenced": True, "instance_state_before": before, "host": host, "over_ssh": over_ssh, "stop_requested_at": time.time(),
+    return {"fenced": True, "instance_state_before": before, "host": host, "over_ssh": over_ssh,
+            "stop_requested_at": time.time(),
             "stop": "graceful (OS shutdown)" if graceful else "without the OS shutdown (SkipOsShutdown)"}
 
 
@@ -261,7 +281,8 @@ def confirm_fenced(plan: dict) -> dict:
     cell, cn, ec2 = _ctx(plan)
     state = ec2.instance(plan["failed_instance_id"])["State"]["Name"]
     if state not in ("stopped", "terminated"):
-        raise TakeoverError(f"{plan['failed_instance_id']} is {state}, not stopped: fencing not confirmed; not continuing into a second live node")
+        raise TakeoverError(f"{plan['failed_instance_id']} is {state}, not stopped: fencing not confirmed; "
+                            "not continuing into a second live node")
     return {"instance_state": state}
 
 
@@ -275,7 +296,8 @@ def _defuse_instance(ec2: CoreCellEC2Hook, instance_id: str, cn: CN, run_id: str
     devices = [cn.data_device] + ([instance["RootDeviceName"]] if root else [])
     detached = {}
     for device in devices:
-        volume = ec2.detach_for_good(instance_id, device, {T.FENCED_BY: run_id, T.FENCED_FROM: f"{instance_id}:{device}"})
+        volume = ec2.detach_for_good(instance_id, device,
+                                     {T.FENCED_BY: run_id, T.FENCED_FROM: f"{instance_id}:{device}"})
         detached[device] = volume or "detached already"
     ec2.tag(instance_id, {T.FENCED_BY: run_id})
     return {"state": state, "detached": detached}
@@ -359,7 +381,8 @@ def create_volume(plan: dict, snapshot: dict) -> str:
     if plan["warmup"] == "fast-snapshot-restore":
         log.warning("Fast Snapshot Restore must be enabled on the snapshot ahead of time (it is billed per hour); "
                     "falling back to lazy loading for this volume")
-    tags = T.base_tags(cell.name, T.KIND_CHAINDATA_VOLUME, plan["run_id"], DAG_ID, cn.name) | {"Name": f"{cn.name}-data-failover"}
+    tags = T.base_tags(cell.name, T.KIND_CHAINDATA_VOLUME, plan["run_id"], DAG_ID, cn.name) | {
+        "Name": f"{cn.name}-data-failover"}
     return ec2.create_volume(
         snapshot_id=snapshot["snapshot_id"], zone=plan["zone"], size=snapshot["size"], tags=tags,
         client_token=T.client_token(plan["run_id"], "volume"),
@@ -374,7 +397,8 @@ def launch(plan: dict) -> str:
     cell, cn, ec2 = _ctx(plan)
     tags = T.base_tags(cell.name, T.KIND_REPLACEMENT_CN, plan["run_id"], DAG_ID, cn.name) | {
         "Name": f"{cn.name}-replacement", "kaia:replaces": plan["failed_instance_id"]}
-    return ec2.launch_instance(image_id=plan["image_id"], launch=cell.launch, tags=tags, user_data=REPLACEMENT_USER_DATA,
+    return ec2.launch_instance(image_id=plan["image_id"], launch=cell.launch, tags=tags,
+                               user_data=REPLACEMENT_USER_DATA,
                                client_token=T.client_token(plan["run_id"], "launch"))
 
 
@@ -432,18 +456,21 @@ def prune(plan: dict, host: dict) -> dict:
         # kcnd ran at boot on the image's empty DATA_DIR and made a klay/chaindata there: pruning that would
         # leave a CN starting from block 0.
         raise Refused(f"{data_dir} is not a mount point on the replacement: the chain data volume is not mounted there")
-    found = node.run(f"sudo find {shlex.quote(data_dir)} -maxdepth 4 -type d -path '*/klay/chaindata'", check=False).stdout.split()
+    found = node.run(f"sudo find {shlex.quote(data_dir)} -maxdepth 4 -type d -path '*/klay/chaindata'",
+                     check=False).stdout.split()
     if not found:
         raise Refused(f"no klay/chaindata on the volume mounted at {data_dir}: wrong snapshot or volume")
     target = f"{data_dir}/klay/chaindata"
     moved = None
     if target not in found:
         source = found[0][: -len("/klay/chaindata")]
-        node.run(f"sudo sh -c {shlex.quote(f'mkdir -p {data_dir}/klay.new && mv {source}/klay/chaindata {data_dir}/klay.new/chaindata && rm -rf {data_dir}/klay && mv {data_dir}/klay.new {data_dir}/klay')}")
+        move = (f"mkdir -p {data_dir}/klay.new && mv {source}/klay/chaindata {data_dir}/klay.new/chaindata && "
+                f"rm -rf {data_dir}/klay && mv {data_dir}/klay.new {data_dir}/klay")
+        node.run(f"sudo sh -c {shlex.quote(move)}")
         moved = source
     script = (f"find {shlex.quote(data_dir)} -mindepth 1 -maxdepth 1 ! -name klay -exec rm -rf {{}} + && "
-              f"find {shlex.quote(data_dir + '/klay')} -mindepth 1 -maxdepth 1 ! -name chaindata -exec rm -rf {{}} + && "
-              f"chmod 700 {shlex.quote(data_dir + '/klay')}")
+              f"find {shlex.quote(data_dir + '/klay')} -mindepth 1 -maxdepth 1 ! -name chaindata -exec rm -rf {{}} + "
+              f"&& chmod 700 {shlex.quote(data_dir + '/klay')}")
     node.run(f"sudo sh -c {shlex.quote(script)}")
     left = node.run(f"sudo find {shlex.quote(data_dir)} -mindepth 1 -maxdepth 2", check=False).stdout.split()
     if sorted(left) != sorted([f"{data_dir}/klay", target]):
@@ -456,7 +483,8 @@ def prune(plan: dict, host: dict) -> dict:
 @step
 def install_keys(plan: dict, host: dict) -> dict:
     cell, cn, ec2 = _ctx(plan)
-    other_live_replacements(ec2, cell, cn, plan["run_id"], plan["failed_instance_id"])  # the key goes to one replacement only
+    # the key goes to one replacement only
+    other_live_replacements(ec2, cell, cn, plan["run_id"], plan["failed_instance_id"])
     return install_identity(replacement(plan | host, cell, cn), load_backup(cell, cn))
 
 
@@ -465,25 +493,30 @@ def install_keys(plan: dict, host: dict) -> dict:
 def move_ip(plan: dict, host: dict) -> dict:
     """The failed CN's Elastic IP onto the replacement: other operators' firewalls and peers know that IP."""
     cell, cn, ec2 = _ctx(plan)
-    other_live_replacements(ec2, cell, cn, plan["run_id"], plan["failed_instance_id"])  # never take the IP off another run's live replacement
+    # never take the IP off another run's live replacement
+    other_live_replacements(ec2, cell, cn, plan["run_id"], plan["failed_instance_id"])
     address = ec2.move_address(allocation_id=plan["allocation_id"], instance_id=host["new_instance_id"])
     if address.get("InstanceId") != host["new_instance_id"]:
-        raise TakeoverError(f"the Elastic IP {plan['public_ip']} is on {address.get('InstanceId')}, not on the replacement")
+        raise TakeoverError(f"the Elastic IP {plan['public_ip']} is on {address.get('InstanceId')}, "
+                            "not on the replacement")
     return {"public_ip": address["PublicIp"], "instance_id": address["InstanceId"]}
 
 
 @step
 def start_kcnd(plan: dict, host: dict) -> dict:
     cell, cn, ec2 = _ctx(plan)
-    other_live_replacements(ec2, cell, cn, plan["run_id"], plan["failed_instance_id"])  # again before kcnd runs: another run may have begun since
+    # again before kcnd runs: another run may have begun since
+    other_live_replacements(ec2, cell, cn, plan["run_id"], plan["failed_instance_id"])
     node = replacement(plan | host, cell, cn)
     data_dir = cn.data_dir.rstrip("/")
     # What prune and install_keys must have left: a node started with anything else is not the validator.
-    allowed = {f"{data_dir}/klay", f"{data_dir}/klay/chaindata", f"{data_dir}/klay/nodekey", f"{data_dir}/klay/bls-nodekey"}
+    allowed = {f"{data_dir}/klay", f"{data_dir}/klay/chaindata", f"{data_dir}/klay/nodekey",
+               f"{data_dir}/klay/bls-nodekey"}
     left = set(node.run(f"sudo find {shlex.quote(data_dir)} -mindepth 1 -maxdepth 2", check=False).stdout.split())
     if left - allowed or f"{data_dir}/klay/chaindata" not in left:
-        raise Refused(f"not starting {cn.service}: {data_dir} holds {sorted(left - allowed)} besides klay/chaindata and the keys"
-                      f"{'' if f'{data_dir}/klay/chaindata' in left else ' and no klay/chaindata'}: clear prune (and what follows) and run it again")
+        raise Refused(f"not starting {cn.service}: {data_dir} holds {sorted(left - allowed)} besides klay/chaindata "
+                      f"and the keys{'' if f'{data_dir}/klay/chaindata' in left else ' and no klay/chaindata'}: "
+                      "clear prune (and what follows) and run it again")
     try:
         identity = verify_identity_on_disk(node, load_backup(cell, cn))
     except TakeoverError as exc:  # install_keys did not run or was undone: starting would make a new node
@@ -525,7 +558,8 @@ def record_placement(plan: dict, host: dict, fence_result: dict | None) -> dict:
     failed instance is fenced. A conditional write: a run whose placement changed meanwhile records nothing."""
     cell, cn, _ = _ctx(plan)
     fence_how = "instance stopped" + (
-        ", kcnd disabled and keys aside over SSH" if (fence_result or {}).get("over_ssh") else ", host not reached over SSH")
+        ", kcnd disabled and keys aside over SSH" if (fence_result or {}).get("over_ssh")
+        else ", host not reached over SSH")
     active = Active(host=cn.name, instance_id=host["new_instance_id"], private_ip=host["new_private_ip"],
                     host_key=host["new_host_key"], ssh_conn_id=cell.launch.ssh_conn_template)
     fenced = Fenced(host=cn.name, instance_id=plan["failed_instance_id"], run_id=plan["run_id"], dag_id=DAG_ID,
@@ -536,15 +570,17 @@ def record_placement(plan: dict, host: dict, fence_result: dict | None) -> dict:
     return {"generation": new.generation, "before": new.change.before, "after": new.change.after}
 
 
-# ----- 10. report ---------------------------------------------------------------------------------------------------------
+# ----- 10. report -----------------------------------------------------------------------------------------------
 def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | None, snapshot: dict | None) -> dict:
     plan, host = plan or {}, host or {}
     facts = {
         "failed CN": f"{plan.get('failed_cn')} ({plan.get('failed_instance_id')}, was {plan.get('failed_state')})",
         "replacement instance": host.get("new_instance_id"), "replacement private IP": host.get("new_private_ip"),
         "Elastic IP": plan.get("public_ip"), "CN image": plan.get("image_id"),
-        "chain data snapshot": f"{(snapshot or {}).get('snapshot_id')} ({(snapshot or {}).get('source')}; {plan.get('snapshot_why')})",
-        "data volume": volume_id, "node ID": (plan.get("expected_node_id") or "")[:16] + "…", "dry run": plan.get("dry_run"),
+        "chain data snapshot": (f"{(snapshot or {}).get('snapshot_id')} ({(snapshot or {}).get('source')}; "
+                                f"{plan.get('snapshot_why')})"),
+        "data volume": volume_id, "node ID": (plan.get("expected_node_id") or "")[:16] + "…",
+        "dry run": plan.get("dry_run"),
     }
     stop_task = "chain_data.fresh_snapshot.stop_kpnd"
     attempts = ti.xcom_pull(task_ids=stop_task, key=pn_stop.ATTEMPTS_KEY, default=None) or []
@@ -561,29 +597,36 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
     defused = ti.xcom_pull(task_ids=DEFUSE_TASK, default=None) or {}
     facts["defused"] = defused or "not done"
     todo = [
-        f"the fenced instance {plan.get('failed_instance_id')} and the volumes detached from it (tag {T.FENCED_BY}={plan.get('run_id')}"
-        f": {defused.get(plan.get('failed_instance_id'), {}).get('detached', 'see defuse')}) are kept for forensics. To look at a "
-        "volume: attach it to a separate instance WITHOUT Kaia, mount it read-only (`mount -o ro,noload`), never to a CN; "
-        "terminate the instance and delete the volumes once the cause is understood",
-        f"remove the tag {T.IN_USE_BY} from snapshot {(snapshot or {}).get('snapshot_id')} when the replacement is accepted",
+        f"the fenced instance {plan.get('failed_instance_id')} and the volumes detached from it "
+        f"(tag {T.FENCED_BY}={plan.get('run_id')}: "
+        f"{defused.get(plan.get('failed_instance_id'), {}).get('detached', 'see defuse')}) are kept for forensics. "
+        "To look at a volume: attach it to a separate instance WITHOUT Kaia, mount it read-only "
+        "(`mount -o ro,noload`), never to a CN; terminate the instance and delete the volumes once the cause is "
+        "understood",
+        f"remove the tag {T.IN_USE_BY} from snapshot {(snapshot or {}).get('snapshot_id')} "
+        "when the replacement is accepted",
         "run kaia_cn_maintenance: back up the keys and image the new CN",
     ]
     states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id]).get(dag_run.run_id, {})
     if states.get(DEFUSE_TASK) == "failed":
-        todo.insert(0, f"the fenced instance {plan.get('failed_instance_id')} still has its data volume (defuse failed): do NOT "
-                       "start it (it would run the validator key beside the replacement); clear fence.defuse")
+        todo.insert(0, f"the fenced instance {plan.get('failed_instance_id')} still has its data volume "
+                       "(defuse failed): do NOT start it (it would run the validator key beside the replacement); "
+                       "clear fence.defuse")
     recorded = ti.xcom_pull(task_ids=RECORD_TASK, default=None)
-    facts["live placement"] = (f"generation {recorded['generation']}: {recorded['after']} (was: {recorded['before']})" if recorded
+    facts["live placement"] = (f"generation {recorded['generation']}: {recorded['after']} "
+                               f"(was: {recorded['before']})" if recorded
                                else f"unchanged ({states.get(RECORD_TASK, 'not run')})")
     if states.get(RECORD_TASK) == "failed":
-        todo.insert(0, f"the replacement runs the validator but the live placement does NOT say so (record_placement failed): "
-                       f"clear verify.record_placement, or record it by hand (`python -m kaia_ha.live show {plan.get('cell')}`, "
-                       "then `record`); until then maintenance and the next failover act on the fenced instance")
+        todo.insert(0, "the replacement runs the validator but the live placement does NOT say so "
+                       "(record_placement failed): clear verify.record_placement, or record it by hand "
+                       f"(`python -m kaia_ha.live show {plan.get('cell')}`, then `record`); "
+                       "until then maintenance and the next failover act on the fenced instance")
     fresh = "chain_data.fresh_snapshot."
     launched = host.get("new_instance_id") or ti.xcom_pull(task_ids="launch.launch", default=None)
     if launched and any(s in ("failed", "upstream_failed") for s in states.values()):
-        todo.insert(0, f"the replacement {launched} may hold the validator key: go on with this run (clear its failed task), "
-                       "or stop or terminate it before triggering a new run (a new run refuses while it is not stopped)")
+        todo.insert(0, f"the replacement {launched} may hold the validator key: go on with this run "
+                       "(clear its failed task), or stop or terminate it before triggering a new run "
+                       "(a new run refuses while it is not stopped)")
     left = ti.xcom_pull(task_ids=stop_task, key=pn_stop.STOPPED_KEY, default=None) or [plan.get("snapshot_pn", "?")]
     urgent = ([maintenance.kpnd_urgent(", ".join(left), fresh + "start_kpnd")]
               if maintenance.kpnd_left_stopped(states, fresh + "stop_kpnd", fresh + "start_kpnd") else [])
