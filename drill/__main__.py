@@ -117,7 +117,7 @@ def approved_failover(engine: AirflowEngine, broken: float, conf: dict) -> tuple
 
 
 def drill(engine: AirflowEngine, cell: Cell, profile: str = "instant", time_scale: float = 1.0, fresh: bool = False,
-          watchdog: bool = False) -> bool:
+          watchdog: bool = False, stuck_stop: bool = False) -> bool:
     for dag_id in (MAINTENANCE, FAILOVER, *((WATCHDOG, APPROVAL) if watchdog else ())):
         engine.unpause(dag_id)
     say("\n== 1. Maintenance: key backup, CN image, PN snapshot")
@@ -127,7 +127,9 @@ def drill(engine: AirflowEngine, cell: Cell, profile: str = "instant", time_scal
     if profile != "instant":  # the cell was kept in instant time; the incident runs at AWS's pace
         cell.cli("latency", "--profile", profile, "--time-scale", str(time_scale))
         say(f"\n   AWS latency from now on: {profile} profile x{time_scale}")
-    say(f"\n== 2. Incident: {FAILED_CN} killed")
+    say(f"\n== 2. Incident: {FAILED_CN} killed" + (" (and its stop will hang until Force)" if stuck_stop else ""))
+    if stuck_stop:
+        cell.fault(f"stuck-stop:{FAILED_CN}")
     broken = time.time()
     cell.break_(FAILED_CN, "kill")
     say(f"  {FAILED_CN} running: {cell.node(FAILED_CN)['running']}")
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0, help="with --profile aws: 1 is AWS's own pace")
     parser.add_argument("--fresh", action="store_true",
                         help="fail over from a fresh PN snapshot instead of the pre-taken one")
+    parser.add_argument("--stuck-stop", action="store_true",
+                        help="the failed instance's stop hangs in 'stopping' until a stop with Force")
     parser.add_argument("--watchdog", action="store_true",
                         help="the watchdog notices and asks, the drill approves (instead of triggering the failover)")
     args = parser.parse_args(argv)
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"drill: starting Airflow at {engine.url} (log: {engine.home / 'standalone.log'})")
         engine.start()
         say(f"drill: Airflow up after {time.monotonic() - began:.0f}s")
-        ok = drill(engine, cell, args.profile, args.time_scale, args.fresh, args.watchdog)
+        ok = drill(engine, cell, args.profile, args.time_scale, args.fresh, args.watchdog, args.stuck_stop)
         say(f"\ndrill: {'PASSED' if ok else 'FAILED'} in {time.monotonic() - began:.0f}s")
         if args.stay:
             user, password = engine.login()
