@@ -14,7 +14,8 @@ Opened by `kaia_cn_watchdog` when a validator's CN is dead (one run per validato
 
 from __future__ import annotations
 
-import pendulum
+from datetime import timedelta
+
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
@@ -75,7 +76,9 @@ def kaia_cn_failover_approval():
             "(its preflight checks again; it fences the failed node before the key moves).\n\n"
             "**Reject** changes nothing; the alert repeats while the CN stays dead."
         ),
-        response_timeout=pendulum.duration(minutes=TIMEOUT),
+        # A plain timedelta: the task runner cannot send a pendulum Duration to its supervisor when it parks the task
+        # (seen through the real scheduler: the approval failed before asking).
+        response_timeout=timedelta(minutes=TIMEOUT),
     )
     fail_over = TriggerDagRunOperator(
         task_id="fail_over",

@@ -59,7 +59,7 @@ from kaia_ha import failover_cloud as steps
 from kaia_ha import maintenance, pn_stop
 from kaia_ha.inventory import InventoryError, try_load_inventory
 from kaia_ha.report import record_task
-from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
+from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, runbook
 from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator
 from kaia_ha_airflow.sensors.ec2 import EBSSnapshotCompletedSensor, EBSVolumeAvailableSensor
 
@@ -67,7 +67,6 @@ inventory, INVENTORY_ERROR = try_load_inventory()
 CLOUD = inventory.cells_of("cloud") if inventory else []
 CNS = [cell.validator.name for cell in CLOUD]
 PNS = sorted({pn.name for cell in CLOUD for pn in cell.pns})
-SENSE = {"poke_interval": 2, "mode": "reschedule"}  # on the critical path: a poll costs its interval in RTO
 # Operators and sensors record their step for the report's timeline as @step functions do.
 RECORDED = {"on_success_callback": record_task, "on_retry_callback": record_task, "on_failure_callback": record_task}
 
@@ -95,7 +94,7 @@ def fence(plan: dict) -> dict:
     return steps.fence(plan)
 
 
-@task.sensor(task_id="wait_stopped", poke_interval=2, timeout=1200, mode="reschedule")
+@task.sensor(task_id="wait_stopped", poke_interval=1, timeout=1200, **SHORT_WAIT)
 def wait_stopped(plan: dict, fence_result: dict) -> PokeReturnValue:
     stopped = steps.wait_stopped(plan, fence_result)
     return PokeReturnValue(is_done=stopped is not None, xcom_value=stopped)
@@ -153,7 +152,7 @@ def launch(plan: dict) -> str:
 
 # Poke mode, every second: one worker slot for EC2's ~30 s of pending buys back the hops of a deferral, its
 # resumption and a separate task for the host key, all on the critical path.
-@task.sensor(task_id="wait_running", poke_interval=1, timeout=1800, mode="poke", **RECORDED)
+@task.sensor(task_id="wait_running", poke_interval=1, timeout=1800, **SHORT_WAIT, **RECORDED)
 def wait_running(plan: dict, instance_id: str) -> PokeReturnValue:
     host = steps.running_host(plan, instance_id)
     return PokeReturnValue(is_done=host is not None, xcom_value=host)
@@ -184,7 +183,8 @@ def start_kcnd(plan: dict, host: dict) -> dict:
     return steps.start_kcnd(plan, host)
 
 
-@task.sensor(timeout=3600, **SENSE)  # reschedule: catching up from an older snapshot may take long
+# A slot held while kcnd catches up (seconds from a fresh pre-taken snapshot; longer from an old one).
+@task.sensor(timeout=3600, poke_interval=1, **SHORT_WAIT)
 def in_sync(plan: dict, host: dict) -> PokeReturnValue:
     synced = steps.in_sync(plan, host)
     return PokeReturnValue(is_done=synced is not None, xcom_value=synced)

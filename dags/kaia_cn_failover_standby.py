@@ -45,14 +45,15 @@ Nothing on the standby changes before fencing is confirmed.
 
 from __future__ import annotations
 
-import pendulum
+from datetime import timedelta
+
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import failover_standby as steps
 from kaia_ha.inventory import InventoryError, try_load_inventory
-from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
+from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, runbook
 
 inventory, INVENTORY_ERROR = try_load_inventory()
 METAL = inventory.cells_of("bare-metal") if inventory else []
@@ -136,7 +137,7 @@ def start_standby(plan: dict) -> dict:
     return steps.start_standby(plan)
 
 
-@task.sensor(poke_interval=2, timeout=600, mode="reschedule")
+@task.sensor(poke_interval=1, timeout=600, **SHORT_WAIT)
 def standby_synced(plan: dict) -> PokeReturnValue:
     try:
         synced = steps.standby_synced(plan)
@@ -210,7 +211,7 @@ def kaia_cn_failover_standby():
                 "that no other host answers ARP for the floating IP before the standby takes over.\n\n"
                 "**Reject** stops the failover; nothing is changed."
             ),
-            response_timeout=pendulum.duration(hours=2),
+            response_timeout=timedelta(hours=2),  # not a pendulum Duration: the task runner cannot send one
         )
         fenced = verify_fenced()
         go >> path >> [fence_over_ssh(plan), declared_down(plan), confirm_down] >> fenced

@@ -37,7 +37,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from kaia_ha import failover_cloud, maintenance
 from kaia_ha.inventory import DEFAULT_MAINTENANCE_SCHEDULE, try_load_inventory
-from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
+from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, runbook
 from kaia_ha_airflow.operators.ec2 import (
     EBSCreateSnapshotOperator,
     EBSDeleteSnapshotOperator,
@@ -93,7 +93,7 @@ def start_kpnd(cell_name: str) -> dict:
     return maintenance.start_pn(cell_name, ti=ti, stop_task=f"{cell_name}.pn_snapshot.stop_kpnd")
 
 
-@task.sensor(task_id="kpnd_back", poke_interval=5, timeout=900, mode="reschedule")
+@task.sensor(task_id="kpnd_back", poke_interval=2, timeout=900, **SHORT_WAIT)
 def kpnd_back(cell_name: str, started: dict) -> PokeReturnValue:
     back = maintenance.pns_back(cell_name, started)
     return PokeReturnValue(is_done=back is not None, xcom_value=back)

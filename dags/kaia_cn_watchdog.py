@@ -39,7 +39,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import watchdog
 from kaia_ha.inventory import try_load_inventory
-from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
+from kaia_ha_airflow.dag_defaults import RESCHEDULE_MIN_SECONDS, core_cell_dag, runbook
 
 inventory, INVENTORY_ERROR = try_load_inventory()  # broken: one task, which fails with the error
 RUN_SECONDS = 45  # the rounds of one run fit in its minute, so the next run starts on time
@@ -47,7 +47,10 @@ RUN_SECONDS = 45  # the rounds of one run fit in its minute, so the next run sta
 
 def watch_task(cell):
     # The poke interval is the cell's round period; the sensor ends on a dead verdict or after its rounds.
-    @task.sensor(task_id="watch", poke_interval=cell.watchdog.round_seconds, timeout=300, mode="reschedule")
+    # Rounds closer than RESCHEDULE_MIN_SECONDS poke inside one task (see dag_defaults: a reschedule race).
+    mode = "reschedule" if cell.watchdog.round_seconds >= RESCHEDULE_MIN_SECONDS else "poke"
+
+    @task.sensor(task_id="watch", poke_interval=cell.watchdog.round_seconds, timeout=300, mode=mode)
     def watch(cell_name: str) -> PokeReturnValue:
         context = get_current_context()
         verdict = watchdog.watch_round(cell_name, context["run_id"])
