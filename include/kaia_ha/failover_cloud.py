@@ -270,10 +270,15 @@ def wait_stopped(plan: dict, fence_result: dict) -> dict | None:
         return {"state": state, "seconds": round(waited, 1), "forced": forced}
     if not fence_result.get("fenced"):
         raise TakeoverError(f"fence is off and {failed_id} is {state}")
-    if forced and state == "stopping":
+    # Force again only after another limit has passed: the pokes come every second, a forced stop takes seconds.
+    if forced and state == "stopping" and time.time() - _forced_at.get(failed_id, 0) > settings.force_stop_after():
         log.warning("%s still stopping after %.0f s: stopping it with Force", failed_id, waited)
         ec2.stop_instance(failed_id, skip_os_shutdown=True, force=True)
+        _forced_at[failed_id] = time.time()
     return None
+
+
+_forced_at: dict[str, float] = {}  # instance -> when this worker process last stopped it with Force (poke mode)
 
 
 @step

@@ -805,7 +805,12 @@ class AwsFront:
             elif force and stopping.get(instance_id):
                 with self._lock:
                     self._stuck_stops.discard(instance_id)
-                self._begin(instance_id, "stopping", self._latency.instance_forced_stop())  # replaces the hung phase
+                forced = self._latency.instance_forced_stop()
+                shown = self._shown(instance_id)
+                # Force ends a stop that would take longer (a hung one); a repeated Force does not restart a
+                # forced stop already under way (AWS: the stop goes on; a caller may repeat the request).
+                if shown is None or shown.end - time.monotonic() > forced:
+                    self._begin(instance_id, "stopping", forced)  # replaces the hung phase
             self._show_instance(item, "currentState")
         return _rewritten(reply, root)
 

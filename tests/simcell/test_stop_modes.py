@@ -41,4 +41,14 @@ def test_graceful_stop_skip_os_shutdown_and_a_hung_stop_that_only_force_ends(fre
     time.sleep(3)
     assert ec2.describe_instances(InstanceIds=[hung])["Reservations"][0]["Instances"][0]["State"]["Name"] == "stopping"
     ec2.stop_instances(InstanceIds=[hung], Force=True)
-    assert stopped_after(cell, hung, timeout=10) < 5
+    forced = time.monotonic()
+
+    def state() -> str:
+        return ec2.describe_instances(InstanceIds=[hung])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    # Force repeated faster than the forced stop takes (a caller polling every second at AWS's pace): the stop
+    # still ends, as on AWS, instead of starting over at each request.
+    while state() == "stopping" and time.monotonic() - forced < 10:
+        ec2.stop_instances(InstanceIds=[hung], Force=True)
+        time.sleep(0.1)
+    assert state() == "stopped" and time.monotonic() - forced < 5
