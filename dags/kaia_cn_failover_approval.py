@@ -20,7 +20,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Param, dag, get_current_context, task
 
 from kaia_ha import watchdog
-from kaia_ha.inventory import try_load_inventory
+from kaia_ha.model.inventory import try_load_inventory
 from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 
 inventory, INVENTORY_ERROR = try_load_inventory()

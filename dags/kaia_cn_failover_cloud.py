@@ -57,7 +57,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from kaia_ha import failover_cloud as steps
 from kaia_ha import maintenance, pn_stop
-from kaia_ha.inventory import InventoryError, try_load_inventory
+from kaia_ha.model.inventory import InventoryError, try_load_inventory
 from kaia_ha.report import record_task
 from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator

@@ -36,7 +36,7 @@ from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_cont
 from airflow.sdk.exceptions import AirflowSkipException
 
 from kaia_ha import failover_cloud, maintenance
-from kaia_ha.inventory import DEFAULT_MAINTENANCE_SCHEDULE, try_load_inventory
+from kaia_ha.model.inventory import DEFAULT_MAINTENANCE_SCHEDULE, try_load_inventory
 from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 from kaia_ha_airflow.operators.ec2 import (
     EBSCreateSnapshotOperator,

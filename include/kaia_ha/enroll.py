@@ -19,9 +19,9 @@ import time
 from kaia_ha import live
 from kaia_ha.alerts import alert
 from kaia_ha.failover_standby import release_floating_ip, standby_conf_problems
-from kaia_ha.inventory import CN, Cell, load_inventory
-from kaia_ha.keys import InvalidKeyError
-from kaia_ha.placement import Standby, after_enrolment
+from kaia_ha.model.inventory import CN, Cell, load_inventory
+from kaia_ha.model.keys import InvalidKeyError
+from kaia_ha.model.placement import Standby, after_enrolment
 from kaia_ha.readiness import parse_static_nodes
 from kaia_ha.report import step
 from kaia_ha.takeover import (

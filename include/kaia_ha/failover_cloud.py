@@ -17,11 +17,12 @@ from datetime import datetime, timedelta, timezone
 import botocore.exceptions
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kaia_ha import compat, live, maintenance, pn_stop, settings
-from kaia_ha import tags as T
+from kaia_ha import live, maintenance, pn_stop
 from kaia_ha.alerts import alert
-from kaia_ha.inventory import CN, Cell, load_inventory
-from kaia_ha.placement import Active, Fenced, Placement, after_failover
+from kaia_ha.model import compat, settings
+from kaia_ha.model import tags as T
+from kaia_ha.model.inventory import CN, Cell, load_inventory
+from kaia_ha.model.placement import Active, Fenced, Placement, after_failover
 from kaia_ha.report import step
 from kaia_ha.takeover import (
     FailoverInputError,

@@ -20,10 +20,10 @@ import time
 
 from kaia_ha import live
 from kaia_ha.alerts import alert, notify
-from kaia_ha.health import ProbeError
-from kaia_ha.inventory import CN, Cell, FloatingIP, load_inventory
-from kaia_ha.keys import InvalidKeyError, KeyBackup, NodeKey
-from kaia_ha.placement import Active, Fenced, after_failover
+from kaia_ha.model.health import ProbeError
+from kaia_ha.model.inventory import CN, Cell, FloatingIP, load_inventory
+from kaia_ha.model.keys import InvalidKeyError, KeyBackup, NodeKey
+from kaia_ha.model.placement import Active, Fenced, after_failover
 from kaia_ha.report import step
 from kaia_ha.takeover import (
     FailoverInputError,

@@ -14,12 +14,13 @@ from datetime import datetime, timedelta
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kaia_ha import compat, live, pn_stop, retention
-from kaia_ha import tags as T
+from kaia_ha import live, pn_stop
 from kaia_ha.alerts import alert, notify
-from kaia_ha.health import Probe
-from kaia_ha.inventory import Cell, load_inventory
-from kaia_ha.keys import KeyBackup
+from kaia_ha.model import compat, retention
+from kaia_ha.model import tags as T
+from kaia_ha.model.health import Probe
+from kaia_ha.model.inventory import Cell, load_inventory
+from kaia_ha.model.keys import KeyBackup
 from kaia_ha.pn_stop import first_unhealthy, pn_is_back
 from kaia_ha.report import step, table, timeline, write
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook

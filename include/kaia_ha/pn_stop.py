@@ -16,11 +16,11 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from kaia_ha import compat
-from kaia_ha import tags as T
 from kaia_ha.alerts import notify
-from kaia_ha.health import ProbeError
-from kaia_ha.inventory import Cell
+from kaia_ha.model import compat
+from kaia_ha.model import tags as T
+from kaia_ha.model.health import ProbeError
+from kaia_ha.model.inventory import Cell
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError, shutdown_was_clean, shutting_down
 from kaia_ha_airflow.iam import needs

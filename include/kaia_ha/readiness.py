@@ -14,13 +14,14 @@ import logging
 import re
 import shlex
 
-from kaia_ha import compat, live
+from kaia_ha import live
 from kaia_ha.alerts import alert
 from kaia_ha.failover_standby import holds_ip, release_floating_ip, standby_conf_problems
-from kaia_ha.health import ProbeError
-from kaia_ha.inventory import CN, Cell, load_inventory
-from kaia_ha.keys import InvalidKeyError
-from kaia_ha.placement import Standby
+from kaia_ha.model import compat
+from kaia_ha.model.health import ProbeError
+from kaia_ha.model.inventory import CN, Cell, load_inventory
+from kaia_ha.model.keys import InvalidKeyError
+from kaia_ha.model.placement import Standby
 from kaia_ha.report import step, table, timeline, write
 from kaia_ha.takeover import TakeoverError, answers_ssh, fence_kcnd, load_backup, sync_check
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError

@@ -33,9 +33,9 @@ from datetime import datetime, timezone
 
 from kaia_ha import failover_cloud, failover_standby, live
 from kaia_ha.alerts import notify
-from kaia_ha.health import ProbeError
-from kaia_ha.inventory import Cell, load_inventory
-from kaia_ha.placement import Placement
+from kaia_ha.model.health import ProbeError
+from kaia_ha.model.inventory import Cell, load_inventory
+from kaia_ha.model.placement import Placement
 from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook, NodeCommandError
 from kaia_ha_airflow.iam import needs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pendulum
 
-from kaia_ha import settings
+from kaia_ha.model import settings
 from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kaia_ha.keys import KeyBackup
+from kaia_ha.model.keys import KeyBackup
 
 DAG_ID = "kaia_cn_maintenance"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kaia_ha.inventory import CN
+from kaia_ha.model.inventory import CN
 from kaia_ha.readiness import assess, parse_static_nodes
 
 ACTIVE, STANDBY, PN, OTHER = "a" * 128, "b" * 128, "c" * 128, "d" * 128
