@@ -35,7 +35,7 @@ import pendulum
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kaia_ha import failover_cloud, maintenance, pn
+from kaia_ha import dag_ids, maintenance, pn
 from kaia_ha.model.inventory import DEFAULT_MAINTENANCE_SCHEDULE, try_load_inventory
 from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 from kaia_ha_airflow.operators.ec2 import (
@@ -71,7 +71,7 @@ def image_needed(create: bool) -> bool:
 
 
 def _failover_running() -> bool:
-    return get_current_context()["ti"].get_dr_count(dag_id=failover_cloud.DAG_ID, states=["running"]) > 0
+    return get_current_context()["ti"].get_dr_count(dag_id=dag_ids.FAILOVER_CLOUD, states=["running"]) > 0
 
 
 @task(task_id="plan", multiple_outputs=True)

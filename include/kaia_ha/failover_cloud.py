@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 import botocore.exceptions
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kaia_ha import live
+from kaia_ha import dag_ids, live
 from kaia_ha.alerts import alert
 from kaia_ha.model import compat, settings
 from kaia_ha.model import tags as T
@@ -54,7 +54,7 @@ from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
-DAG_ID = "kaia_cn_failover_cloud"
+DAG_ID = dag_ids.FAILOVER_CLOUD
 WARMUP = ("none", "initialization-rate", "fast-snapshot-restore", "read-through")
 RECORD_TASK = "verify.record_placement"
 DEFUSE_TASK = "fence.defuse"

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kaia_ha import live
+from kaia_ha import dag_ids, live
 from kaia_ha.alerts import alert, notify
 from kaia_ha.model import compat, retention
 from kaia_ha.model import tags as T
@@ -28,7 +28,7 @@ from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
 from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
-DAG_ID = "kaia_cn_maintenance"
+DAG_ID = dag_ids.MAINTENANCE
 
 
 class MaintenanceError(RuntimeError):

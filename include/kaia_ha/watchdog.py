@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from kaia_ha import failover_cloud, failover_standby, live
+from kaia_ha import dag_ids, live
 from kaia_ha.alerts import notify
 from kaia_ha.model.health import ProbeError
 from kaia_ha.model.inventory import Cell, load_inventory
@@ -40,13 +40,13 @@ from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook, NodeC
 from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
-DAG_ID = "kaia_cn_watchdog"
-APPROVAL_DAG_ID = "kaia_cn_failover_approval"
+DAG_ID = dag_ids.WATCHDOG
+APPROVAL_DAG_ID = dag_ids.FAILOVER_APPROVAL
 OPEN = ("queued", "running")
 
 
 def failover_dag(cell: Cell) -> str:
-    return failover_cloud.DAG_ID if cell.scheme == "cloud" else failover_standby.DAG_ID
+    return dag_ids.failover_for(cell.scheme)
 
 
 def _now() -> datetime:
