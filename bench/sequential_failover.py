@@ -33,7 +33,7 @@ def wait(what: str, check, poll: float = POLL, timeout: float = 3600):
 def run(failed_cn: str, poll: float = POLL) -> dict:
     """Fail over ``failed_cn`` step by step; ``{"rto_seconds", "timeline": [{task, t_start, t_end, seconds}]}``."""
     from kaia_ha import failover_cloud as steps
-    from kaia_ha import maintenance
+    from kaia_ha import pn
     from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 
     t0 = time.time()
@@ -58,13 +58,13 @@ def run(failed_cn: str, poll: float = POLL) -> dict:
     timed("fence", steps.fence, plan)
     timed("wait_stopped", wait, "stopped", lambda: state(plan["failed_instance_id"]) == "stopped", poll)
     timed("confirm_fenced", steps.confirm_fenced, plan)
-    timed("stop_kpnd", maintenance.stop_pn, plan["cell"], plan["snapshot_pn"])
+    timed("stop_kpnd", pn.stop_pn, plan["cell"], plan["snapshot_pn"])
     snapshot = timed("create_snapshot", lambda: ec2.create_snapshot(
         VolumeId=plan["pn_volume_id"], Description="Kaia PN chain data (sequential failover)",
         TagSpecifications=[{"ResourceType": "snapshot",
                             "Tags": [{"Key": k, "Value": v} for k, v in plan["snapshot_tags"].items()]}],
     )["SnapshotId"])
-    timed("start_kpnd", maintenance.start_pn, plan["cell"], plan["snapshot_pn"])
+    timed("start_kpnd", pn.start_pn, plan["cell"], plan["snapshot_pn"])
     instance_id = timed("launch", steps.launch, plan)
     host = timed("wait_running", wait, "running, with its host key",
                  lambda: steps.running_host(plan, instance_id), poll)

@@ -26,7 +26,7 @@ from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import enroll as steps
-from kaia_ha.inventory import InventoryError, try_load_inventory
+from kaia_ha.model.inventory import InventoryError, try_load_inventory
 from kaia_ha_airflow.dag_defaults import RESCHEDULE_MIN_SECONDS, core_cell_dag, runbook
 
 inventory, INVENTORY_ERROR = try_load_inventory()

@@ -20,8 +20,8 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
-from kaia_ha import watchdog
-from kaia_ha.inventory import try_load_inventory
+from kaia_ha import dag_ids, watchdog
+from kaia_ha.model.inventory import try_load_inventory
 from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 
 inventory, INVENTORY_ERROR = try_load_inventory()
@@ -59,7 +59,7 @@ defaults["max_active_runs"] = 16  # several validators may be dead at once: one 
     params={
         "cell": Param("", type="string", title="Core cell"),
         "validator": Param("", type="string", title="Validator whose CN is dead"),
-        "failover_dag_id": Param("", type="string", enum=["", "kaia_cn_failover_cloud", "kaia_cn_failover_standby"]),
+        "failover_dag_id": Param("", type="string", enum=["", *dag_ids.FAILOVERS]),
         "evidence": Param("", type="string", title="What the watchdog saw"),
         "auto_failover": Param(False, type="boolean"),
         "failover_conf": Param({}, type="object", title="The failover's parameters"),

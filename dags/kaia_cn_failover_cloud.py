@@ -56,8 +56,8 @@ from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_cont
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from kaia_ha import failover_cloud as steps
-from kaia_ha import maintenance, pn_stop
-from kaia_ha.inventory import InventoryError, try_load_inventory
+from kaia_ha import pn
+from kaia_ha.model.inventory import InventoryError, try_load_inventory
 from kaia_ha.report import record_task
 from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, runbook
 from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator
@@ -117,14 +117,14 @@ def reserve_pn(plan: dict) -> str:
     return plan["snapshot_pn"]
 
 
-@task(pool=maintenance.PN_DOWNTIME_POOL, multiple_outputs=True)
+@task(pool=pn.PN_DOWNTIME_POOL, multiple_outputs=True)
 def stop_kpnd(plan: dict) -> dict:
     return steps.stop_snapshot_pn(plan, _ctx()["ti"])
 
 
 @task(retries=5)
 def start_kpnd(plan: dict) -> dict:
-    return maintenance.start_pn(plan["cell"], ti=_ctx()["ti"], stop_task="chain_data.fresh_snapshot.stop_kpnd")
+    return pn.start_pn(plan["cell"], ti=_ctx()["ti"], stop_task="chain_data.fresh_snapshot.stop_kpnd")
 
 
 @task(trigger_rule="none_failed_min_one_success")
@@ -133,7 +133,7 @@ def chaindata_snapshot(plan: dict) -> dict:
         raise AirflowSkipException("dry run")
     ti = _ctx()["ti"]
     fresh = ti.xcom_pull(task_ids="chain_data.fresh_snapshot.wait_snapshot", default=None)
-    tried = ti.xcom_pull(task_ids="chain_data.fresh_snapshot.stop_kpnd", key=pn_stop.ATTEMPTS_KEY, default=None)
+    tried = ti.xcom_pull(task_ids="chain_data.fresh_snapshot.stop_kpnd", key=pn.ATTEMPTS_KEY, default=None)
     return steps.chaindata_snapshot(plan, fresh, tried)
 
 

@@ -52,7 +52,7 @@ from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_cont
 from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import failover_standby as steps
-from kaia_ha.inventory import InventoryError, try_load_inventory
+from kaia_ha.model.inventory import InventoryError, try_load_inventory
 from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, runbook
 
 inventory, INVENTORY_ERROR = try_load_inventory()

@@ -35,8 +35,8 @@ import pendulum
 from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kaia_ha import failover_cloud, maintenance
-from kaia_ha.inventory import DEFAULT_MAINTENANCE_SCHEDULE, try_load_inventory
+from kaia_ha import dag_ids, maintenance, pn
+from kaia_ha.model.inventory import DEFAULT_MAINTENANCE_SCHEDULE, try_load_inventory
 from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, runbook
 from kaia_ha_airflow.operators.ec2 import (
     EBSCreateSnapshotOperator,
@@ -71,7 +71,7 @@ def image_needed(create: bool) -> bool:
 
 
 def _failover_running() -> bool:
-    return get_current_context()["ti"].get_dr_count(dag_id=failover_cloud.DAG_ID, states=["running"]) > 0
+    return get_current_context()["ti"].get_dr_count(dag_id=dag_ids.FAILOVER_CLOUD, states=["running"]) > 0
 
 
 @task(task_id="plan", multiple_outputs=True)
@@ -79,23 +79,23 @@ def pn_snapshot_plan(cell_name: str) -> dict:
     return maintenance.pn_snapshot_plan(cell_name, _run()[0], failover_running=_failover_running())
 
 
-@task(task_id="stop_kpnd", pool=maintenance.PN_DOWNTIME_POOL, multiple_outputs=True)
+@task(task_id="stop_kpnd", pool=pn.PN_DOWNTIME_POOL, multiple_outputs=True)
 def stop_kpnd(cell_name: str, plan: dict) -> dict:
     ti = get_current_context()["ti"]
     if ti.try_number == 1 and _failover_running():  # again, in the pool slot: a failover may have begun since the plan
         raise AirflowSkipException("a cloud failover began: no PN goes down for a pre-taken snapshot meanwhile")
-    return maintenance.stop_pn(cell_name, plan["pn"], ti=ti, tags=plan["tags"])
+    return pn.stop_pn(cell_name, plan["pn"], ti=ti, tags=plan["tags"])
 
 
 @task(task_id="start_kpnd", retries=5)
 def start_kpnd(cell_name: str) -> dict:
     ti = get_current_context()["ti"]
-    return maintenance.start_pn(cell_name, ti=ti, stop_task=f"{cell_name}.pn_snapshot.stop_kpnd")
+    return pn.start_pn(cell_name, ti=ti, stop_task=f"{cell_name}.pn_snapshot.stop_kpnd")
 
 
 @task.sensor(task_id="kpnd_back", poke_interval=2, timeout=900, **SHORT_WAIT)
 def kpnd_back(cell_name: str, started: dict) -> PokeReturnValue:
-    back = maintenance.pns_back(cell_name, started)
+    back = pn.pns_back(cell_name, started)
     return PokeReturnValue(is_done=back is not None, xcom_value=back)
 
 

@@ -40,7 +40,7 @@ from airflow.sdk import TaskGroup, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import readiness
-from kaia_ha.inventory import try_load_inventory
+from kaia_ha.model.inventory import try_load_inventory
 from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook
 
 # Its own DAG rather than a group in kaia_cn_maintenance: it only reads, so it can run every hour (a

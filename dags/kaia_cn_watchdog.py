@@ -38,7 +38,7 @@ from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_cont
 from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import watchdog
-from kaia_ha.inventory import try_load_inventory
+from kaia_ha.model.inventory import try_load_inventory
 from kaia_ha_airflow.dag_defaults import RESCHEDULE_MIN_SECONDS, core_cell_dag, runbook
 
 inventory, INVENTORY_ERROR = try_load_inventory()  # broken: one task, which fails with the error

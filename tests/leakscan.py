@@ -127,7 +127,7 @@ class LeakScan:
         self.cmdlines = CmdlineWatch()
 
     def _read_keys(self) -> dict[str, str]:
-        from kaia_ha.inventory import load_inventory
+        from kaia_ha.model.inventory import load_inventory
 
         found: dict[str, str] = {}
         inventory = load_inventory(self.cell.env["KAIA_HA_INVENTORY"])

@@ -16,14 +16,14 @@ import re
 import shlex
 import time
 
-from kaia_ha import live
+from kaia_ha import dag_ids, live
 from kaia_ha.alerts import alert
-from kaia_ha.failover_standby import release_floating_ip, standby_conf_problems
-from kaia_ha.inventory import CN, Cell, load_inventory
-from kaia_ha.keys import InvalidKeyError
-from kaia_ha.placement import Standby, after_enrolment
-from kaia_ha.readiness import parse_static_nodes
+from kaia_ha.floating_ip import release_floating_ip
+from kaia_ha.model.inventory import CN, Cell, load_inventory
+from kaia_ha.model.keys import InvalidKeyError
+from kaia_ha.model.placement import Standby, after_enrolment
 from kaia_ha.report import step
+from kaia_ha.standby import parse_static_nodes, standby_conf_problems
 from kaia_ha.takeover import (
     FailoverInputError,
     TakeoverError,
@@ -37,7 +37,7 @@ from kaia_ha.takeover import (
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 
 log = logging.getLogger(__name__)
-DAG_ID = "kaia_cn_enroll_standby"
+DAG_ID = dag_ids.ENROLL_STANDBY
 PARAMS = ("host", "shred_keys_aside")
 SYNCED_TASK = "standby_synced"
 RECORD_TASK = "record_placement"

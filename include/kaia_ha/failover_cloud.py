@@ -17,11 +17,24 @@ from datetime import datetime, timedelta, timezone
 import botocore.exceptions
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kaia_ha import compat, live, maintenance, pn_stop, settings
-from kaia_ha import tags as T
+from kaia_ha import dag_ids, live
 from kaia_ha.alerts import alert
-from kaia_ha.inventory import CN, Cell, load_inventory
-from kaia_ha.placement import Active, Fenced, Placement, after_failover
+from kaia_ha.model import compat, settings
+from kaia_ha.model import tags as T
+from kaia_ha.model.inventory import CN, Cell, load_inventory
+from kaia_ha.model.placement import Active, Fenced, Placement, after_failover
+from kaia_ha.pn import (
+    ATTEMPTS_KEY,
+    STOPPED_KEY,
+    candidates,
+    fitting,
+    incremental,
+    kpnd_left_stopped,
+    kpnd_urgent,
+    stop_for_snapshot,
+    why_none,
+)
+from kaia_ha.pn import pretaken_fallback as newest_pretaken
 from kaia_ha.report import step
 from kaia_ha.takeover import (
     FailoverInputError,
@@ -41,7 +54,7 @@ from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
-DAG_ID = "kaia_cn_failover_cloud"
+DAG_ID = dag_ids.FAILOVER_CLOUD
 WARMUP = ("none", "initialization-rate", "fast-snapshot-restore", "read-through")
 RECORD_TASK = "verify.record_placement"
 DEFUSE_TASK = "fence.defuse"
@@ -213,9 +226,9 @@ def preflight(conf: dict, run_id: str, run_after: datetime) -> dict:
         "eip_holder": eip.get("InstanceId"), "snapshot_id": snapshot["SnapshotId"] if snapshot else None,
         "snapshot_why": why, "snapshot_pn": pn.name, "pn_volume_id": pn.data_volume_id, "permissions": permissions,
         # For a fresh snapshot: the chosen PN first, then the others whose chain data fits the image and whose volume
-        # was snapshotted before (pn_stop).
-        "snapshot_pns": [] if snapshot else [pn.name, *pn_stop.incremental(
-            cell, pn_stop.fitting(cell, pn_stop.candidates(cell, pn.name)[1:], image_tags))],
+        # was snapshotted before (kaia_ha.pn).
+        "snapshot_pns": [] if snapshot else [pn.name, *incremental(
+            cell, fitting(cell, candidates(cell, pn.name)[1:], image_tags))],
         "snapshot_tags": T.base_tags(cell.name, T.KIND_PN_CHAINDATA, run_id, DAG_ID, pn.name) | {T.CLEAN_STOP: "true"},
     }
     log.info("Failover plan for %s: image %s, chain data %s (%s), EIP %s, node %s…", cn.name, image["ImageId"],
@@ -335,21 +348,21 @@ def needs_fresh_snapshot(plan: dict) -> bool:
 
 @step
 def stop_snapshot_pn(plan: dict, ti) -> dict:
-    """kpnd stopped cleanly on its own on the chosen PN, else on the next healthy one that fits (``pn_stop``). None
+    """kpnd stopped cleanly on its own on the chosen PN, else on the next healthy one that fits (``kaia_ha.pn``). None
     stops: this step is skipped, and chaindata_snapshot falls back to the newest pre-taken snapshot."""
     cell = load_inventory().cell(plan["cell"])
     names = plan.get("snapshot_pns") or [plan["snapshot_pn"]]
-    result = pn_stop.stop_for_snapshot(cell, names, ti, plan["snapshot_tags"])
+    result = stop_for_snapshot(cell, names, ti, plan["snapshot_tags"])
     if result["pn"] is None:
-        raise AirflowSkipException(f"no PN stopped cleanly ({pn_stop.why_none(result)}): "
+        raise AirflowSkipException(f"no PN stopped cleanly ({why_none(result)}): "
                                    "the newest pre-taken snapshot is used")
     return result
 
 
 def pretaken_fallback(cell: Cell, attempts: list[dict] | None) -> tuple[str, str, str]:
     """(snapshot id, source, warning) when no PN stopped cleanly: the newest pre-taken snapshot whatever its age."""
-    why = pn_stop.why_none({"attempts": attempts or []})
-    found = pn_stop.pretaken_fallback(cell, datetime.now(timezone.utc))
+    why = why_none({"attempts": attempts or []})
+    found = newest_pretaken(cell, datetime.now(timezone.utc))
     if not found:
         raise TakeoverError(f"no PN of {cell.name} stopped cleanly for a fresh snapshot ({why}) and there is no "
                             "completed pre-taken snapshot: nothing to build the CN's chain data from. Bring a PN back "
@@ -588,7 +601,7 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
         "dry run": plan.get("dry_run"),
     }
     stop_task = "chain_data.fresh_snapshot.stop_kpnd"
-    attempts = ti.xcom_pull(task_ids=stop_task, key=pn_stop.ATTEMPTS_KEY, default=None) or []
+    attempts = ti.xcom_pull(task_ids=stop_task, key=ATTEMPTS_KEY, default=None) or []
     if attempts:  # a fresh snapshot was tried: which PN stopped, which were skipped and why
         facts["PN stops"] = "; ".join(f"{a['pn']}: {a['outcome']}" + (f" ({a['why']})" if a.get("why") else "")
                                       for a in attempts)
@@ -632,9 +645,9 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
         todo.insert(0, f"the replacement {launched} may hold the validator key: go on with this run "
                        "(clear its failed task), or stop or terminate it before triggering a new run "
                        "(a new run refuses while it is not stopped)")
-    left = ti.xcom_pull(task_ids=stop_task, key=pn_stop.STOPPED_KEY, default=None) or [plan.get("snapshot_pn", "?")]
-    urgent = ([maintenance.kpnd_urgent(", ".join(left), fresh + "start_kpnd")]
-              if maintenance.kpnd_left_stopped(states, fresh + "stop_kpnd", fresh + "start_kpnd") else [])
+    left = ti.xcom_pull(task_ids=stop_task, key=STOPPED_KEY, default=None) or [plan.get("snapshot_pn", "?")]
+    urgent = ([kpnd_urgent(", ".join(left), fresh + "start_kpnd")]
+              if kpnd_left_stopped(states, fresh + "stop_kpnd", fresh + "start_kpnd") else [])
     todo = urgent + todo  # first in the list: a PN down hurts the cell now
     data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task="verify.in_sync", facts=facts,
                            todo=[] if plan.get("dry_run") else todo, urgent=urgent, dry_run=bool(plan.get("dry_run")))

@@ -14,17 +14,18 @@ by the step that writes them and reach a host only over SSH stdin.
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 import time
 
-from kaia_ha import live
+from kaia_ha import dag_ids, live
 from kaia_ha.alerts import alert, notify
-from kaia_ha.health import ProbeError
-from kaia_ha.inventory import CN, Cell, FloatingIP, load_inventory
-from kaia_ha.keys import InvalidKeyError, KeyBackup, NodeKey
-from kaia_ha.placement import Active, Fenced, after_failover
+from kaia_ha.floating_ip import holds_ip, ip_answered_elsewhere, ip_configured, release_floating_ip, take_floating_ip
+from kaia_ha.model.health import ProbeError
+from kaia_ha.model.inventory import CN, Cell, FloatingIP, load_inventory
+from kaia_ha.model.keys import InvalidKeyError, KeyBackup, NodeKey
+from kaia_ha.model.placement import Active, Fenced, after_failover
 from kaia_ha.report import step
+from kaia_ha.standby import standby_conf_problems
 from kaia_ha.takeover import (
     FailoverInputError,
     TakeoverError,
@@ -42,7 +43,7 @@ from kaia_ha.takeover import (
 from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook, NodeCommandError
 
 log = logging.getLogger(__name__)
-DAG_ID = "kaia_cn_failover_standby"
+DAG_ID = dag_ids.FAILOVER_STANDBY
 # what may shadow klay/ on a standby (its static-nodes.json is its PN list: kept)
 KEY_FILES = ("nodekey", "bls-nodekey")
 # Branch targets of the fence phase (task ids in the DAG).
@@ -72,22 +73,13 @@ def _ctx(plan: dict) -> tuple[Cell, CN, CN]:
     return cell, cell.cn(plan["failed_host"]), cell.cn(plan["standby_cn"])
 
 
-def _ip_configured(ip_addr_show: str, fip: FloatingIP) -> bool:
-    return re.search(rf"\binet {re.escape(fip.ip)}/", ip_addr_show) is not None
-
-
-def holds_ip(node: KaiaNodeHook, fip: FloatingIP) -> bool:
-    """Whether the floating IP is configured on this host's interface (``ip addr show``)."""
-    return _ip_configured(node.run(f"ip -4 addr show dev {shlex.quote(fip.interface)}").stdout, fip)
-
-
 def _state_command(node: KaiaNodeHook, fip: FloatingIP) -> str:
     return f"systemctl is-active {node.node.service}; ip -4 addr show dev {shlex.quote(fip.interface)}"
 
 
 def _state(out: str, fip: FloatingIP) -> dict:
     state, _, addresses = out.partition("\n")
-    return {"kcnd": state.strip() or "unknown", "holds_floating_ip": _ip_configured(addresses, fip)}
+    return {"kcnd": state.strip() or "unknown", "holds_floating_ip": ip_configured(addresses, fip)}
 
 
 def node_state(node: KaiaNodeHook, fip: FloatingIP) -> dict:
@@ -177,18 +169,6 @@ def check_backup(plan: dict) -> dict:
             "bls_public_key": backup.bls_public_key is not None}
 
 
-def standby_conf_problems(node: KaiaNodeHook, cn: CN) -> list[str]:
-    """What in kcnd.conf would make the node read its key from somewhere else than DATA_DIR/klay."""
-    conf = node.conf()
-    out = []
-    if conf.get("DATA_DIR", "").rstrip("/") != cn.data_dir.rstrip("/"):
-        out.append(f"kcnd.conf says DATA_DIR={conf.get('DATA_DIR')!r}, the inventory says {cn.data_dir!r}")
-    if re.search(r"(^|\s)--nodekey(\s|=)", conf.get("ADDITIONAL", "")):
-        out.append("kcnd.conf passes --nodekey in ADDITIONAL: the node reads its key from that file, not "
-                   "DATA_DIR/klay/nodekey")
-    return out
-
-
 @step
 def check_standby(plan: dict) -> dict:
     """The standby answers, its kcnd.conf reads the key where the failover writes it, and it is in sync
@@ -240,7 +220,7 @@ def check_floating_ip(plan: dict) -> dict:
     if fip.gateway:
         commands |= {"source": fip.command("source"), "unsource": fip.command("unsource")}
     return {"address": fip.address, "interface": fip.interface, "gateway": fip.gateway,
-            "standby_holds": _ip_configured(shown.stdout, fip), "commands": commands}
+            "standby_holds": ip_configured(shown.stdout, fip), "commands": commands}
 
 
 # ----- 2. fence the failed active --------------------------------------------------------------------------------
@@ -266,16 +246,6 @@ def fence_path(plan: dict) -> str:
     return CONFIRM_DOWN
 
 
-def release_floating_ip(node: KaiaNodeHook, fip: FloatingIP) -> str:
-    """Take the floating IP off a host (the source route first: the kernel drops a route whose source goes)."""
-    if not holds_ip(node, fip):
-        return "was not configured there"
-    node.run(" && ".join(([fip.command("unsource")] if fip.gateway else []) + [fip.command("del")]))
-    if holds_ip(node, fip):
-        raise TakeoverError(f"{node.node.name}: {fip.ip} is still configured after `{fip.command('del')}`")
-    return "released"
-
-
 @step
 def fence_over_ssh(plan: dict) -> dict:
     """The failed active's host answers: kcnd stopped, disabled, no auto-restart, keys aside, floating IP released."""
@@ -293,14 +263,6 @@ def declared_down(plan: dict) -> dict:
     why = ("host_known_dead: the operator declared the host dead" if plan["known_dead"]
            else "fencing off; kcnd not running there")
     return {"how": why, "cn": failed.name}
-
-
-def ip_answered_elsewhere(standby: KaiaNodeHook, fip: FloatingIP) -> bool:
-    """Duplicate address detection from the standby (which must not hold the IP itself): does another host
-    still answer ARP for the floating IP?"""
-    if not fip.check_free_cmd:
-        return False
-    return standby.run(fip.command("check_free"), check=False, timeout=30).rc != 0
 
 
 @step
@@ -381,20 +343,7 @@ def move_floating_ip(plan: dict) -> dict:
     the source of outbound connections when the inventory names a gateway, and prove it is there."""
     cell, _, standby = _ctx(plan)
     fip = cell.floating_ip
-    node = KaiaNodeHook(standby)
-    done = []
-    if not holds_ip(node, fip):
-        if ip_answered_elsewhere(node, fip):
-            raise TakeoverError(f"another host answers ARP for {fip.ip}: not taking the address (fencing did not hold)")
-        added = node.run(fip.command("add"), check=False)  # "exists" after a dropped answer: judged by the check below
-        if not holds_ip(node, fip):
-            raise TakeoverError(f"{standby.name}: `{fip.command('add')}` exited {added.rc}: "
-                                f"{added.stderr.strip()[-300:]}")
-        done.append("added")
-    # Announce (the neighbours' ARP caches still point at the old holder) and, with a gateway, make the
-    # floating IP the source of outbound connections. Both are safe to repeat.
-    node.run(" && ".join([fip.command("announce")] + ([fip.command("source")] if fip.gateway else [])))
-    done += ["announced"] + ([f"outbound source via {fip.gateway}"] if fip.gateway else [])
+    done = take_floating_ip(KaiaNodeHook(standby), fip)
     return {"floating_ip": fip.address, "on": standby.name, "done": done}
 
 

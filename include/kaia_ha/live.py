@@ -23,8 +23,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kaia_ha.inventory import Cell, load_inventory
-from kaia_ha.placement import Change, Placement, initial
+from kaia_ha.model.inventory import Cell, load_inventory
+from kaia_ha.model.placement import Change, Placement, initial
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
 from kaia_ha_airflow.hooks.state import AlreadyExists, StateStore
 

@@ -14,24 +14,21 @@ from datetime import datetime, timedelta
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowSkipException
 
-from kaia_ha import compat, live, pn_stop, retention
-from kaia_ha import tags as T
+from kaia_ha import dag_ids, live
 from kaia_ha.alerts import alert, notify
-from kaia_ha.health import Probe
-from kaia_ha.inventory import Cell, load_inventory
-from kaia_ha.keys import KeyBackup
-from kaia_ha.pn_stop import first_unhealthy, pn_is_back
+from kaia_ha.model import compat, retention
+from kaia_ha.model import tags as T
+from kaia_ha.model.health import Probe
+from kaia_ha.model.inventory import Cell, load_inventory
+from kaia_ha.model.keys import KeyBackup
+from kaia_ha.pn import ATTEMPTS_KEY, first_unhealthy, kpnd_left_stopped, kpnd_urgent
 from kaia_ha.report import step, table, timeline, write
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
 from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
-DAG_ID = "kaia_cn_maintenance"
-# One kpnd *stop* at a time, across cells and DAGs (the slot is not held while the PN is down): inside it each stop
-# checks that the cell's other PNs serve and that kpnd is running (stop_pn), and maintenance leaves the PNs alone
-# while a cloud failover runs. So two PNs of a cell are never down together. Created by bootstrap and compose.
-PN_DOWNTIME_POOL = "kaia_pn_downtime"
+DAG_ID = dag_ids.MAINTENANCE
 
 
 class MaintenanceError(RuntimeError):
@@ -230,46 +227,6 @@ def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False
     return {"pn": pn.name, "volume_id": pn.data_volume_id, "why": why, "tags": tags}
 
 
-@step
-def stop_pn(cell_name: str, pn_name: str, ti=None, tags: dict | None = None) -> dict:
-    """Stop kpnd on ``pn_name`` (else on the cell's next healthy PN) and prove it stopped cleanly on its own (process
-    gone, clean-stop log lines), never killed: ``pn_stop``. A PN that will not stop in time is skipped with an alert.
-
-    Inside the ``kaia_pn_downtime`` pool slot that serialises every kpnd stop across DAGs: every other PN of the
-    cell serves before a PN goes down, and on a first try a kpnd already down is left to whoever stopped it."""
-    cell = _cell(cell_name)
-    result = pn_stop.stop_for_snapshot(cell, pn_stop.candidates(cell, pn_name), ti, tags or {})
-    if result["pn"] is None:
-        raise MaintenanceError(f"no PN of {cell.name} stopped cleanly, no snapshot taken: {pn_stop.why_none(result)}")
-    return result
-
-
-@step
-def start_pn(cell_name: str, pn_name: str | None = None, ti=None, stop_task: str | None = None) -> dict:
-    """Start kpnd again on every PN ``stop_task`` stopped (the teardown: it runs whatever failed before it); a kpnd
-    that was already down when this run came to stop it is left to whoever stopped it. Outside a task: ``pn_name``."""
-    return pn_stop.start_stopped(_cell(cell_name), ti, stop_task, pn_name)
-
-
-def kpnd_left_stopped(states: dict[str, str], stop_task: str, start_task: str) -> bool:
-    """This run stopped kpnd (or tried to: a failed stop may have stopped it) and did not start it again.
-    The teardown normally makes this impossible; when it fails for good the PN is down and must lead the report."""
-    return (states.get(stop_task) not in (None, "skipped", "upstream_failed", "removed")
-            and states.get(start_task) != "success")
-
-
-def kpnd_urgent(pn_name: str, start_task: str) -> str:
-    return (f"URGENT: kpnd on PN {pn_name} may still be stopped (this run stopped it and {start_task} did not "
-            f"succeed): check `systemctl is-active kpnd` on {pn_name} and start it, or clear {start_task}")
-
-
-def pns_back(cell_name: str, started: dict) -> dict | None:
-    """Every PN the teardown started answers, has peers and its head rises: it serves its CN again."""
-    cell = _cell(cell_name)
-    backs = [pn_is_back(next(p for p in cell.pns if p.name == name)) for name in started.get("pns", [])]
-    return None if None in backs else {"pns": backs}
-
-
 # ----- 4. retention -------------------------------------------------------------------------------------------
 def _retention(cell_name: str, run_after: datetime, kind: str) -> list[str]:
     cell = _cell(cell_name)
@@ -324,7 +281,7 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
             stop, start = pull(prefix + "pn_snapshot.stop_kpnd"), pull(prefix + "pn_snapshot.start_kpnd")
             done = pull(prefix + "pn_snapshot.snapshot_done")
             # The PN the stop chose (the plan's, or the next one when that did not stop on its own), and those skipped.
-            attempts = pull(prefix + "pn_snapshot.stop_kpnd", pn_stop.ATTEMPTS_KEY) or []
+            attempts = pull(prefix + "pn_snapshot.stop_kpnd", ATTEMPTS_KEY) or []
             pn_name = (stop or {}).get("pn") or (pull(prefix + "pn_snapshot.plan") or {}).get("pn")
             if kpnd_left_stopped(states, prefix + "pn_snapshot.stop_kpnd", prefix + "pn_snapshot.start_kpnd"):
                 entry["urgent"] = kpnd_urgent(pn_name or "?", prefix + "pn_snapshot.start_kpnd")

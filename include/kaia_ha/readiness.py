@@ -9,29 +9,28 @@ from the hosts. Drift raises an SNS alert and fails the standby's task; the repo
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import shlex
 
-from kaia_ha import compat, live
+from kaia_ha import dag_ids, live
 from kaia_ha.alerts import alert
-from kaia_ha.failover_standby import holds_ip, release_floating_ip, standby_conf_problems
-from kaia_ha.health import ProbeError
-from kaia_ha.inventory import CN, Cell, load_inventory
-from kaia_ha.keys import InvalidKeyError
-from kaia_ha.placement import Standby
+from kaia_ha.floating_ip import holds_ip, release_floating_ip
+from kaia_ha.model import compat
+from kaia_ha.model.health import ProbeError
+from kaia_ha.model.inventory import CN, Cell, load_inventory
+from kaia_ha.model.keys import InvalidKeyError
+from kaia_ha.model.placement import Standby
 from kaia_ha.report import step, table, timeline, write
+from kaia_ha.standby import parse_static_nodes, standby_conf_problems
 from kaia_ha.takeover import TakeoverError, answers_ssh, fence_kcnd, load_backup, sync_check
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 
 log = logging.getLogger(__name__)
-DAG_ID = "kaia_cn_standby_readiness"
+DAG_ID = dag_ids.STANDBY_READINESS
 RESULT_KEY = "readiness"
 STANDBYS_TASK = "standbys"
 FENCED_TASK = "fenced"
 FENCED_KEY = "fenced_watch"
-KNI = re.compile(r"^(kni|enode)://([0-9a-f]{128})@([^:/?#@]+):(\d{1,5})(\?[^#]*)?$")
 CONF_KEYS = ("DATA_DIR", "ADDITIONAL", "NETWORK", "NETWORK_ID")
 
 
@@ -41,27 +40,6 @@ class ReadinessError(RuntimeError):
 
 def _cell(name: str) -> Cell:
     return load_inventory().cell(name)
-
-
-def parse_static_nodes(text: str) -> tuple[list[dict], list[str]]:
-    """``static-nodes.json``: a JSON array of ``kni://<128 hex>@<ip>:<port>?...`` (or enode://) strings.
-    Returns the entries that parse and a description of each that does not."""
-    try:
-        urls = json.loads(text)
-    except ValueError as exc:
-        return [], [f"not JSON ({exc.msg} at line {exc.lineno})"]
-    if not isinstance(urls, list):
-        return [], ["not a JSON array of kni:// URLs"]
-    good, bad = [], []
-    for url in urls:
-        found = KNI.match(url) if isinstance(url, str) else None
-        if not found:
-            bad.append(str(url)[:60])
-            continue
-        query = dict(part.partition("=")[::2] for part in (found.group(5) or "?")[1:].split("&") if part)
-        good.append({"node_id": found.group(2), "ip": found.group(3), "port": int(found.group(4)),
-                     "ntype": query.get("ntype")})
-    return good, bad
 
 
 # ----- facts (read only) ----------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import time
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowFailException
 
-from kaia_ha import compat
-from kaia_ha.health import SyncVerdict, assess_sync
-from kaia_ha.inventory import CN, Cell
-from kaia_ha.keys import KeyBackup
+from kaia_ha.model import compat
+from kaia_ha.model.health import SyncVerdict, assess_sync
+from kaia_ha.model.inventory import CN, Cell
+from kaia_ha.model.keys import KeyBackup
 from kaia_ha.report import table, timeline, write
 from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook
 from kaia_ha_airflow.iam import needs
@@ -180,7 +180,7 @@ def peers_needed(cell: Cell, validator: bool) -> tuple[str, ...]:
 
 def sync_check(node: KaiaNodeHook, cell: Cell, backup: KeyBackup | None, interval: float = 2.0, *,
                expected_node_id: str | None = None) -> SyncVerdict:
-    """The honest check (kaia_ha.health): two probes ``interval`` apart against the cell's PN head.
+    """The honest check (kaia_ha.model.health): two probes ``interval`` apart against the cell's PN head.
 
     The expected identity is the backup's (node ID and BLS key): the node must then be the validator
     (``peers_needed``). Without a backup (a standby running its own key), ``expected_node_id`` if given.

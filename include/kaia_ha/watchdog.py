@@ -31,22 +31,22 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from kaia_ha import failover_cloud, failover_standby, live
+from kaia_ha import dag_ids, live
 from kaia_ha.alerts import notify
-from kaia_ha.health import ProbeError
-from kaia_ha.inventory import Cell, load_inventory
-from kaia_ha.placement import Placement
+from kaia_ha.model.health import ProbeError
+from kaia_ha.model.inventory import Cell, load_inventory
+from kaia_ha.model.placement import Placement
 from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook, NodeCommandError
 from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
-DAG_ID = "kaia_cn_watchdog"
-APPROVAL_DAG_ID = "kaia_cn_failover_approval"
+DAG_ID = dag_ids.WATCHDOG
+APPROVAL_DAG_ID = dag_ids.FAILOVER_APPROVAL
 OPEN = ("queued", "running")
 
 
 def failover_dag(cell: Cell) -> str:
-    return failover_cloud.DAG_ID if cell.scheme == "cloud" else failover_standby.DAG_ID
+    return dag_ids.failover_for(cell.scheme)
 
 
 def _now() -> datetime:

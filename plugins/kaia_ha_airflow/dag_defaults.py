@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pendulum
 
-from kaia_ha import settings
+from kaia_ha.model import settings
 from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
 
 # Airflow 3.3 fails a reschedule-mode sensor when one poke's exit reaches the scheduler after the next poke is

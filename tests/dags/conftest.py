@@ -50,7 +50,7 @@ def metal_cell_airflow(tmp_path_factory):
     try:
         with AirflowRunner(cell, tmp_path_factory.mktemp("reports-metal")) as runner:
             from kaia_ha import maintenance
-            from kaia_ha.inventory import load_inventory
+            from kaia_ha.model.inventory import load_inventory
 
             for metal in load_inventory().cells_of("bare-metal"):
                 assert maintenance.backup_nodekey(metal.name, "test-setup")["action"] == "created"

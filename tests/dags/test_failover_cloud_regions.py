@@ -23,7 +23,7 @@ def two_regions(tmp_path_factory):
     try:
         with AirflowRunner(cell, tmp_path_factory.mktemp("reports-regions")) as runner:
             from kaia_ha import maintenance
-            from kaia_ha.inventory import load_inventory
+            from kaia_ha.model.inventory import load_inventory
             from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 
             west = load_inventory().cell("cc-cloud-2")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from kaia_ha.keys import BlsKey, KeyBackup, NodeKey
+from kaia_ha.model.keys import BlsKey, KeyBackup, NodeKey
 
 DAG_ID = "kaia_cn_failover_standby"
 IP = "10.50.0.100"

@@ -14,8 +14,8 @@ import pytest
 
 import cellkit
 from kaia_ha import failover_standby as steps
-from kaia_ha.inventory import load_inventory
-from kaia_ha.keys import InvalidKeyError, KeyBackup
+from kaia_ha.model.inventory import load_inventory
+from kaia_ha.model.keys import InvalidKeyError, KeyBackup
 from kaia_ha.takeover import TakeoverError, sync_check
 from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook
 

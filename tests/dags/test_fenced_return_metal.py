@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from kaia_ha import live
-from kaia_ha.inventory import load_inventory
+from kaia_ha.model.inventory import load_inventory
 
 FAILOVER, READINESS = "kaia_cn_failover_standby", "kaia_cn_standby_readiness"
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kaia_ha.keys import KeyBackup
+from kaia_ha.model.keys import KeyBackup
 
 DAG_ID = "kaia_cn_maintenance"
 
@@ -198,13 +198,13 @@ def kpnd_running(cell, pn: str) -> bool:
 
 
 def test_a_pn_is_not_stopped_while_another_pn_of_its_cell_is_down(first_run, airflow, cell):
-    from kaia_ha import maintenance
+    from kaia_ha import pn
 
     cell.ssh("pn-aws-2", "sudo systemctl stop kpnd")
     try:
-        with pytest.raises(maintenance.MaintenanceError,
+        with pytest.raises(pn.PNError,
                            match="pn-aws-2 is not healthy .*not taking pn-aws-1 down too"):
-            maintenance.stop_pn("cc-cloud", "pn-aws-1", ti=StopTry())
+            pn.stop_pn("cc-cloud", "pn-aws-1", ti=StopTry())
         assert kpnd_running(cell, "pn-aws-1") and not kpnd_running(cell, "pn-aws-2")  # and pn-aws-2 is not this run's
     finally:
         cell.ssh("pn-aws-2", "sudo systemctl start kpnd")
@@ -212,20 +212,20 @@ def test_a_pn_is_not_stopped_while_another_pn_of_its_cell_is_down(first_run, air
 
 def test_a_pn_someone_else_stopped_is_left_for_them_to_start(first_run, airflow, cell):
     """Their snapshot may not be taken yet: starting kpnd under it would make it dirty."""
-    from kaia_ha import maintenance, pn_stop
+    from kaia_ha import pn
 
     cell.ssh("pn-aws-1", "sudo systemctl stop kpnd")  # another run's stop, its CreateSnapshot not sent yet
     try:
         ti = StopTry()
-        with pytest.raises(maintenance.MaintenanceError,
+        with pytest.raises(pn.PNError,
                            match="kpnd on pn-aws-1 is inactive before this run stopped it"):
-            maintenance.stop_pn("cc-cloud", "pn-aws-1", ti=ti)
-        started = maintenance.start_pn("cc-cloud", ti=ti, stop_task="stop_kpnd")  # this run's teardown
+            pn.stop_pn("cc-cloud", "pn-aws-1", ti=ti)
+        started = pn.start_pn("cc-cloud", ti=ti, stop_task="stop_kpnd")  # this run's teardown
         assert started["started"] is False and not kpnd_running(cell, "pn-aws-1")
         ours = StopTry()
-        ours.xcom_push(pn_stop.STOPPED_KEY, ["pn-aws-1"])  # what a stop records before its SIGTERM
+        ours.xcom_push(pn.STOPPED_KEY, ["pn-aws-1"])  # what a stop records before its SIGTERM
         # its own: started
-        assert maintenance.start_pn("cc-cloud", ti=ours, stop_task="stop_kpnd")["pns"] == ["pn-aws-1"]
+        assert pn.start_pn("cc-cloud", ti=ours, stop_task="stop_kpnd")["pns"] == ["pn-aws-1"]
         assert kpnd_running(cell, "pn-aws-1")
     finally:
         cell.ssh("pn-aws-1", "sudo systemctl start kpnd")

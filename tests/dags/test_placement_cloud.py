@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from kaia_ha import failover_cloud, live
-from kaia_ha.inventory import load_inventory
+from kaia_ha.model.inventory import load_inventory
 
 FAILOVER, MAINTENANCE = "kaia_cn_failover_cloud", "kaia_cn_maintenance"
 

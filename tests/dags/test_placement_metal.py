@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kaia_ha import live
-from kaia_ha.inventory import load_inventory
+from kaia_ha.model.inventory import load_inventory
 
 FAILOVER, READINESS, ENROL = "kaia_cn_failover_standby", "kaia_cn_standby_readiness", "kaia_cn_enroll_standby"
 

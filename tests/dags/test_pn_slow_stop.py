@@ -131,15 +131,15 @@ class Try:
 def test_a_retry_after_a_lost_answer_keeps_the_earlier_tries_stop_and_starts_that_pn(slow):
     """The first try's SIGTERM went out and its answer was lost while kpnd still flushed: the retry waits for that
     stop, snapshots that PN (no second PN down), and the teardown starts it."""
-    from kaia_ha import maintenance
+    from kaia_ha import pn
 
     cell, _ = slow
     cell.fault("slow-stop:pn-aws-1", "--times", "2")
     cell.ssh("pn-aws-1", "sudo systemctl kill --signal=SIGTERM kpnd")  # what the first try did
     retry = Try(2)
-    stopped = maintenance.stop_pn("cc-cloud", "pn-aws-1", ti=retry, tags={})
+    stopped = pn.stop_pn("cc-cloud", "pn-aws-1", ti=retry, tags={})
     assert stopped["pn"] == "pn-aws-1" and stopped["attempts"][0]["why"] == "by an earlier try of this task"
     assert kpnds(cell) == {"pn-aws-1": False, "pn-aws-2": True}
-    assert maintenance.start_pn("cc-cloud", ti=retry, stop_task="stop_kpnd")["pns"] == ["pn-aws-1"]
+    assert pn.start_pn("cc-cloud", ti=retry, stop_task="stop_kpnd")["pns"] == ["pn-aws-1"]
     assert all(kpnds(cell).values())
     never_killed(cell, "pn-aws-1")

@@ -216,8 +216,8 @@ def test_a_killed_cloud_cn_is_dead_after_the_rounds_and_approval_starts_its_fail
 
 def test_a_fenced_host_running_kcnd_is_alerted_at_the_first_round(watch):
     from kaia_ha import live
-    from kaia_ha.inventory import load_inventory
-    from kaia_ha.placement import Fenced
+    from kaia_ha.model.inventory import load_inventory
+    from kaia_ha.model.placement import Fenced
 
     cell, runner = watch
     metal = load_inventory().cell("cc-metal")

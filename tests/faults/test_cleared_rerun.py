@@ -125,7 +125,7 @@ def test_every_cloud_failover_step_failed_then_cleared_finishes_the_job(tmp_path
 def test_every_bare_metal_failover_step_failed_then_cleared_finishes_the_job(tmp_path_factory, matrix):
     with cell_with_airflow(tmp_path_factory, "cleared-metal") as (cell, runner):
         from kaia_ha import maintenance
-        from kaia_ha.inventory import load_inventory
+        from kaia_ha.model.inventory import load_inventory
 
         # the backup a failover needs, as the maintenance DAG makes it
         for metal in load_inventory().cells_of("bare-metal"):

@@ -23,7 +23,7 @@ from faultkit import (
     pick,
     within_retries,
 )
-from kaia_ha.keys import BlsKey, KeyBackup, NodeKey
+from kaia_ha.model.keys import BlsKey, KeyBackup, NodeKey
 
 # the fresh-snapshot path: every step
 CLOUD_CONF = {"failed_cn": "cn-aws-1", "use_presnapshot": False, "snapshot_pn": "pn-aws-1"}
@@ -155,7 +155,7 @@ def test_bare_metal_failover_under_ssh_faults_within_its_retries(tmp_path_factor
     """The bare-metal group above gives fence_over_ssh more SSH faults than it has retries, so that run fails there
     and never reaches the later steps: here every step gets at most as many as it has retries, and succeeds."""
     from kaia_ha import maintenance
-    from kaia_ha.inventory import load_inventory
+    from kaia_ha.model.inventory import load_inventory
 
     with cell_with_airflow(tmp_path_factory, f"metal-{kind.replace(' ', '-')}") as (cell, runner):
         # the backup a failover needs, as the maintenance DAG makes it

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kaia_ha import failover_cloud, failover_standby, live
-from kaia_ha.inventory import NODE_ID, InventoryError, parse_inventory
+from kaia_ha.model.inventory import NODE_ID, InventoryError, parse_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "inventory.example.yaml"

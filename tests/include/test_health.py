@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kaia_ha.health import Probe, assess_sync, parse_console_json
+from kaia_ha.model.health import Probe, assess_sync, parse_console_json
 
 ID = "a" * 128
 

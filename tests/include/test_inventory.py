@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kaia_ha.inventory import InventoryError, load_inventory, parse_inventory
+from kaia_ha.model.inventory import InventoryError, load_inventory, parse_inventory
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "inventory.example.yaml"
 

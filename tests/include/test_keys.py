@@ -8,7 +8,7 @@ import secrets
 import pytest
 from airflow.sdk._shared.secrets_masker import redact
 
-from kaia_ha.keys import BlsKey, InvalidKeyError, KeyBackup, NodeKey
+from kaia_ha.model.keys import BlsKey, InvalidKeyError, KeyBackup, NodeKey
 
 # secp256k1 test vector: private key 1 -> the generator point G.
 ONE = "0" * 63 + "1"
@@ -62,7 +62,7 @@ def test_a_key_from_a_secret_is_masked_in_logs_without_the_caller_asking():
 
 def test_a_key_read_from_a_host_is_masked_in_logs(cell, tmp_path):
     from cellkit import AirflowRunner
-    from kaia_ha.inventory import load_inventory
+    from kaia_ha.model.inventory import load_inventory
     from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
 
     with AirflowRunner(cell, tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kaia_ha import live
-from kaia_ha.inventory import load_inventory
-from kaia_ha.placement import Active, Fenced, Standby, after_enrolment, after_failover
+from kaia_ha.model.inventory import load_inventory
+from kaia_ha.model.placement import Active, Fenced, Standby, after_enrolment, after_failover
 from kaia_ha_airflow.hooks.state import StateStore
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "inventory.example.yaml"

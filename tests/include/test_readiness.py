@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kaia_ha.inventory import CN
-from kaia_ha.readiness import assess, parse_static_nodes
+from kaia_ha.model.inventory import CN
+from kaia_ha.readiness import assess
+from kaia_ha.standby import parse_static_nodes
 
 ACTIVE, STANDBY, PN, OTHER = "a" * 128, "b" * 128, "c" * 128, "d" * 128
 FLAGS = "dbtype=LevelDB,shards=4,live-pruning=off,single=off"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from kaia_ha.retention import plan
+from kaia_ha.model.retention import plan
 
 NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
 

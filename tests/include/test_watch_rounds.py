@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from kaia_ha import watchdog
-from kaia_ha.inventory import InventoryError, load_inventory, parse_inventory
-from kaia_ha.placement import initial
+from kaia_ha.model.inventory import InventoryError, load_inventory, parse_inventory
+from kaia_ha.model.placement import initial
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "inventory.example.yaml"
 
@@ -127,7 +127,7 @@ def test_dead_only_after_consecutive_bad_rounds_and_a_good_round_starts_over(rou
 
 
 def test_a_new_active_after_a_failover_is_judged_afresh(rounds, cloud):
-    from kaia_ha.placement import Active
+    from kaia_ha.model.placement import Active
 
     state, _, watch_round = rounds
     state["views"] = views(cn={"answers": False, "running": None, "detail": "SSH: refused"})

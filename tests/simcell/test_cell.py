@@ -30,7 +30,7 @@ def test_seeded_cell_is_in_sync_and_reports_its_world(cell):
 def test_env_and_inventory_let_airflow_reach_every_host_with_host_key_checking(cell):
     from airflow.providers.ssh.hooks.ssh import SSHHook
 
-    from kaia_ha.inventory import load_inventory
+    from kaia_ha.model.inventory import load_inventory
 
     inventory = load_inventory(cell.env["KAIA_HA_INVENTORY"])
     assert {c.name for c in inventory.cells} == {"cc-cloud", "cc-metal"}

@@ -18,7 +18,7 @@ import botocore.config
 import botocore.exceptions
 from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
 
-from kaia_ha import tags as T
+from kaia_ha.model import tags as T
 from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)

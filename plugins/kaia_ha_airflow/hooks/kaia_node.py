@@ -18,9 +18,9 @@ from functools import cached_property
 import paramiko
 from airflow.providers.ssh.hooks.ssh import SSHHook
 
-from kaia_ha.health import PROBE_EXPR, Probe
-from kaia_ha.inventory import Node
-from kaia_ha.keys import BlsKey, InvalidKeyError, NodeKey
+from kaia_ha.model.health import PROBE_EXPR, Probe
+from kaia_ha.model.inventory import Node
+from kaia_ha.model.keys import BlsKey, InvalidKeyError, NodeKey
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 
 from airflow.providers.amazon.aws.hooks.sns import SnsHook
 
-from kaia_ha.inventory import InventoryError, load_inventory
+from kaia_ha.model.inventory import InventoryError, load_inventory
 from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)

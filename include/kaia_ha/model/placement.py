@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kaia_ha.inventory import Cell
+from kaia_ha.model.inventory import Cell
 
 
 class _Model(BaseModel):

@@ -1,4 +1,6 @@
-"""A PN's kpnd stopped for a snapshot without ever being killed, and what happens when it will not stop in time.
+"""The PNs' kpnd, for the maintenance and the cloud failover alike: its stop and start, the PNs' health, the pool.
+
+A PN's kpnd is stopped for a snapshot without ever being killed; what happens when it will not stop in time:
 
 A flush longer than the init script's STOP_TIMEOUT (10 s) is ordinary on a busy PN, and the script then kills
 kpnd. So kpnd gets a SIGTERM alone and up to the inventory's ``maintenance.pn_stop_limit_seconds`` to exit on
@@ -16,19 +18,28 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from kaia_ha import compat
-from kaia_ha import tags as T
 from kaia_ha.alerts import notify
-from kaia_ha.health import ProbeError
-from kaia_ha.inventory import Cell
+from kaia_ha.model import compat
+from kaia_ha.model import tags as T
+from kaia_ha.model.health import ProbeError
+from kaia_ha.model.inventory import Cell, load_inventory
+from kaia_ha.report import step
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError, shutdown_was_clean, shutting_down
 from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
+# One kpnd *stop* at a time, across cells and DAGs (the slot is not held while the PN is down): inside it each stop
+# checks that the cell's other PNs serve and that kpnd is running (stop_pn), and maintenance leaves the PNs alone
+# while a cloud failover runs. So two PNs of a cell are never down together. Created by bootstrap and compose.
+PN_DOWNTIME_POOL = "kaia_pn_downtime"
 STOPPED_KEY = "kpnd_stopped"
 ATTEMPTS_KEY = "pn_stops"
 BLOCKS_PER_SECOND = 1  # Kaia makes about one block a second: an untagged snapshot's lag, from its age
+
+
+class PNError(RuntimeError):
+    pass
 
 
 class _Record:
@@ -266,3 +277,49 @@ def pretaken_fallback(cell: Cell, now: datetime) -> dict | None:
             break
     return {"snapshot_id": snap["SnapshotId"], "age_hours": round(age / 3600, 2), "blocks_behind": blocks,
             "blocks_how": how}
+
+
+# ----- the tasks' work: stop a PN for a snapshot, start it again, prove it serves ------------------------------
+def _cell(name: str) -> Cell:
+    return load_inventory().cell(name)
+
+
+@step
+def stop_pn(cell_name: str, pn_name: str, ti=None, tags: dict | None = None) -> dict:
+    """Stop kpnd on ``pn_name`` (else on the cell's next healthy PN) and prove it stopped cleanly on its own (process
+    gone, clean-stop log lines), never killed: ``stop_for_snapshot``. A PN that will not stop in time is skipped with
+    an alert.
+
+    Inside the ``kaia_pn_downtime`` pool slot that serialises every kpnd stop across DAGs: every other PN of the
+    cell serves before a PN goes down, and on a first try a kpnd already down is left to whoever stopped it."""
+    cell = _cell(cell_name)
+    result = stop_for_snapshot(cell, candidates(cell, pn_name), ti, tags or {})
+    if result["pn"] is None:
+        raise PNError(f"no PN of {cell.name} stopped cleanly, no snapshot taken: {why_none(result)}")
+    return result
+
+
+@step
+def start_pn(cell_name: str, pn_name: str | None = None, ti=None, stop_task: str | None = None) -> dict:
+    """Start kpnd again on every PN ``stop_task`` stopped (the teardown: it runs whatever failed before it); a kpnd
+    that was already down when this run came to stop it is left to whoever stopped it. Outside a task: ``pn_name``."""
+    return start_stopped(_cell(cell_name), ti, stop_task, pn_name)
+
+
+def kpnd_left_stopped(states: dict[str, str], stop_task: str, start_task: str) -> bool:
+    """This run stopped kpnd (or tried to: a failed stop may have stopped it) and did not start it again.
+    The teardown normally makes this impossible; when it fails for good the PN is down and must lead the report."""
+    return (states.get(stop_task) not in (None, "skipped", "upstream_failed", "removed")
+            and states.get(start_task) != "success")
+
+
+def kpnd_urgent(pn_name: str, start_task: str) -> str:
+    return (f"URGENT: kpnd on PN {pn_name} may still be stopped (this run stopped it and {start_task} did not "
+            f"succeed): check `systemctl is-active kpnd` on {pn_name} and start it, or clear {start_task}")
+
+
+def pns_back(cell_name: str, started: dict) -> dict | None:
+    """Every PN the teardown started answers, has peers and its head rises: it serves its CN again."""
+    cell = _cell(cell_name)
+    backs = [pn_is_back(next(p for p in cell.pns if p.name == name)) for name in started.get("pns", [])]
+    return None if None in backs else {"pns": backs}

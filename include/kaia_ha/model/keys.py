@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 
-from airflow.sdk.log import mask_secret
+from airflow.sdk.log import mask_secret  # a logging utility (redacts secrets in task logs), no task code: kept
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from kaia_ha import tags as T
+from kaia_ha.model import tags as T
 
 
 def _created(resource: dict) -> datetime:
