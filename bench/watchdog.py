@@ -356,6 +356,8 @@ def watch_rounds(engine, cell, n: int, period: float, rounds_per_run: int | None
     """One triggered watchdog run: its pokes from REST samples and ``task_reschedule``, its figures."""
     from common import cell_processes
 
+    from drill.engine import EngineError
+
     parallelism = int(engine.env["AIRFLOW__CORE__PARALLELISM"])
     cpu0, cell0, wall0, busy0 = cpu_s(engine.ours()), cell_processes(cell.state_dir)["cpu_s"], time.monotonic(), machine_busy()
     run_id = engine.trigger(WATCH, {"rounds_per_run": rounds_per_run} if rounds_per_run else {})
@@ -363,23 +365,33 @@ def watch_rounds(engine, cell, n: int, period: float, rounds_per_run: int | None
     wall = time.monotonic() - wall0
     airflow_cpu, cell_cpu = cpu_s(engine.ours()) - cpu0, cell_processes(cell.state_dir)["cpu_s"] - cell0
     busy = machine_busy()
-    assert run["state"] == "success", f"{WATCH} {run_id}: {run['state']}"
-    pokes = pokes_of(samples)
-    assert len(pokes) == n, f"{len(pokes)} watch tasks seen, {n} cells"
+    pokes = pokes_of(samples)  # a failed run (a sensor timed out, say) is measured too: its state is in the figures
+    assert pokes, f"{WATCH} {run_id} ({run['state']}): no poke seen"
     verdicts = {}
     for task in pokes:
-        xcom = engine.get(f"/dags/{WATCH}/dagRuns/{run_id}/taskInstances/{task}/xcomEntries/return_value")
+        try:
+            xcom = engine.get(f"/dags/{WATCH}/dagRuns/{run_id}/taskInstances/{task}/xcomEntries/return_value")
+        except EngineError:
+            verdicts["none (no XCom)"] = verdicts.get("none (no XCom)", 0) + 1
+            continue
         value = xcom.get("value")
         value = json.loads(value) if isinstance(value, str) else value
         verdicts[value["verdict"]] = verdicts.get(value["verdict"], 0) + 1
+    try:  # one cell's task log: where a poke's time goes (its own timestamps), kept with the figures
+        first = sorted(pokes)[0]
+        log_tail = [line[:160] for line in engine.log(WATCH, run_id, first, 1).splitlines()[-80:]]
+    except EngineError as exc:
+        log_tail = [f"no log: {exc}"]
     figures = round_figures(run, samples, pokes, reschedules(engine.home / "airflow.db", run_id), period, parallelism)
+    figures["fits"] = int(figures["fits"] and run["state"] == "success" and len(pokes) == n and not figures["pokes_failed"])
     return {**{k: v for k, v in figures.items() if k not in ("per_round", "pokes_by_cell")},
+            "run_state": run["state"], "cells_polled": len(pokes), "cells": n,
             "run_wall_s": round(epoch(run["end_date"]) - epoch(run["start_date"]), 1),
             "airflow_cpu_s": round(airflow_cpu, 1), "cell_cpu_s": round(cell_cpu, 1),
             "cpu_cores_used": round((airflow_cpu + cell_cpu) / wall, 2),
             "machine_cpu_busy": round((busy[0] - busy0[0]) / (busy[1] - busy0[1]), 2),  # share of all cores, whoever used them
             "verdicts": verdicts, "run_id": run_id,
-            "per_round": figures["per_round"], "pokes_by_cell": figures["pokes_by_cell"]}
+            "per_round": figures["per_round"], "pokes_by_cell": figures["pokes_by_cell"], "log_tail": log_tail}
 
 
 def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> None:
@@ -458,7 +470,8 @@ def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> No
             say(f"{label}: round over {n} cells: span median {r['span_median_s']:.1f} s (max {r['span_max_s']:.1f} s), period "
                 f"{r['period_s']:g} s; longest poke {r['longest_poke_s']:.1f} s; slots held between rounds: {r['slots_held']}; "
                 f"lag median {r['lag_median_s']:.1f} s (max {r['lag_max_s']:.1f} s); "
-                + ("fits" if r["fits"] else "does NOT fit") + f" (verdicts {r['verdicts']})")
+                + ("fits" if r["fits"] else "does NOT fit") + f" (run {r['run_state']}, {r['cells_polled']}/{n} cells polled, "
+                f"verdicts {r['verdicts']})")
 
 
 CELLS_COLUMNS = [("span_median_s", "round span median (s)"), ("span_max_s", "round span max (s)"), ("period_s", "period (s)"),
