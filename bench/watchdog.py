@@ -27,7 +27,9 @@ sets the TI's start_date (its process started) and, rescheduled, its end_date, s
 start and end; ``task_reschedule`` gives when the next poke is due (its ``reschedule_date``; the run's start for the
 first poke). Per round: span = first poke start to last poke end across the N cells, the longest poke, each poke's
 lag = start - due. Slots held between rounds = TIs seen ``running`` between two of their pokes (a reschedule sensor
-is ``up_for_reschedule`` there). Fits = every round's span <= the period and every lag < the period. ``--try``
+is ``up_for_reschedule`` there), once the first poke's reschedule was recorded: until then (seconds after the poke's
+end_date on a saturated machine) the TI shows ``running`` and its process still holds its slot, counted apart as the
+poke's tail. Fits = every round's span <= the period and every lag < the period. ``--try``
 measures again with another setting on the same cell (a fresh Airflow each): ``parallelism=P``,
 ``round_seconds=S``, or ``round_seconds=auto`` (the default's longest span or lag up to the next 5 s, if it did not
 fit). Results: ``.artifacts/bench/watchdog_cells.json``.
@@ -234,7 +236,8 @@ def machine_busy() -> tuple[float, float]:
 
 def sample_run(engine, run_id: str, parallelism: int, every: float = 0.5, timeout: float = 1200) -> tuple[dict, list]:
     """Poll the run's task instances through REST every ``every`` s until the run ends: the run, and the samples
-    (t0, t1, {task_id: (state, start, end, queued)}, running, queued) with t0/t1 the request's send and answer."""
+    (t0, t1, {task_id: (state, start, end, queued)}, running, queued, scheduled, up_for_reschedule) over the run's task
+    instances, with t0/t1 the request's send and answer."""
     samples, deadline, i = [], time.monotonic() + timeout, 0
     while True:
         t0 = time.time()
@@ -244,7 +247,7 @@ def sample_run(engine, run_id: str, parallelism: int, every: float = 0.5, timeou
         samples.append((t0, t1, {ti["task_id"]: (ti["state"], epoch(ti["start_date"]), epoch(ti["end_date"]),
                                                  epoch(ti.get("queued_when")))
                                  for ti in tis if ti["task_id"].endswith(".watch")},
-                        states.count("running"), states.count("queued")))
+                        states.count("running"), states.count("queued"), states.count("scheduled"), states.count("up_for_reschedule")))
         i += 1
         if i % 4 == 0 or all(s in ("success", "failed", "skipped", "upstream_failed") for s in states):
             run = engine.run(WATCH, run_id)
@@ -277,7 +280,7 @@ def pokes_of(samples: list) -> dict[str, list[dict]]:
     """Each watch task's pokes, from the samples: a poke is one start_date (set by each poke's start); its end is
     the end_date seen once the task left ``running``."""
     pokes: dict[str, dict[float, dict]] = {}
-    for _, _, tis, _, _ in samples:
+    for _, _, tis, *_ in samples:
         for task, (state, start, end, queued) in tis.items():
             if start is None or state in ("scheduled", "queued", None):
                 continue  # between pokes the start_date is still the previous poke's: its end is already known
@@ -317,17 +320,33 @@ def round_figures(run: dict, samples: list, pokes: dict, rows: dict, period: flo
                        "poke_slot_s": round(busy, 1), "span_if_slot_bound_s": round(busy / parallelism, 1),
                        "lag_median_s": round(statistics.median(lag), 2), "lag_max_s": round(max(lag), 2),
                        "start_from_run_s": round(min(p["start"] for p in this) - t_run, 2)})
-    # Slots held between rounds: a task instance seen `running` in a gap between two of its pokes.
-    held, between = set(), {}
-    for t0, t1, tis, _, _ in samples:
-        for task, (state, *_) in tis.items():
-            for a, b in zip(pokes.get(task, []), pokes.get(task, [])[1:]):
-                if a["end"] and a["end"] < t0 and t1 < b["start"]:
-                    between[state] = between.get(state, 0) + 1
-                    if state == "running":
-                        held.add((task, a["start"]))
-    released = {task for _, _, tis, _, _ in samples for task, (state, *_) in tis.items() if state == "up_for_reschedule"}
-    busy_samples = [r + q for *_, r, q in samples]
+    # Slots held between rounds: a task instance seen `running` between two of its pokes, once the first poke was
+    # over. A poke's end_date is the task's own clock when it asked to be rescheduled; the API records that (state
+    # up_for_reschedule) later, and on a saturated machine seconds later: until then the TI still shows `running`
+    # with that poke's start_date, its process still in its worker slot. That tail is the poke's, not a slot held
+    # between rounds; it is counted apart (``tail_after_end``), and "between" starts once the TI was seen released.
+    held, between, seen_held, tails = set(), {}, [], {}
+    for task, ps in pokes.items():
+        mine = [(t0, t1, *tis[task]) for t0, t1, tis, *_ in samples if task in tis]
+        for k, (a, b) in enumerate(zip(ps, ps[1:])):
+            if not a["end"]:
+                continue
+            released = next((t1 for t0, t1, state, start, *_ in mine if t0 > a["end"] and state != "running"), None)
+            tail = [t1 for t0, t1, state, start, *_ in mine
+                    if state == "running" and start == a["start"] and t0 > a["end"] and (released is None or t1 <= released)]
+            if tail:
+                tails[(task, k)] = max(tail) - a["end"]  # at least this long after its end_date, the poke still held its slot
+            for t0, t1, state, start, end, _ in mine:
+                if released is None or not (released <= t0 and t1 < b["start"]):
+                    continue
+                between[state] = between.get(state, 0) + 1
+                if state == "running":
+                    held.add((task, k))
+                    seen_held.append({"task": task, "after_poke": k + 1, "sample": [round(t0 - t_run, 2), round(t1 - t_run, 2)],
+                                      "ti_start": round(start - t_run, 2) if start else None, "ti_end": round(end - t_run, 2) if end else None,
+                                      "gap": [round(released - t_run, 2), round(b["start"] - t_run, 2)]})
+    released = {task for _, _, tis, *_ in samples for task, (state, *_) in tis.items() if state == "up_for_reschedule"}
+    busy_samples = [r + q for _, _, _, r, q, *_ in samples]
     durations = [p["end"] - p["start"] for ps in pokes.values() for p in ps if p["end"]]
     spans = [r["span_s"] for r in rounds]
     return {
@@ -339,13 +358,17 @@ def round_figures(run: dict, samples: list, pokes: dict, rows: dict, period: flo
         "lag_max_after_round_1_s": round(max(r["lag_max_s"] for r in rounds[1:]), 2) if len(rounds) > 1 else None,
         "cadence_median_s": round(statistics.median(cadences), 2) if cadences else None,
         "cadence_max_s": round(max(cadences), 2) if cadences else None,
-        "slots_held": len(held), "released_slot": len(released), "pokes_over_period": sum(d >= period for d in durations),
+        "slots_held": len(held), "seen_running_between": seen_held[:50],
+        "tail_after_end": len(tails), "tail_after_end_max_s": round(max(tails.values()), 2) if tails else 0.0, "released_slot": len(released), "pokes_over_period": sum(d >= period for d in durations),
         "fits": int(max(spans) <= period and max(lags) < period),
         "rounds": len(rounds), "pokes": len(durations),
         "pokes_failed": sum(p["state"] not in ("up_for_reschedule", "success") for ps in pokes.values() for p in ps), "period_s": period, "parallelism": parallelism,
         "slots_busy_max": max(busy_samples), "saturated_share": round(sum(b >= parallelism for b in busy_samples) / len(busy_samples), 2),
         "samples": len(samples), "states_between_pokes": between, "reschedule_rows_match": f"{matched}/{len(pokes)}",
+        "running_max": max(x[3] for x in samples), "queued_max": max(x[4] for x in samples),
         "per_round": rounds,
+        # every sample: seconds from the run's start, then the run's task instances running, queued, scheduled, up_for_reschedule
+        "states_series": [[round(x[0] - t_run, 1), *x[3:]] for x in samples],
         "pokes_by_cell": {task.split(".")[0]: [{k: round(v - t_run, 2) if isinstance(v, float) and k not in ("lag", "to_queue") else
                                                 (round(v, 2) if isinstance(v, float) else v) for k, v in p.items()} for p in ps]
                           for task, ps in sorted(pokes.items())},
@@ -384,14 +407,15 @@ def watch_rounds(engine, cell, n: int, period: float, rounds_per_run: int | None
         log_tail = [f"no log: {exc}"]
     figures = round_figures(run, samples, pokes, reschedules(engine.home / "airflow.db", run_id), period, parallelism)
     figures["fits"] = int(figures["fits"] and run["state"] == "success" and len(pokes) == n and not figures["pokes_failed"])
-    return {**{k: v for k, v in figures.items() if k not in ("per_round", "pokes_by_cell")},
+    return {**{k: v for k, v in figures.items() if k not in ("per_round", "pokes_by_cell", "states_series")},
             "run_state": run["state"], "cells_polled": len(pokes), "cells": n,
             "run_wall_s": round(epoch(run["end_date"]) - epoch(run["start_date"]), 1),
             "airflow_cpu_s": round(airflow_cpu, 1), "cell_cpu_s": round(cell_cpu, 1),
             "cpu_cores_used": round((airflow_cpu + cell_cpu) / wall, 2),
             "machine_cpu_busy": round((busy[0] - busy0[0]) / (busy[1] - busy0[1]), 2),  # share of all cores, whoever used them
             "verdicts": verdicts, "run_id": run_id,
-            "per_round": figures["per_round"], "pokes_by_cell": figures["pokes_by_cell"], "log_tail": log_tail}
+            "per_round": figures["per_round"], "pokes_by_cell": figures["pokes_by_cell"], "states_series": figures["states_series"],
+            "log_tail": log_tail}
 
 
 def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> None:
@@ -412,7 +436,8 @@ def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> No
                          "a round = each cell's k-th poke of the run; span = its first poke's start to its last poke's end; a poke = "
                          "the task instance's start_date (its process started) to end_date (rescheduled), from REST samples every "
                          "0.5 s; due = the previous poke's reschedule_date (task_reschedule), the run's start for poke 1; lag = start - due",
-                         "slots held = task instances seen running between two of their pokes (REST samples)",
+                         "slots held = task instances seen running between two of their pokes (REST samples), after the first poke's "
+                         "reschedule was recorded; before that, the poke's tail (its process reporting the reschedule) is counted apart",
                          "the sampling itself (one REST list of the run's task instances every 0.5 s) costs the api-server some CPU"])
     with tempfile.TemporaryDirectory() as tmp:
         cell = Cell(Path(tmp) / "cell")
@@ -468,7 +493,8 @@ def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> No
     for label, res in bench.results.items():
         for r in (r for r in res["runs"] if r.get("ok")):
             say(f"{label}: round over {n} cells: span median {r['span_median_s']:.1f} s (max {r['span_max_s']:.1f} s), period "
-                f"{r['period_s']:g} s; longest poke {r['longest_poke_s']:.1f} s; slots held between rounds: {r['slots_held']}; "
+                f"{r['period_s']:g} s; longest poke {r['longest_poke_s']:.1f} s; slots held between rounds: {r['slots_held']} "
+                f"(pokes still running after their end_date: {r.get('tail_after_end')}, up to {r.get('tail_after_end_max_s')} s); "
                 f"lag median {r['lag_median_s']:.1f} s (max {r['lag_max_s']:.1f} s); "
                 + ("fits" if r["fits"] else "does NOT fit") + f" (run {r['run_state']}, {r['cells_polled']}/{n} cells polled, "
                 f"verdicts {r['verdicts']})")
