@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(RUN) $(PY) bench/maintenance_scale.py $(BENCH_RUNS) $(if $(CELLS),--cells $(CELLS))
 	$(RUN) $(PY) bench/watchdog.py $(BENCH_RUNS)
 	$(RUN) $(PY) bench/watchdog.py --soak 30
+	$(RUN) $(PY) bench/watchdog.py --cells 20
 
 # Every AWS action and SSH step under every fault kind, and every failover step failed then cleared.
 faults: $(STAMP)

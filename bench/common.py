@@ -79,6 +79,50 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+# ----- a cell of N cloud core cells ---------------------------------------------------------------------------
+def cloud_cells_up(cell, n: int) -> float:
+    """``python -m simcell up --cloud-cells n`` for ``cell`` (a cellkit.Cell; instant profile), its env read; the
+    seconds it took. The caller owns ``cell.down()``, also when this raises (a half-seeded cell)."""
+    import subprocess
+
+    t0 = time.monotonic()
+    # Not cell.up(): its 5 min CLI timeout is too short for seeding 20 cells on 2 cores.
+    up = subprocess.run([sys.executable, "-m", "simcell", "up", "--cloud-cells", str(n), "--timeout", "1800"], env=cell.base_env,
+                        cwd=REPO, capture_output=True, text=True, timeout=1900)
+    if up.returncode != 0:
+        raise RuntimeError(f"simcell up --cloud-cells {n} failed: {up.stdout[-500:]} {up.stderr[-2000:]}")
+    cell.env = cell.read_env()
+    return round(time.monotonic() - t0, 1)
+
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cell_processes(state_dir: Path) -> dict:
+    """The cell's processes now: count, sshd count, RSS (MiB), CPU seconds (own + reaped children)."""
+    marker = f"SIMCELL_OWNER={state_dir}".encode()
+    count = sshd = rss_kib = ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+            # sshd rewrites its environ and argv (setproctitle); its title still names its config in the state dir
+            if marker not in environ.split(b"\0") and str(state_dir).encode() not in Path(f"/proc/{entry}/cmdline").read_bytes():
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            status = Path(f"/proc/{entry}/status").read_text()
+            rss_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+            count += 1
+            sshd += "sshd" in stat[stat.index("(") + 1:stat.rindex(")")]
+        except (OSError, ValueError):
+            continue
+    return {"processes": count, "sshd": sshd, "rss_mib": round(rss_kib / 1024), "cpu_s": round(ticks / CLK, 1)}
+
+
 # ----- a DAG run's tasks --------------------------------------------------------------------------------------
 def run_steps(dag_id: str, run_id: str) -> list[dict]:
     """Every task instance of the run that succeeded, from the metadata DB (the reports' timelines record only

@@ -16,41 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, Bench, say
-
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def cell_processes(state_dir: Path) -> dict:
-    """The cell's processes now: count, sshd count, RSS (MiB), CPU seconds (own + reaped children)."""
-    marker = f"SIMCELL_OWNER={state_dir}".encode()
-    count = sshd = rss_kib = ticks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
-            # sshd rewrites its environ and argv (setproctitle); its title still names its config in the state dir
-            if (marker not in environ.split(b"\0")
-                    and str(state_dir).encode() not in Path(f"/proc/{entry}/cmdline").read_bytes()):
-                continue
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-            status = Path(f"/proc/{entry}/status").read_text()
-            rss_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-            count += 1
-            sshd += "sshd" in stat[stat.index("(") + 1:stat.rindex(")")]
-        except (OSError, ValueError):
-            continue
-    return {"processes": count, "sshd": sshd, "rss_mib": round(rss_kib / 1024), "cpu_s": round(ticks / CLK, 1)}
+from common import Bench, cell_processes, cloud_cells_up, say
 
 
 def run_wall(dag_id: str, run_id: str) -> tuple[float, int]:
@@ -67,15 +37,11 @@ def scale(bench: Bench, n: int, runs: int) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cell = Cell(Path(tmp) / "cell")
-        t0 = time.monotonic()
-        # Not cell.up(): its 5 min CLI timeout is too short for seeding 20 cells on 2 cores.
-        up = subprocess.run([sys.executable, "-m", "simcell", "up", "--cloud-cells", str(n), "--timeout", "1800"],
-                            env=cell.base_env,
-                            cwd=REPO, capture_output=True, text=True, timeout=1900)
-        if up.returncode != 0:
-            raise RuntimeError(f"simcell up --cloud-cells {n} failed: {up.stdout[-500:]} {up.stderr[-2000:]}")
-        cell.env = cell.read_env()
-        up_s = round(time.monotonic() - t0, 1)
+        try:
+            up_s = cloud_cells_up(cell, n)
+        except BaseException:
+            cell.down()  # a half-seeded cell
+            raise
         idle = cell_processes(cell.state_dir)
         time.sleep(10)
         # the cell's own cost at rest (block ticks, heartbeats)
