@@ -87,8 +87,8 @@ def cloud_cells_up(cell, n: int) -> float:
 
     t0 = time.monotonic()
     # Not cell.up(): its 5 min CLI timeout is too short for seeding 20 cells on 2 cores.
-    up = subprocess.run([sys.executable, "-m", "simcell", "up", "--cloud-cells", str(n), "--timeout", "1800"], env=cell.base_env,
-                        cwd=REPO, capture_output=True, text=True, timeout=1900)
+    up = subprocess.run([sys.executable, "-m", "simcell", "up", "--cloud-cells", str(n), "--timeout", "1800"],
+                        env=cell.base_env, cwd=REPO, capture_output=True, text=True, timeout=1900)
     if up.returncode != 0:
         raise RuntimeError(f"simcell up --cloud-cells {n} failed: {up.stdout[-500:]} {up.stderr[-2000:]}")
     cell.env = cell.read_env()
@@ -109,7 +109,8 @@ def cell_processes(state_dir: Path) -> dict:
             with open(f"/proc/{entry}/environ", "rb") as f:
                 environ = f.read()
             # sshd rewrites its environ and argv (setproctitle); its title still names its config in the state dir
-            if marker not in environ.split(b"\0") and str(state_dir).encode() not in Path(f"/proc/{entry}/cmdline").read_bytes():
+            if (marker not in environ.split(b"\0")
+                    and str(state_dir).encode() not in Path(f"/proc/{entry}/cmdline").read_bytes()):
                 continue
             stat = Path(f"/proc/{entry}/stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()

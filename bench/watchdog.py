@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/watchdog.py [--runs 1] [--ways kill,stop-instance,cut-ssh]
     .venv/bin/python bench/watchdog.py --soak MINUTES
-    .venv/bin/python bench/watchdog.py --cells N [--rounds-per-run R] [--runs 1] [--try parallelism=P|round_seconds=S|round_seconds=auto]
+    .venv/bin/python bench/watchdog.py --cells N [--rounds-per-run R] [--runs 1]
+        [--try parallelism=P|round_seconds=S|round_seconds=auto]
 
 MTTD: per run a fresh cell (instant profile, the inventory's default watchdog settings: 3 bad rounds, 10 s apart),
 the watchdog run every minute as its schedule says (``dag.test()``, one run at a time: what the scheduler does with
@@ -247,7 +248,8 @@ def sample_run(engine, run_id: str, parallelism: int, every: float = 0.5, timeou
         samples.append((t0, t1, {ti["task_id"]: (ti["state"], epoch(ti["start_date"]), epoch(ti["end_date"]),
                                                  epoch(ti.get("queued_when")))
                                  for ti in tis if ti["task_id"].endswith(".watch")},
-                        states.count("running"), states.count("queued"), states.count("scheduled"), states.count("up_for_reschedule")))
+                        states.count("running"), states.count("queued"), states.count("scheduled"),
+                        states.count("up_for_reschedule")))
         i += 1
         if i % 4 == 0 or all(s in ("success", "failed", "skipped", "upstream_failed") for s in states):
             run = engine.run(WATCH, run_id)
@@ -266,8 +268,10 @@ def reschedules(db: Path, run_id: str) -> dict[str, list[tuple[float, float]]]:
 
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        rows = con.execute("SELECT ti.task_id, tr.end_date, tr.reschedule_date FROM task_reschedule tr JOIN task_instance ti "
-                           "ON ti.id = tr.ti_id WHERE ti.dag_id = ? AND ti.run_id = ? ORDER BY tr.id", (WATCH, run_id)).fetchall()
+        rows = con.execute("SELECT ti.task_id, tr.end_date, tr.reschedule_date "
+                           "FROM task_reschedule tr JOIN task_instance ti "
+                           "ON ti.id = tr.ti_id WHERE ti.dag_id = ? AND ti.run_id = ? ORDER BY tr.id",
+                           (WATCH, run_id)).fetchall()
     finally:
         con.close()
     out: dict[str, list] = {}
@@ -284,7 +288,8 @@ def pokes_of(samples: list) -> dict[str, list[dict]]:
         for task, (state, start, end, queued) in tis.items():
             if start is None or state in ("scheduled", "queued", None):
                 continue  # between pokes the start_date is still the previous poke's: its end is already known
-            poke = pokes.setdefault(task, {}).setdefault(start, {"start": start, "end": None, "queued": queued, "state": state})
+            poke = pokes.setdefault(task, {}).setdefault(start, {"start": start, "end": None, "queued": queued,
+                                                                 "state": state})
             if state != "running" and end and end >= start:
                 poke["end"], poke["state"] = end, state
     return {task: sorted(ps.values(), key=lambda p: p["start"]) for task, ps in pokes.items()}
@@ -305,7 +310,8 @@ def round_figures(run: dict, samples: list, pokes: dict, rows: dict, period: flo
         for k, p in enumerate(ps):
             p["due"] = dues[k] if k < len(dues) else None
             p["lag"] = p["start"] - p["due"] if p["due"] else None
-            p["to_queue"] = p["queued"] - p["due"] if p["due"] and p["queued"] and p["queued"] >= p["due"] - 0.05 else None
+            p["to_queue"] = (p["queued"] - p["due"] if p["due"] and p["queued"] and p["queued"] >= p["due"] - 0.05
+                             else None)
             if k:
                 cadences.append(p["start"] - ps[k - 1]["start"])
     n_rounds = max(len(ps) for ps in pokes.values())
@@ -316,7 +322,8 @@ def round_figures(run: dict, samples: list, pokes: dict, rows: dict, period: flo
         lag = [p["lag"] for p in this if p["lag"] is not None]
         lags += lag
         queue_lags += [p["to_queue"] for p in this if p["to_queue"] is not None]
-        rounds.append({"round": k + 1, "cells": len(this), "span_s": round(span, 2), "longest_poke_s": round(max(p["end"] - p["start"] for p in this), 2),
+        rounds.append({"round": k + 1, "cells": len(this), "span_s": round(span, 2),
+                       "longest_poke_s": round(max(p["end"] - p["start"] for p in this), 2),
                        "poke_slot_s": round(busy, 1), "span_if_slot_bound_s": round(busy / parallelism, 1),
                        "lag_median_s": round(statistics.median(lag), 2), "lag_max_s": round(max(lag), 2),
                        "start_from_run_s": round(min(p["start"] for p in this) - t_run, 2)})
@@ -333,17 +340,21 @@ def round_figures(run: dict, samples: list, pokes: dict, rows: dict, period: flo
                 continue
             released = next((t1 for t0, t1, state, start, *_ in mine if t0 > a["end"] and state != "running"), None)
             tail = [t1 for t0, t1, state, start, *_ in mine
-                    if state == "running" and start == a["start"] and t0 > a["end"] and (released is None or t1 <= released)]
+                    if state == "running" and start == a["start"] and t0 > a["end"]
+                    and (released is None or t1 <= released)]
             if tail:
-                tails[(task, k)] = max(tail) - a["end"]  # at least this long after its end_date, the poke still held its slot
+                # at least this long after its end_date, the poke still held its slot
+                tails[(task, k)] = max(tail) - a["end"]
             for t0, t1, state, start, end, _ in mine:
                 if released is None or not (released <= t0 and t1 < b["start"]):
                     continue
                 between[state] = between.get(state, 0) + 1
                 if state == "running":
                     held.add((task, k))
-                    seen_held.append({"task": task, "after_poke": k + 1, "sample": [round(t0 - t_run, 2), round(t1 - t_run, 2)],
-                                      "ti_start": round(start - t_run, 2) if start else None, "ti_end": round(end - t_run, 2) if end else None,
+                    seen_held.append({"task": task, "after_poke": k + 1,
+                                      "sample": [round(t0 - t_run, 2), round(t1 - t_run, 2)],
+                                      "ti_start": round(start - t_run, 2) if start else None,
+                                      "ti_end": round(end - t_run, 2) if end else None,
                                       "gap": [round(released - t_run, 2), round(b["start"] - t_run, 2)]})
     released = {task for _, _, tis, *_ in samples for task, (state, *_) in tis.items() if state == "up_for_reschedule"}
     busy_samples = [r + q for _, _, _, r, q, *_ in samples]
@@ -359,18 +370,24 @@ def round_figures(run: dict, samples: list, pokes: dict, rows: dict, period: flo
         "cadence_median_s": round(statistics.median(cadences), 2) if cadences else None,
         "cadence_max_s": round(max(cadences), 2) if cadences else None,
         "slots_held": len(held), "seen_running_between": seen_held[:50],
-        "tail_after_end": len(tails), "tail_after_end_max_s": round(max(tails.values()), 2) if tails else 0.0, "released_slot": len(released), "pokes_over_period": sum(d >= period for d in durations),
+        "tail_after_end": len(tails), "tail_after_end_max_s": round(max(tails.values()), 2) if tails else 0.0,
+        "released_slot": len(released), "pokes_over_period": sum(d >= period for d in durations),
         "fits": int(max(spans) <= period and max(lags) < period),
         "rounds": len(rounds), "pokes": len(durations),
-        "pokes_failed": sum(p["state"] not in ("up_for_reschedule", "success") for ps in pokes.values() for p in ps), "period_s": period, "parallelism": parallelism,
-        "slots_busy_max": max(busy_samples), "saturated_share": round(sum(b >= parallelism for b in busy_samples) / len(busy_samples), 2),
+        "pokes_failed": sum(p["state"] not in ("up_for_reschedule", "success") for ps in pokes.values() for p in ps),
+        "period_s": period, "parallelism": parallelism,
+        "slots_busy_max": max(busy_samples),
+        "saturated_share": round(sum(b >= parallelism for b in busy_samples) / len(busy_samples), 2),
         "samples": len(samples), "states_between_pokes": between, "reschedule_rows_match": f"{matched}/{len(pokes)}",
         "running_max": max(x[3] for x in samples), "queued_max": max(x[4] for x in samples),
         "per_round": rounds,
-        # every sample: seconds from the run's start, then the run's task instances running, queued, scheduled, up_for_reschedule
+        # every sample: seconds from the run's start, then the run's task instances running, queued, scheduled,
+        # up_for_reschedule
         "states_series": [[round(x[0] - t_run, 1), *x[3:]] for x in samples],
-        "pokes_by_cell": {task.split(".")[0]: [{k: round(v - t_run, 2) if isinstance(v, float) and k not in ("lag", "to_queue") else
-                                                (round(v, 2) if isinstance(v, float) else v) for k, v in p.items()} for p in ps]
+        "pokes_by_cell": {task.split(".")[0]: [{k: round(v - t_run, 2)
+                                                if isinstance(v, float) and k not in ("lag", "to_queue") else
+                                                (round(v, 2) if isinstance(v, float) else v)
+                                                for k, v in p.items()} for p in ps]
                           for task, ps in sorted(pokes.items())},
     }
 
@@ -381,7 +398,8 @@ def watch_rounds(engine, cell, n: int, period: float, rounds_per_run: int | None
     from drill.engine import EngineError
 
     parallelism = int(engine.env["AIRFLOW__CORE__PARALLELISM"])
-    cpu0, cell0, wall0, busy0 = cpu_s(engine.ours()), cell_processes(cell.state_dir)["cpu_s"], time.monotonic(), machine_busy()
+    cpu0, cell0, wall0, busy0 = (cpu_s(engine.ours()), cell_processes(cell.state_dir)["cpu_s"], time.monotonic(),
+                                 machine_busy())
     run_id = engine.trigger(WATCH, {"rounds_per_run": rounds_per_run} if rounds_per_run else {})
     run, samples = sample_run(engine, run_id, parallelism)
     wall = time.monotonic() - wall0
@@ -405,15 +423,18 @@ def watch_rounds(engine, cell, n: int, period: float, rounds_per_run: int | None
     except EngineError as exc:
         log_tail = [f"no log: {exc}"]
     figures = round_figures(run, samples, pokes, reschedules(engine.home / "airflow.db", run_id), period, parallelism)
-    figures["fits"] = int(figures["fits"] and run["state"] == "success" and len(pokes) == n and not figures["pokes_failed"])
+    figures["fits"] = int(figures["fits"] and run["state"] == "success" and len(pokes) == n
+                          and not figures["pokes_failed"])
     return {**{k: v for k, v in figures.items() if k not in ("per_round", "pokes_by_cell", "states_series")},
             "run_state": run["state"], "cells_polled": len(pokes), "cells": n,
             "run_wall_s": round(epoch(run["end_date"]) - epoch(run["start_date"]), 1),
             "airflow_cpu_s": round(airflow_cpu, 1), "cell_cpu_s": round(cell_cpu, 1),
             "cpu_cores_used": round((airflow_cpu + cell_cpu) / wall, 2),
-            "machine_cpu_busy": round((busy[0] - busy0[0]) / (busy[1] - busy0[1]), 2),  # share of all cores, whoever used them
+            # share of all cores, whoever used them
+            "machine_cpu_busy": round((busy[0] - busy0[0]) / (busy[1] - busy0[1]), 2),
             "verdicts": verdicts, "run_id": run_id,
-            "per_round": figures["per_round"], "pokes_by_cell": figures["pokes_by_cell"], "states_series": figures["states_series"],
+            "per_round": figures["per_round"], "pokes_by_cell": figures["pokes_by_cell"],
+            "states_series": figures["states_series"],
             "log_tail": log_tail}
 
 
@@ -425,18 +446,28 @@ def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> No
     from drill.engine import AirflowEngine
 
     variants = [("default", {})] + [(t, dict([t.split("=")])) for t in tries]
-    bench = Bench(CELLS_BENCH, params={"cells": n, "runs": runs, "rounds_per_run": rounds_per_run or "DAG default (45 s of rounds)",
+    bench = Bench(CELLS_BENCH, params={"cells": n, "runs": runs,
+                                       "rounds_per_run": rounds_per_run or "DAG default (45 s of rounds)",
                                        "profile": "instant", "variants": [v for v, _ in variants]},
-                  notes=["real scheduler (airflow standalone, LocalExecutor, SQLite) through drill.engine.AirflowEngine; runs triggered "
+                  notes=["real scheduler (airflow standalone, LocalExecutor, SQLite) through "
+                         "drill.engine.AirflowEngine; runs triggered "
                          "through REST (use_job_schedule off), one at a time (max_active_runs=1)",
-                         "AIRFLOW__CORE__PARALLELISM as drill.engine sets it (4, two shared cores) unless a variant says otherwise",
-                         f"inventory: only the {n} cloud cells (cc-cloud, cc-cloud-2..); the bare-metal cell left out; healthy, no break",
-                         "a round = each cell's k-th poke of the run; span = its first poke's start to its last poke's end; a poke = "
-                         "the task instance's start_date (its process started) to end_date (rescheduled), from REST samples every "
-                         "0.5 s; due = the previous poke's reschedule_date (task_reschedule), the run's start for poke 1; lag = start - due",
-                         "slots held = task instances seen running between two of their pokes (REST samples), after the first poke's "
-                         "reschedule was recorded; before that, the poke's tail (its process reporting the reschedule) is counted apart",
-                         "the sampling itself (one REST list of the run's task instances every 0.5 s) costs the api-server some CPU"])
+                         "AIRFLOW__CORE__PARALLELISM as drill.engine sets it (4, two shared cores) "
+                         "unless a variant says otherwise",
+                         f"inventory: only the {n} cloud cells (cc-cloud, cc-cloud-2..); "
+                         "the bare-metal cell left out; healthy, no break",
+                         "a round = each cell's k-th poke of the run; span = its first poke's start "
+                         "to its last poke's end; a poke = "
+                         "the task instance's start_date (its process started) to end_date (rescheduled), "
+                         "from REST samples every "
+                         "0.5 s; due = the previous poke's reschedule_date (task_reschedule), "
+                         "the run's start for poke 1; lag = start - due",
+                         "slots held = task instances seen running between two of their pokes (REST samples), "
+                         "after the first poke's "
+                         "reschedule was recorded; before that, the poke's tail "
+                         "(its process reporting the reschedule) is counted apart",
+                         "the sampling itself (one REST list of the run's task instances every 0.5 s) "
+                         "costs the api-server some CPU"])
     with tempfile.TemporaryDirectory() as tmp:
         cell = Cell(Path(tmp) / "cell")
         try:
@@ -456,7 +487,8 @@ def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> No
                         say(f"  {label}: the default fits (longest round or lag {need} s); skipped")
                         continue
                     change = {**change, "round_seconds": str(5 * math.ceil(need / 5))}
-                period = keep_cloud_cells(cell, original, float(change["round_seconds"]) if "round_seconds" in change else None)
+                period = keep_cloud_cells(cell, original,
+                                          float(change["round_seconds"]) if "round_seconds" in change else None)
                 engine = AirflowEngine(Path(tmp) / f"airflow-{label.replace('=', '-')}", cell.env)
                 if "parallelism" in change:
                     engine.env["AIRFLOW__CORE__PARALLELISM"] = change["parallelism"]
@@ -468,17 +500,20 @@ def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> No
                         engine.start()
                         engine.unpause(WATCH)
                     say(f"  Airflow up in {time.monotonic() - t0:.0f} s; {label}: {runs} run(s)")
-                    # A longer round_seconds leaves fewer rounds in the DAG's 45 s: still 3 to see rounds after the first.
+                    # A longer round_seconds leaves fewer rounds in the DAG's 45 s: still 3 to see rounds after
+                    # the first.
                     per_run = rounds_per_run or (3 if "round_seconds" in change else None)
                     bench.repeat(label, runs, watch_rounds, engine, cell, n, period, per_run)
                     for r in bench.results[label]["runs"]:
                         if r.get("ok"):
-                            say("    per round: " + "; ".join(f"{x['round']}: span {x['span_s']} s, slot-s {x['poke_slot_s']}, "
+                            say("    per round: " + "; ".join(f"{x['round']}: span {x['span_s']} s, "
+                                                             f"slot-s {x['poke_slot_s']}, "
                                                              f"lag max {x['lag_max_s']} s" for x in r["per_round"]))
                 finally:
                     with quiet(bench.log):
                         engine.stop()
-                    if hasattr(engine, "log_path") and not all(r.get("ok") for r in bench.results.get(label, {"runs": [{}]})["runs"]):
+                    if hasattr(engine, "log_path") and not all(r.get("ok") for r in
+                                                               bench.results.get(label, {"runs": [{}]})["runs"]):
                         shutil.copyfile(engine.log_path, OUT / f"{CELLS_BENCH}.airflow.log")  # the tmp home goes
                         say(f"  Airflow's log: {(OUT / f'{CELLS_BENCH}.airflow.log').relative_to(REPO)}")
                     left = engine.ours()
@@ -490,18 +525,24 @@ def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> No
     bench.finish(CELLS_COLUMNS)
     for label, res in bench.results.items():
         for r in (r for r in res["runs"] if r.get("ok")):
-            say(f"{label}: round over {n} cells: span median {r['span_median_s']:.1f} s (max {r['span_max_s']:.1f} s), period "
-                f"{r['period_s']:g} s; longest poke {r['longest_poke_s']:.1f} s; slots held between rounds: {r['slots_held']} "
-                f"(pokes still running after their end_date: {r.get('tail_after_end')}, up to {r.get('tail_after_end_max_s')} s); "
+            say(f"{label}: round over {n} cells: span median {r['span_median_s']:.1f} s "
+                f"(max {r['span_max_s']:.1f} s), period "
+                f"{r['period_s']:g} s; longest poke {r['longest_poke_s']:.1f} s; "
+                f"slots held between rounds: {r['slots_held']} "
+                f"(pokes still running after their end_date: {r.get('tail_after_end')}, "
+                f"up to {r.get('tail_after_end_max_s')} s); "
                 f"lag median {r['lag_median_s']:.1f} s (max {r['lag_max_s']:.1f} s); "
-                + ("fits" if r["fits"] else "does NOT fit") + f" (run {r['run_state']}, {r['cells_polled']}/{n} cells polled, "
+                + ("fits" if r["fits"] else "does NOT fit")
+                + f" (run {r['run_state']}, {r['cells_polled']}/{n} cells polled, "
                 f"verdicts {r['verdicts']})")
 
 
-CELLS_COLUMNS = [("span_median_s", "round span median (s)"), ("span_max_s", "round span max (s)"), ("period_s", "period (s)"),
-                 ("longest_poke_s", "longest poke (s)"), ("poke_median_s", "poke median (s)"), ("lag_median_s", "lag median (s)"),
-                 ("lag_max_s", "lag max (s)"), ("cadence_max_s", "poke to poke max (s)"), ("slots_held", "slots held between rounds"),
-                 ("fits", "fits (1/0)"), ("slots_busy_max", "slots busy max"), ("cpu_cores_used", "CPU cores used")]
+CELLS_COLUMNS = [("span_median_s", "round span median (s)"), ("span_max_s", "round span max (s)"),
+                 ("period_s", "period (s)"), ("longest_poke_s", "longest poke (s)"),
+                 ("poke_median_s", "poke median (s)"), ("lag_median_s", "lag median (s)"),
+                 ("lag_max_s", "lag max (s)"), ("cadence_max_s", "poke to poke max (s)"),
+                 ("slots_held", "slots held between rounds"), ("fits", "fits (1/0)"),
+                 ("slots_busy_max", "slots busy max"), ("cpu_cores_used", "CPU cores used")]
 
 
 def main() -> None:
@@ -509,10 +550,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--ways", default="kill,stop-instance,cut-ssh")
     parser.add_argument("--soak", type=float, metavar="MINUTES")
-    parser.add_argument("--cells", type=int, metavar="N", help="one watch round over N cloud cells in the real scheduler")
-    parser.add_argument("--rounds-per-run", type=int, metavar="N", help="with --cells: rounds per run (default: the DAG's, 45 s of rounds)")
+    parser.add_argument("--cells", type=int, metavar="N",
+                        help="one watch round over N cloud cells in the real scheduler")
+    parser.add_argument("--rounds-per-run", type=int, metavar="N",
+                        help="with --cells: rounds per run (default: the DAG's, 45 s of rounds)")
     parser.add_argument("--try", dest="tries", action="append", default=[], metavar="SETTING=VALUE",
-                        help="with --cells: also measure with parallelism=P or round_seconds=S (a fresh Airflow on the same cell); "
+                        help="with --cells: also measure with parallelism=P or round_seconds=S "
+                             "(a fresh Airflow on the same cell); "
                              "round_seconds=auto: the default's longest round or lag, up to the next 5 s")
     args = parser.parse_args()
     if args.cells:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
 from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
@@ -25,80 +25,55 @@ def completed(event: dict[str, Any] | None, key: str) -> str:
 
 
 class _EC2ClientWaiterTrigger(AwsBaseWaiterTrigger):
+    """One EC2 resource reaching a state through botocore's waiter; a subclass names the waiter and the resource.
+    Rebuilt by the triggerer from its serialized fields (the resource id under ``key``, and the common ones)."""
+
+    waiter: ClassVar[str]  # botocore's waiter name
+    key: ClassVar[str]  # the id's parameter and the event's return key, e.g. snapshot_id
+    ids_arg: ClassVar[str]  # the Describe* argument listing ids, e.g. SnapshotIds
+    what: ClassVar[str]
+    done: ClassVar[str]  # for the failure message: "did not <done>"
+    status: ClassVar[list[str]]  # what the trigger logs while it waits
+
+    def __init__(self, *, waiter_delay: int, waiter_max_attempts: int, aws_conn_id: str | None = "aws_default",
+                 region_name: str | None = None, **kwargs):
+        resource_id = kwargs.pop(self.key)
+        super().__init__(
+            serialized_fields={self.key: resource_id},
+            waiter_name=self.waiter,
+            waiter_args={self.ids_arg: [resource_id]},
+            failure_message=f"{self.what} {resource_id} did not {self.done}",
+            status_message=f"{self.what} {resource_id} state",
+            status_queries=self.status,
+            return_key=self.key,
+            return_value=resource_id,
+            waiter_delay=waiter_delay,
+            waiter_max_attempts=waiter_max_attempts,
+            aws_conn_id=aws_conn_id,
+            region_name=region_name,
+            **kwargs,
+        )
+
     def hook(self) -> EC2Hook:
         return EC2Hook(api_type="client_type", **self._hook_parameters)
 
 
 class EC2ImageAvailableTrigger(_EC2ClientWaiterTrigger):
-    """Wait for an AMI to become ``available`` (botocore's ``image_available`` waiter).
+    """Wait for an AMI (``image_id``) to become ``available``."""
 
-    :param image_id: the AMI to watch.
-    """
-
-    def __init__(self, *, image_id: str, waiter_delay: int = 30, waiter_max_attempts: int = 240,
-                 aws_conn_id: str | None = "aws_default", region_name: str | None = None, **kwargs):
-        super().__init__(
-            serialized_fields={"image_id": image_id},
-            waiter_name="image_available",
-            waiter_args={"ImageIds": [image_id]},
-            failure_message=f"Image {image_id} did not become available",
-            status_message=f"Image {image_id} state",
-            status_queries=["Images[].State"],
-            return_key="image_id",
-            return_value=image_id,
-            waiter_delay=waiter_delay,
-            waiter_max_attempts=waiter_max_attempts,
-            aws_conn_id=aws_conn_id,
-            region_name=region_name,
-            **kwargs,
-        )
+    waiter, key, ids_arg, what, done = "image_available", "image_id", "ImageIds", "Image", "become available"
+    status = ["Images[].State"]
 
 
 class EBSSnapshotCompletedTrigger(_EC2ClientWaiterTrigger):
-    """Wait for an EBS snapshot to reach ``completed`` (botocore's ``snapshot_completed`` waiter).
+    """Wait for an EBS snapshot (``snapshot_id``) to reach ``completed``."""
 
-    :param snapshot_id: the snapshot to watch.
-    """
-
-    def __init__(self, *, snapshot_id: str, waiter_delay: int = 30, waiter_max_attempts: int = 960,
-                 aws_conn_id: str | None = "aws_default", region_name: str | None = None, **kwargs):
-        super().__init__(
-            serialized_fields={"snapshot_id": snapshot_id},
-            waiter_name="snapshot_completed",
-            waiter_args={"SnapshotIds": [snapshot_id]},
-            failure_message=f"Snapshot {snapshot_id} did not complete",
-            status_message=f"Snapshot {snapshot_id} progress",
-            status_queries=["Snapshots[].State", "Snapshots[].Progress"],
-            return_key="snapshot_id",
-            return_value=snapshot_id,
-            waiter_delay=waiter_delay,
-            waiter_max_attempts=waiter_max_attempts,
-            aws_conn_id=aws_conn_id,
-            region_name=region_name,
-            **kwargs,
-        )
+    waiter, key, ids_arg, what, done = "snapshot_completed", "snapshot_id", "SnapshotIds", "Snapshot", "complete"
+    status = ["Snapshots[].State", "Snapshots[].Progress"]
 
 
 class EBSVolumeAvailableTrigger(_EC2ClientWaiterTrigger):
-    """Wait for an EBS volume to become ``available`` (botocore's ``volume_available`` waiter).
+    """Wait for an EBS volume (``volume_id``) to become ``available``."""
 
-    :param volume_id: the volume to watch.
-    """
-
-    def __init__(self, *, volume_id: str, waiter_delay: int = 5, waiter_max_attempts: int = 720,
-                 aws_conn_id: str | None = "aws_default", region_name: str | None = None, **kwargs):
-        super().__init__(
-            serialized_fields={"volume_id": volume_id},
-            waiter_name="volume_available",
-            waiter_args={"VolumeIds": [volume_id]},
-            failure_message=f"Volume {volume_id} did not become available",
-            status_message=f"Volume {volume_id} state",
-            status_queries=["Volumes[].State"],
-            return_key="volume_id",
-            return_value=volume_id,
-            waiter_delay=waiter_delay,
-            waiter_max_attempts=waiter_max_attempts,
-            aws_conn_id=aws_conn_id,
-            region_name=region_name,
-            **kwargs,
-        )
+    waiter, key, ids_arg, what, done = "volume_available", "volume_id", "VolumeIds", "Volume", "become available"
+    status = ["Volumes[].State"]
