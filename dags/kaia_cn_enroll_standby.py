@@ -33,7 +33,7 @@ inventory, INVENTORY_ERROR = try_load_inventory()
 HOSTS = [cn.name for cell in (inventory.cells_of("bare-metal") if inventory else []) for cn in cell.cns]
 
 
-@task
+@task(task_id=steps.PREFLIGHT_TASK)
 def preflight() -> dict:
     context = get_current_context()
     try:
@@ -42,7 +42,7 @@ def preflight() -> dict:
         raise AirflowFailException(str(exc)) from None
 
 
-@task
+@task(task_id=steps.PREPARE_TASK)
 def prepare(plan: dict) -> dict:
     try:
         return steps.prepare(plan)
@@ -50,7 +50,7 @@ def prepare(plan: dict) -> dict:
         raise AirflowFailException(str(exc)) from None
 
 
-@task
+@task(task_id=steps.START_TASK)
 def start(plan: dict) -> dict:
     return steps.start(plan)
 
@@ -70,7 +70,8 @@ def record_placement(plan: dict, started: dict) -> dict:
 @task(trigger_rule="all_done", retries=0)
 def report() -> dict:
     context = get_current_context()
-    return steps.report(context["ti"], context["dag_run"], context["ti"].xcom_pull(task_ids="preflight", default=None))
+    return steps.report(context["ti"], context["dag_run"], context["ti"].xcom_pull(task_ids=steps.PREFLIGHT_TASK,
+                                                                          default=None))
 
 
 @dag(

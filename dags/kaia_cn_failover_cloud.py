@@ -59,7 +59,7 @@ from kaia_ha import failover_cloud as steps
 from kaia_ha import pn
 from kaia_ha.model.inventory import InventoryError, try_load_inventory
 from kaia_ha.report import record_task
-from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, runbook
+from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, local, runbook
 from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator
 from kaia_ha_airflow.sensors.ec2 import EBSSnapshotCompletedSensor, EBSVolumeAvailableSensor
 
@@ -75,7 +75,7 @@ def _ctx() -> dict:
     return get_current_context()
 
 
-@task(multiple_outputs=True)
+@task(task_id=steps.PREFLIGHT_TASK, multiple_outputs=True)
 def preflight() -> dict:
     context = _ctx()
     try:
@@ -89,12 +89,12 @@ def not_dry_run(plan: dict) -> bool:
     return not plan["dry_run"]
 
 
-@task
+@task(task_id=local(steps.FENCE_TASK))
 def fence(plan: dict) -> dict:
     return steps.fence(plan)
 
 
-@task.sensor(task_id="wait_stopped", poke_interval=1, timeout=1200, **SHORT_WAIT)
+@task.sensor(task_id=local(steps.WAIT_STOPPED_TASK), poke_interval=1, timeout=1200, **SHORT_WAIT)
 def wait_stopped(plan: dict, fence_result: dict) -> PokeReturnValue:
     stopped = steps.wait_stopped(plan, fence_result)
     return PokeReturnValue(is_done=stopped is not None, xcom_value=stopped)
@@ -107,42 +107,41 @@ def confirm_fenced(plan: dict) -> dict:
 
 @task.branch
 def chaindata_source(plan: dict) -> str:
-    fresh = "chain_data.fresh_snapshot.reserve_pn"
-    return fresh if steps.needs_fresh_snapshot(plan) else "chain_data.chaindata_snapshot"
+    return steps.RESERVE_PN_TASK if steps.needs_fresh_snapshot(plan) else steps.CHAINDATA_SNAPSHOT_TASK
 
 
-@task
+@task(task_id=local(steps.RESERVE_PN_TASK))
 def reserve_pn(plan: dict) -> str:
     """The setup that start_kpnd tears down: it changes nothing, so the teardown runs whatever fails after it."""
     return plan["snapshot_pn"]
 
 
-@task(pool=pn.PN_DOWNTIME_POOL, multiple_outputs=True)
+@task(task_id=local(steps.STOP_KPND_TASK), pool=pn.PN_DOWNTIME_POOL, multiple_outputs=True)
 def stop_kpnd(plan: dict) -> dict:
     return steps.stop_snapshot_pn(plan, _ctx()["ti"])
 
 
-@task(retries=5)
+@task(task_id=local(steps.START_KPND_TASK), retries=5)
 def start_kpnd(plan: dict) -> dict:
-    return pn.start_pn(plan["cell"], ti=_ctx()["ti"], stop_task="chain_data.fresh_snapshot.stop_kpnd")
+    return pn.start_pn(plan["cell"], ti=_ctx()["ti"], stop_task=steps.STOP_KPND_TASK)
 
 
-@task(trigger_rule="none_failed_min_one_success")
+@task(task_id=local(steps.CHAINDATA_SNAPSHOT_TASK), trigger_rule="none_failed_min_one_success")
 def chaindata_snapshot(plan: dict) -> dict:
     if plan["dry_run"]:  # its trigger rule would otherwise let it run after the dry-run gate skipped its inputs
         raise AirflowSkipException("dry run")
     ti = _ctx()["ti"]
-    fresh = ti.xcom_pull(task_ids="chain_data.fresh_snapshot.wait_snapshot", default=None)
-    tried = ti.xcom_pull(task_ids="chain_data.fresh_snapshot.stop_kpnd", key=pn.ATTEMPTS_KEY, default=None)
+    fresh = ti.xcom_pull(task_ids=steps.WAIT_SNAPSHOT_TASK, default=None)
+    tried = ti.xcom_pull(task_ids=steps.STOP_KPND_TASK, key=pn.ATTEMPTS_KEY, default=None)
     return steps.chaindata_snapshot(plan, fresh, tried)
 
 
-@task
+@task(task_id=local(steps.CREATE_VOLUME_TASK))
 def create_volume(plan: dict, snapshot: dict) -> str:
     return steps.create_volume(plan, snapshot)
 
 
-@task
+@task(task_id=local(steps.LAUNCH_TASK))
 def launch(plan: dict) -> str:
     # Straight after the preflight, not behind the dry-run gate: one scheduler hop less on the critical path.
     if plan["dry_run"]:
@@ -152,7 +151,7 @@ def launch(plan: dict) -> str:
 
 # Poke mode, every second: one worker slot for EC2's ~30 s of pending buys back the hops of a deferral, its
 # resumption and a separate task for the host key, all on the critical path.
-@task.sensor(task_id="wait_running", poke_interval=1, timeout=1800, **SHORT_WAIT, **RECORDED)
+@task.sensor(task_id=local(steps.WAIT_RUNNING_TASK), poke_interval=1, timeout=1800, **SHORT_WAIT, **RECORDED)
 def wait_running(plan: dict, instance_id: str) -> PokeReturnValue:
     host = steps.running_host(plan, instance_id)
     return PokeReturnValue(is_done=host is not None, xcom_value=host)
@@ -184,18 +183,18 @@ def start_kcnd(plan: dict, host: dict) -> dict:
 
 
 # A slot held while kcnd catches up (seconds from a fresh pre-taken snapshot; longer from an old one).
-@task.sensor(timeout=3600, poke_interval=1, **SHORT_WAIT)
+@task.sensor(task_id=local(steps.IN_SYNC_TASK), timeout=3600, poke_interval=1, **SHORT_WAIT)
 def in_sync(plan: dict, host: dict) -> PokeReturnValue:
     synced = steps.in_sync(plan, host)
     return PokeReturnValue(is_done=synced is not None, xcom_value=synced)
 
 
-@task
+@task(task_id=local(steps.DEFUSE_TASK))
 def defuse(plan: dict, fence_result: dict) -> dict:
     return steps.defuse(plan, fence_result)
 
 
-@task
+@task(task_id=local(steps.RECORD_TASK))
 def record_placement(plan: dict, host: dict, fence_result: dict) -> dict:
     return steps.record_placement(plan, host, fence_result)
 
@@ -208,8 +207,8 @@ def report() -> dict:
     def pull(task_id):
         return ti.xcom_pull(task_ids=task_id, default=None)
 
-    return steps.report(ti, context["dag_run"], pull("preflight"), pull("launch.wait_running"),
-                        pull("chain_data.create_volume"), pull("chain_data.chaindata_snapshot"))
+    return steps.report(ti, context["dag_run"], pull(steps.PREFLIGHT_TASK), pull(steps.WAIT_RUNNING_TASK),
+                        pull(steps.CREATE_VOLUME_TASK), pull(steps.CHAINDATA_SNAPSHOT_TASK))
 
 
 @dag(
@@ -283,8 +282,8 @@ def kaia_cn_failover_cloud():
             # stop_kpnd is a setup too: clearing a failed create_snapshot then stops kpnd again first. Without it the
             # clear re-ran the snapshot of a PN the teardown had restarted: a dirty snapshot tagged clean-stop.
             start.as_teardown(setups=[reserved, stop], on_failure_fail_dagrun=True)
-            waited = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5,
-                                                **RECORDED, **aws)
+            waited = EBSSnapshotCompletedSensor(task_id=local(steps.WAIT_SNAPSHOT_TASK), snapshot_id=snapshot.output,
+                                                waiter_delay=5, **RECORDED, **aws)
         chosen = chaindata_snapshot(plan)
         [source, waited] >> chosen
         volume = create_volume(plan, chosen)

@@ -53,7 +53,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import failover_standby as steps
 from kaia_ha.model.inventory import InventoryError, try_load_inventory
-from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, runbook
+from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, local, runbook
 
 inventory, INVENTORY_ERROR = try_load_inventory()
 METAL = inventory.cells_of("bare-metal") if inventory else []
@@ -61,7 +61,7 @@ ACTIVES = [cell.validator.name for cell in METAL]
 STANDBYS = [cn.name for cell in METAL for cn in cell.cns]  # which of them stands by now is live placement
 
 
-@task
+@task(task_id=local(steps.VALIDATE_TASK))
 def validate() -> dict:
     context = get_current_context()
     try:
@@ -70,17 +70,17 @@ def validate() -> dict:
         raise AirflowFailException(str(exc)) from None
 
 
-@task
+@task(task_id=local(steps.CHECK_BACKUP_TASK))
 def check_backup(plan: dict) -> dict:
     return steps.check_backup(plan)
 
 
-@task
+@task(task_id=local(steps.CHECK_STANDBY_TASK))
 def check_standby(plan: dict) -> dict:
     return steps.check_standby(plan)
 
 
-@task
+@task(task_id=local(steps.CHECK_FAILED_ACTIVE_TASK))
 def check_failed_active(plan: dict) -> dict:
     return steps.check_failed_active(plan)
 
@@ -100,44 +100,44 @@ def fence_path(plan: dict) -> str:
     return steps.fence_path(plan)
 
 
-@task
+@task(task_id=local(steps.FENCE_OVER_SSH))
 def fence_over_ssh(plan: dict) -> dict:
     return steps.fence_over_ssh(plan)
 
 
-@task
+@task(task_id=local(steps.DECLARED_DOWN))
 def declared_down(plan: dict) -> dict:
     return steps.declared_down(plan)
 
 
 # Runs after whichever fence path ran. The plan is pulled rather than passed: as an upstream, the preflight's
 # success would satisfy the trigger rule on its own, and a dry run (nothing fenced) would run this.
-@task(trigger_rule="none_failed_min_one_success")
+@task(task_id=local(steps.VERIFY_FENCED_TASK), trigger_rule="none_failed_min_one_success")
 def verify_fenced() -> dict:
-    return steps.verify_fenced(get_current_context()["ti"].xcom_pull(task_ids="preflight.validate"))
+    return steps.verify_fenced(get_current_context()["ti"].xcom_pull(task_ids=steps.VALIDATE_TASK))
 
 
-@task
+@task(task_id=local(steps.STOP_STANDBY_TASK))
 def stop_standby(plan: dict) -> dict:
     return steps.stop_standby(plan)
 
 
-@task
+@task(task_id=local(steps.REPLACE_IDENTITY_TASK))
 def replace_identity(plan: dict) -> dict:
     return steps.replace_identity(plan)
 
 
-@task
+@task(task_id=local(steps.MOVE_FLOATING_IP_TASK))
 def move_floating_ip(plan: dict) -> dict:
     return steps.move_floating_ip(plan)
 
 
-@task
+@task(task_id=local(steps.START_STANDBY_TASK))
 def start_standby(plan: dict) -> dict:
     return steps.start_standby(plan)
 
 
-@task.sensor(poke_interval=1, timeout=600, **SHORT_WAIT)
+@task.sensor(task_id=local(steps.SYNCED_TASK), poke_interval=1, timeout=600, **SHORT_WAIT)
 def standby_synced(plan: dict) -> PokeReturnValue:
     try:
         synced = steps.standby_synced(plan)
@@ -146,7 +146,7 @@ def standby_synced(plan: dict) -> PokeReturnValue:
     return PokeReturnValue(is_done=synced is not None, xcom_value=synced)
 
 
-@task
+@task(task_id=local(steps.RECORD_TASK))
 def record_placement(plan: dict) -> dict:
     return steps.record_placement(plan, get_current_context()["ti"])
 
@@ -155,7 +155,7 @@ def record_placement(plan: dict) -> dict:
 def report() -> dict:
     context = get_current_context()
     return steps.report(context["ti"], context["dag_run"],
-                        context["ti"].xcom_pull(task_ids="preflight.validate", default=None))
+                        context["ti"].xcom_pull(task_ids=steps.VALIDATE_TASK, default=None))
 
 
 @dag(
@@ -200,11 +200,11 @@ def kaia_cn_failover_standby():
     with TaskGroup("fence", tooltip="the failed active can never sign again"):
         path = fence_path(plan)
         confirm_down = ApprovalOperator(
-            task_id="confirm_down",
+            task_id=local(steps.CONFIRM_DOWN),
             subject="Is {{ params.failed_cn }} down for good? The standby takes over its key once you approve",
             body=(
                 "**{{ params.failed_cn }} does not answer over SSH** "
-                "({{ ti.xcom_pull(task_ids='preflight.check_failed_active')['detail'] }}), "
+                f"({{{{ ti.xcom_pull(task_ids='{steps.CHECK_FAILED_ACTIVE_TASK}')['detail'] }}}}), "
                 "so this run cannot stop kcnd there.\n\n"
                 "**Approve** only if you have made sure it cannot sign again: powered off (BMC/IPMI, PDU) or cut from "
                 "the network, and it will not come back at boot with kcnd and the floating IP. The run then checks "

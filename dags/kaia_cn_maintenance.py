@@ -37,7 +37,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from kaia_ha import dag_ids, maintenance, pn
 from kaia_ha.model.inventory import DEFAULT_MAINTENANCE_SCHEDULE, try_load_inventory
-from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, runbook
+from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, local, runbook
 from kaia_ha_airflow.operators.ec2 import (
     EBSCreateSnapshotOperator,
     EBSDeleteSnapshotOperator,
@@ -55,12 +55,12 @@ def _run() -> tuple[str, pendulum.DateTime]:
     return context["run_id"], context["dag_run"].run_after
 
 
-@task
+@task(task_id=local(maintenance.BACKUP_TASK))
 def backup_nodekey(cell_name: str) -> dict:
     return maintenance.backup_nodekey(cell_name, _run()[0])
 
 
-@task(multiple_outputs=True)
+@task(task_id=local(maintenance.IMAGE_PLAN_TASK), multiple_outputs=True)
 def image_plan(cell_name: str) -> dict:
     return maintenance.image_plan(cell_name, *_run())
 
@@ -74,12 +74,12 @@ def _failover_running() -> bool:
     return get_current_context()["ti"].get_dr_count(dag_id=dag_ids.FAILOVER_CLOUD, states=["running"]) > 0
 
 
-@task(task_id="plan", multiple_outputs=True)
+@task(task_id=local(maintenance.PN_PLAN_TASK), multiple_outputs=True)
 def pn_snapshot_plan(cell_name: str) -> dict:
     return maintenance.pn_snapshot_plan(cell_name, _run()[0], failover_running=_failover_running())
 
 
-@task(task_id="stop_kpnd", pool=pn.PN_DOWNTIME_POOL, multiple_outputs=True)
+@task(task_id=local(maintenance.STOP_KPND_TASK), pool=pn.PN_DOWNTIME_POOL, multiple_outputs=True)
 def stop_kpnd(cell_name: str, plan: dict) -> dict:
     ti = get_current_context()["ti"]
     if ti.try_number == 1 and _failover_running():  # again, in the pool slot: a failover may have begun since the plan
@@ -87,10 +87,10 @@ def stop_kpnd(cell_name: str, plan: dict) -> dict:
     return pn.stop_pn(cell_name, plan["pn"], ti=ti, tags=plan["tags"])
 
 
-@task(task_id="start_kpnd", retries=5)
+@task(task_id=local(maintenance.START_KPND_TASK), retries=5)
 def start_kpnd(cell_name: str) -> dict:
     ti = get_current_context()["ti"]
-    return pn.start_pn(cell_name, ti=ti, stop_task=f"{cell_name}.pn_snapshot.stop_kpnd")
+    return pn.start_pn(cell_name, ti=ti, stop_task=f"{cell_name}.{maintenance.STOP_KPND_TASK}")
 
 
 @task.sensor(task_id="kpnd_back", poke_interval=2, timeout=900, **SHORT_WAIT)
@@ -99,17 +99,17 @@ def kpnd_back(cell_name: str, started: dict) -> PokeReturnValue:
     return PokeReturnValue(is_done=back is not None, xcom_value=back)
 
 
-@task(task_id="snapshot_done")
+@task(task_id=local(maintenance.SNAPSHOT_DONE_TASK))
 def snapshot_done(snapshot_id: str) -> dict:
     return {"snapshot_id": snapshot_id, "completed_at": pendulum.now().timestamp()}
 
 
-@task(trigger_rule="all_done")
+@task(task_id=local(maintenance.OLD_IMAGES_TASK), trigger_rule="all_done")
 def images_to_delete(cell_name: str) -> list[str]:
     return maintenance.images_to_delete(cell_name, _run()[1])
 
 
-@task(trigger_rule="all_done")
+@task(task_id=local(maintenance.OLD_SNAPSHOTS_TASK), trigger_rule="all_done")
 def snapshots_to_delete(cell_name: str) -> list[str]:
     return maintenance.snapshots_to_delete(cell_name, _run()[1])
 
@@ -140,7 +140,8 @@ def kaia_cn_maintenance():
             with TaskGroup("cn_image"):
                 plan = image_plan(cell.name)
                 image = EC2CreateImageOperator(
-                    task_id="create_image", instance_id=plan["instance_id"], image_name=plan["name"],
+                    task_id=local(maintenance.CREATE_IMAGE_TASK), instance_id=plan["instance_id"],
+                    image_name=plan["name"],
                     exclude_devices=plan["exclude_devices"], image_tags=plan["tags"],
                     # NoReboot: this is the running validator; a reboot costs proposals. The root volume holds
                     # only config and binaries (DATA_DIR is excluded), so a crash-consistent copy is enough.
@@ -151,7 +152,8 @@ def kaia_cn_maintenance():
                 snap_plan = pn_snapshot_plan(cell.name)
                 stop = stop_kpnd(cell.name, snap_plan)
                 snapshot = EBSCreateSnapshotOperator(  # of the PN the stop chose: the plan's, or the next one
-                    task_id="create_snapshot", volume_id=stop["volume_id"], snapshot_tags=stop["tags"],
+                    task_id=local(maintenance.CREATE_SNAPSHOT_TASK), volume_id=stop["volume_id"],
+                    snapshot_tags=stop["tags"],
                     description=f"Kaia PN chain data ({cell.name})", **aws,
                 )
                 # stop is a setup too: clearing a failed create_snapshot stops kpnd again first (else the clear would

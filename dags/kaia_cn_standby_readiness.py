@@ -51,7 +51,7 @@ SCHEDULE = "@hourly"
 inventory, INVENTORY_ERROR = try_load_inventory()  # broken: only the report, which fails with the error
 
 
-@task(task_id="active")
+@task(task_id=readiness.ACTIVE_TASK)
 def active(cell_name: str) -> dict:
     return readiness.active_facts(cell_name)
 
@@ -60,7 +60,7 @@ def active(cell_name: str) -> dict:
 # enrolment), and a cell with none must alert too.
 @task(task_id=readiness.STANDBYS_TASK, trigger_rule="all_done")  # checked also when the active does not answer
 def check_standbys(cell_name: str) -> dict:
-    facts = get_current_context()["ti"].xcom_pull(task_ids=f"{cell_name}.active", default=None)
+    facts = get_current_context()["ti"].xcom_pull(task_ids=f"{cell_name}.{readiness.ACTIVE_TASK}", default=None)
     try:
         return readiness.check_standbys(cell_name, facts)
     except readiness.ReadinessError as exc:  # drift, alerted once: a retry would only alert again

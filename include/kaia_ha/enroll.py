@@ -39,6 +39,8 @@ from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 log = logging.getLogger(__name__)
 DAG_ID = dag_ids.ENROLL_STANDBY
 PARAMS = ("host", "shred_keys_aside")
+# The DAG's task ids this module reads (the DAG file names its tasks with these).
+PREFLIGHT_TASK, PREPARE_TASK, START_TASK = "preflight", "prepare", "start"
 SYNCED_TASK = "standby_synced"
 RECORD_TASK = "record_placement"
 
@@ -229,8 +231,8 @@ def report(ti, dag_run, plan: dict | None) -> dict:
 
     recorded = pull(RECORD_TASK)
     facts = {"core cell": plan.get("cell"), "host": plan.get("host"), "was": plan.get("was"),
-             "prepared": pull("prepare"),
-             "started": pull("start"),
+             "prepared": pull(PREPARE_TASK),
+             "started": pull(START_TASK),
              "live placement": f"generation {recorded['generation']}: {recorded['after']}" if recorded else "unchanged"}
     data = failover_report(ti, dag_run, title="Kaia CN standby enrolment", synced_task=SYNCED_TASK, facts=facts,
                            todo=[] if recorded else ["the host is not the standby: see the failed task, fix, clear it"],

@@ -56,9 +56,22 @@ from kaia_ha_airflow.iam import needs
 log = logging.getLogger(__name__)
 DAG_ID = dag_ids.FAILOVER_CLOUD
 WARMUP = ("none", "initialization-rate", "fast-snapshot-restore", "read-through")
-RECORD_TASK = "verify.record_placement"
-DEFUSE_TASK = "fence.defuse"
+# The DAG's task ids that this module and the DAG read (XCom, states, the clears the report names): the DAG file
+# names its tasks with these, so each id is written once.
+PREFLIGHT_TASK = "preflight"
+FENCE_TASK = "fence.fence"
 WAIT_STOPPED_TASK = "fence.wait_stopped"
+DEFUSE_TASK = "fence.defuse"
+RESERVE_PN_TASK = "chain_data.fresh_snapshot.reserve_pn"
+STOP_KPND_TASK = "chain_data.fresh_snapshot.stop_kpnd"
+START_KPND_TASK = "chain_data.fresh_snapshot.start_kpnd"
+WAIT_SNAPSHOT_TASK = "chain_data.fresh_snapshot.wait_snapshot"
+CHAINDATA_SNAPSHOT_TASK = "chain_data.chaindata_snapshot"
+CREATE_VOLUME_TASK = "chain_data.create_volume"
+LAUNCH_TASK = "launch.launch"
+WAIT_RUNNING_TASK = "launch.wait_running"
+IN_SYNC_TASK = "verify.in_sync"
+RECORD_TASK = "verify.record_placement"
 # cloud-init, first boot only, before services start: the image's kcnd (enabled at boot) must not run until the
 # replacement has its chain data, its identity and confirmed fencing; start_kcnd enables it.
 REPLACEMENT_USER_DATA = """#cloud-config
@@ -600,14 +613,13 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
         "data volume": volume_id, "node ID": (plan.get("expected_node_id") or "")[:16] + "…",
         "dry run": plan.get("dry_run"),
     }
-    stop_task = "chain_data.fresh_snapshot.stop_kpnd"
-    attempts = ti.xcom_pull(task_ids=stop_task, key=ATTEMPTS_KEY, default=None) or []
+    attempts = ti.xcom_pull(task_ids=STOP_KPND_TASK, key=ATTEMPTS_KEY, default=None) or []
     if attempts:  # a fresh snapshot was tried: which PN stopped, which were skipped and why
         facts["PN stops"] = "; ".join(f"{a['pn']}: {a['outcome']}" + (f" ({a['why']})" if a.get("why") else "")
                                       for a in attempts)
     if (snapshot or {}).get("warning"):
         facts["WARNING"] = snapshot["warning"]
-    stop = ti.xcom_pull(task_ids="fence.fence", default=None) or {}
+    stop = ti.xcom_pull(task_ids=FENCE_TASK, default=None) or {}
     stopped = ti.xcom_pull(task_ids=WAIT_STOPPED_TASK, default=None) or {}
     facts["fence stop"] = (f"{stop.get('stop', 'not requested')}; " + (
         f"stopped after {stopped['seconds']} s" + (" (Force used: the stop hung)" if stopped.get("forced") else "")
@@ -629,27 +641,26 @@ def report(ti, dag_run, plan: dict | None, host: dict | None, volume_id: str | N
     if states.get(DEFUSE_TASK) == "failed":
         todo.insert(0, f"the fenced instance {plan.get('failed_instance_id')} still has its data volume "
                        "(defuse failed): do NOT start it (it would run the validator key beside the replacement); "
-                       "clear fence.defuse")
+                       f"clear {DEFUSE_TASK}")
     recorded = ti.xcom_pull(task_ids=RECORD_TASK, default=None)
     facts["live placement"] = (f"generation {recorded['generation']}: {recorded['after']} "
                                f"(was: {recorded['before']})" if recorded
                                else f"unchanged ({states.get(RECORD_TASK, 'not run')})")
     if states.get(RECORD_TASK) == "failed":
         todo.insert(0, "the replacement runs the validator but the live placement does NOT say so "
-                       "(record_placement failed): clear verify.record_placement, or record it by hand "
+                       f"(record_placement failed): clear {RECORD_TASK}, or record it by hand "
                        f"(`python -m kaia_ha.live show {plan.get('cell')}`, then `record`); "
                        "until then maintenance and the next failover act on the fenced instance")
-    fresh = "chain_data.fresh_snapshot."
-    launched = host.get("new_instance_id") or ti.xcom_pull(task_ids="launch.launch", default=None)
+    launched = host.get("new_instance_id") or ti.xcom_pull(task_ids=LAUNCH_TASK, default=None)
     if launched and any(s in ("failed", "upstream_failed") for s in states.values()):
         todo.insert(0, f"the replacement {launched} may hold the validator key: go on with this run "
                        "(clear its failed task), or stop or terminate it before triggering a new run "
                        "(a new run refuses while it is not stopped)")
-    left = ti.xcom_pull(task_ids=stop_task, key=STOPPED_KEY, default=None) or [plan.get("snapshot_pn", "?")]
-    urgent = ([kpnd_urgent(", ".join(left), fresh + "start_kpnd")]
-              if kpnd_left_stopped(states, fresh + "stop_kpnd", fresh + "start_kpnd") else [])
+    left = ti.xcom_pull(task_ids=STOP_KPND_TASK, key=STOPPED_KEY, default=None) or [plan.get("snapshot_pn", "?")]
+    urgent = ([kpnd_urgent(", ".join(left), START_KPND_TASK)]
+              if kpnd_left_stopped(states, STOP_KPND_TASK, START_KPND_TASK) else [])
     todo = urgent + todo  # first in the list: a PN down hurts the cell now
-    data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task="verify.in_sync", facts=facts,
+    data = failover_report(ti, dag_run, title="Kaia CN cloud failover", synced_task=IN_SYNC_TASK, facts=facts,
                            todo=[] if plan.get("dry_run") else todo, urgent=urgent, dry_run=bool(plan.get("dry_run")))
     unsent = None
     if plan.get("cell"):

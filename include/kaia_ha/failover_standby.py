@@ -46,8 +46,16 @@ log = logging.getLogger(__name__)
 DAG_ID = dag_ids.FAILOVER_STANDBY
 # what may shadow klay/ on a standby (its static-nodes.json is its PN list: kept)
 KEY_FILES = ("nodekey", "bls-nodekey")
-# Branch targets of the fence phase (task ids in the DAG).
+# The DAG's task ids that this module and the DAG read (XCom, states, branch targets): the DAG file names its tasks
+# with these, so each id is written once.
+VALIDATE_TASK = "preflight.validate"
+CHECK_BACKUP_TASK, CHECK_STANDBY_TASK = "preflight.check_backup", "preflight.check_standby"
+CHECK_FAILED_ACTIVE_TASK = "preflight.check_failed_active"
 FENCE_OVER_SSH, CONFIRM_DOWN, DECLARED_DOWN = "fence.fence_over_ssh", "fence.confirm_down", "fence.declared_down"
+VERIFY_FENCED_TASK = "fence.verify_fenced"
+STOP_STANDBY_TASK, REPLACE_IDENTITY_TASK = "takeover.stop_standby", "takeover.replace_identity"
+MOVE_FLOATING_IP_TASK = "takeover.move_floating_ip"
+START_STANDBY_TASK = "start.start_standby"
 SYNCED_TASK = "start.standby_synced"
 RECORD_TASK = "start.record_placement"
 IPC_WAIT = 30  # seconds for kcnd's console to open after `systemctl start`
@@ -439,7 +447,7 @@ def fencing(states: dict, pull, plan: dict) -> dict:
         return {"path": "over SSH", **pull(FENCE_OVER_SSH)}
     if states.get(CONFIRM_DOWN) == "success":
         # A rejection skips what follows and leaves no return value (Airflow ends the task on the skip).
-        rejected = not approval and states.get("fence.verify_fenced") == "skipped"
+        rejected = not approval and states.get(VERIFY_FENCED_TASK) == "skipped"
         return {"path": "operator's answer", "answer": ["Reject"] if rejected else approval.get("chosen_options"),
                 "by": (approval.get("responded_by_user") or {}).get("name", "see the task's Required action"),
                 "at": str(approval.get("responded_at", ""))}
@@ -458,22 +466,22 @@ def report(ti, dag_run, plan: dict | None) -> dict:
     states = ti.get_task_states(dag_id=dag_run.dag_id, run_ids=[dag_run.run_id]).get(dag_run.run_id, {})
     failed_cn, standby_cn = plan.get("failed_cn"), plan.get("standby_cn")
     fence = fencing(states, pull, plan)
-    identity = pull("takeover.replace_identity")
+    identity = pull(REPLACE_IDENTITY_TASK)
     facts = {
         "core cell": plan.get("cell"), "validator": failed_cn, "failed active host": plan.get("failed_host"),
         "standby that took over": standby_cn,
         "live placement": (lambda r: f"generation {r['generation']}: {r['after']} (was: {r['before']})" if r
                            else f"unchanged ({states.get(RECORD_TASK, 'not run')})")(pull(RECORD_TASK)),
-        "validator node ID": pull("preflight.check_backup").get("node_id"), "dry run": plan.get("dry_run"),
-        "preflight": {"standby": pull("preflight.check_standby").get("state"),
-                      "failed active": pull("preflight.check_failed_active")},
-        "fencing": fence, "fencing verified": pull("fence.verify_fenced"),
-        "standby stop": pull("takeover.stop_standby"),
+        "validator node ID": pull(CHECK_BACKUP_TASK).get("node_id"), "dry run": plan.get("dry_run"),
+        "preflight": {"standby": pull(CHECK_STANDBY_TASK).get("state"),
+                      "failed active": pull(CHECK_FAILED_ACTIVE_TASK)},
+        "fencing": fence, "fencing verified": pull(VERIFY_FENCED_TASK),
+        "standby stop": pull(STOP_STANDBY_TASK),
         "standby's own keys": {"host": standby_cn, "state": identity.get("own_keys"),
                                "dir": identity.get("own_keys_dir")},
         "identity on disk": {k: identity.get(k) for k in ("nodekey_path", "bls_nodekey", "mode", "removed_shadowing")},
-        "floating IP": pull("takeover.move_floating_ip") or {"floating_ip": plan.get("floating_ip"), "on": "not moved"},
-        "running node ID": pull("start.start_standby").get("node_id"),
+        "floating IP": pull(MOVE_FLOATING_IP_TASK) or {"floating_ip": plan.get("floating_ip"), "on": "not moved"},
+        "running node ID": pull(START_STANDBY_TASK).get("node_id"),
     }
     data = failover_report(ti, dag_run, title="Kaia CN bare-metal failover (Active-Standby)", synced_task=SYNCED_TASK,
                            facts=facts,

@@ -29,6 +29,13 @@ from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
 DAG_ID = dag_ids.MAINTENANCE
+# The DAG's task ids inside each cell's group (``<cell>.<id>``) that the report reads: the DAG file names its tasks
+# with these, so each id is written once.
+BACKUP_TASK = "nodekey_backup.backup_nodekey"
+IMAGE_PLAN_TASK, CREATE_IMAGE_TASK = "cn_image.image_plan", "cn_image.create_image"
+PN_PLAN_TASK, STOP_KPND_TASK, START_KPND_TASK = "pn_snapshot.plan", "pn_snapshot.stop_kpnd", "pn_snapshot.start_kpnd"
+CREATE_SNAPSHOT_TASK, SNAPSHOT_DONE_TASK = "pn_snapshot.create_snapshot", "pn_snapshot.snapshot_done"
+OLD_IMAGES_TASK, OLD_SNAPSHOTS_TASK = "retention.images_to_delete", "retention.snapshots_to_delete"
 
 
 class MaintenanceError(RuntimeError):
@@ -268,33 +275,33 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
     cells = []
     for cell in load_inventory().cells:
         prefix = f"{cell.name}."
-        entry = {"cell": cell.name, "scheme": cell.scheme, "nodekey": pull(prefix + "nodekey_backup.backup_nodekey")}
+        entry = {"cell": cell.name, "scheme": cell.scheme, "nodekey": pull(prefix + BACKUP_TASK)}
         try:  # where each validator runs now: the UI's answer to "which node is it on?"
             entry["placement"] = live.current(cell).summary()
         except Exception as exc:  # the report must still be written
             entry["placement"] = f"unknown ({type(exc).__name__}: {str(exc)[:200]})"
         if cell.scheme == "cloud":
-            plan = pull(prefix + "cn_image.image_plan") or {}
+            plan = pull(prefix + IMAGE_PLAN_TASK) or {}
             entry["image"] = {"decision": "create" if plan.get("create") else "skip", "reason": plan.get("reason"),
-                              "image_id": pull(prefix + "cn_image.create_image"),
+                              "image_id": pull(prefix + CREATE_IMAGE_TASK),
                               "fingerprint": plan.get("fingerprint")}
-            stop, start = pull(prefix + "pn_snapshot.stop_kpnd"), pull(prefix + "pn_snapshot.start_kpnd")
-            done = pull(prefix + "pn_snapshot.snapshot_done")
+            stop, start = pull(prefix + STOP_KPND_TASK), pull(prefix + START_KPND_TASK)
+            done = pull(prefix + SNAPSHOT_DONE_TASK)
             # The PN the stop chose (the plan's, or the next one when that did not stop on its own), and those skipped.
-            attempts = pull(prefix + "pn_snapshot.stop_kpnd", ATTEMPTS_KEY) or []
-            pn_name = (stop or {}).get("pn") or (pull(prefix + "pn_snapshot.plan") or {}).get("pn")
-            if kpnd_left_stopped(states, prefix + "pn_snapshot.stop_kpnd", prefix + "pn_snapshot.start_kpnd"):
-                entry["urgent"] = kpnd_urgent(pn_name or "?", prefix + "pn_snapshot.start_kpnd")
+            attempts = pull(prefix + STOP_KPND_TASK, ATTEMPTS_KEY) or []
+            pn_name = (stop or {}).get("pn") or (pull(prefix + PN_PLAN_TASK) or {}).get("pn")
+            if kpnd_left_stopped(states, prefix + STOP_KPND_TASK, prefix + START_KPND_TASK):
+                entry["urgent"] = kpnd_urgent(pn_name or "?", prefix + START_KPND_TASK)
             entry["pn_snapshot"] = {
                 "pn": pn_name, "skipped": [a for a in attempts if a["outcome"] != "stopped cleanly"],
-                "snapshot_id": pull(prefix + "pn_snapshot.create_snapshot"),
+                "snapshot_id": pull(prefix + CREATE_SNAPSHOT_TASK),
                 "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2)
                 if stop and start and start["started"] else None,
                 "snapshot_complete_seconds": round(done["completed_at"] - stop["stopped_at"], 2) if stop and done
                 else None,
             }
-            entry["retention"] = {"images": pull(prefix + "retention.images_to_delete"),
-                                  "snapshots": pull(prefix + "retention.snapshots_to_delete")}
+            entry["retention"] = {"images": pull(prefix + OLD_IMAGES_TASK),
+                                  "snapshots": pull(prefix + OLD_SNAPSHOTS_TASK)}
         entry["tasks"] = {t[len(prefix):]: s for t, s in sorted(states.items()) if t.startswith(prefix)}
         cells.append(entry)
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))

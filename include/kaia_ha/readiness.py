@@ -28,6 +28,8 @@ from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError
 log = logging.getLogger(__name__)
 DAG_ID = dag_ids.STANDBY_READINESS
 RESULT_KEY = "readiness"
+# The DAG's task ids inside each cell's group that the report reads (the DAG file names its tasks with these).
+ACTIVE_TASK = "active"
 STANDBYS_TASK = "standbys"
 FENCED_TASK = "fenced"
 FENCED_KEY = "fenced_watch"
@@ -313,7 +315,7 @@ def report(ti, dag_id: str, run_id: str) -> dict:
     steps, states = timeline(ti, dag_id, run_id)
     cells = []
     for cell in load_inventory().cells_of("bare-metal"):
-        active = ti.xcom_pull(task_ids=f"{cell.name}.active", default=None)
+        active = ti.xcom_pull(task_ids=f"{cell.name}.{ACTIVE_TASK}", default=None)
         task = f"{cell.name}.{STANDBYS_TASK}"
         standbys = ti.xcom_pull(task_ids=task, key=RESULT_KEY, default=None) or [
             {"standby": "?", "ok": False, "checks": [{"name": "checked", "ok": False,

@@ -15,6 +15,12 @@ SHORT_WAIT = {"mode": "poke"}
 RESCHEDULE_MIN_SECONDS = 10
 
 
+def local(task_id: str) -> str:
+    """A task's id inside its task group, from its full id (``fence.fence`` -> ``fence``): the steps modules hold the
+    full ids they read, and the DAG files name their tasks with them."""
+    return task_id.rsplit(".", 1)[-1]
+
+
 def runbook(doc: str, inventory_error: str | None) -> str:
     """The DAG's doc_md: with a broken inventory, its error first, where the operator opening the DAG reads."""
     if not inventory_error:

@@ -72,3 +72,23 @@ def test_the_trigger_form_and_the_param_check_know_the_same_fields(dagbag, dag_i
 
 def test_the_maintenance_runs_on_the_inventorys_top_level_schedule(dagbag):
     assert dagbag.dags["kaia_cn_maintenance"].schedule == "0 3 * * *"  # inventory.example.yaml's
+
+
+@pytest.mark.parametrize("module", ["failover_cloud", "failover_standby", "enroll", "maintenance", "readiness"])
+def test_the_task_ids_the_steps_read_are_tasks_of_their_dag(dagbag, module):
+    """Each steps module holds the task ids it reads (``*_TASK`` and the fence branch targets) and its DAG file names
+    its tasks with them: every one must be a task of that DAG (per cell inside a cell's group for the per-cell DAGs).
+    A renamed task or group that the report still reads by its old id fails here, not in a postmortem."""
+    import importlib
+
+    steps = importlib.import_module(f"kaia_ha.{module}")
+    ids = {name: value for name, value in vars(steps).items()
+           if isinstance(value, str) and (name.endswith("_TASK") or name in ("FENCE_OVER_SSH", "CONFIRM_DOWN",
+                                                                            "DECLARED_DOWN"))}
+    assert len(ids) >= 2, ids
+    tasks = set(dagbag.dags[steps.DAG_ID].task_dict)
+    per_cell = module in ("maintenance", "readiness")
+    missing = {name: value for name, value in ids.items()
+               if not (any(t.endswith(f".{value}") and t.count(".") == value.count(".") + 1 for t in tasks)
+                       if per_cell else value in tasks)}
+    assert missing == {}, f"{steps.DAG_ID} has no task {missing}"
