@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from drill.engine import REPO, AirflowEngine
-from drill.incident import APPROVAL, WATCHDOG, asked, synced_at, watch_until_dead
+from drill.incident import APPROVAL, WATCHDOG, asked, epoch, synced_at, watch_until_dead
 
 sys.path.insert(0, str(REPO / "tests"))
 from cellkit import Cell  # noqa: E402  (the cell's command line, shared with the tests)
@@ -96,8 +96,8 @@ def approved_failover(engine: AirflowEngine, broken: float, conf: dict) -> tuple
     """The watchdog notices, asks, and the drill approves at once; the failover run it starts, followed."""
     watch, approval = watch_until_dead(engine, FAILED_CN)
     question = asked(engine, approval)
-    say(f"{WATCHDOG}: {FAILED_CN} judged dead by {watch}; {time.time() - broken:.1f}s after the break "
-        f"{APPROVAL} {approval} asks \"{question['subject']}\"")
+    say(f"{WATCHDOG}: {FAILED_CN} judged dead by {watch}; {epoch(question['created_at']) - broken:.1f}s after the "
+        f"break {APPROVAL} {approval} asks \"{question['subject']}\"")
     engine.respond(APPROVAL, approval, "approve", "Approve")
     say("  approved through the REST API (Required actions)")
     run_id = f"approved__{approval}"

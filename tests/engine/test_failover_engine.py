@@ -18,7 +18,7 @@ import pytest
 
 from cellkit import Cell
 from drill.engine import AirflowEngine, EngineError
-from drill.incident import APPROVAL, WATCHDOG, asked, synced_at, watch_until_dead
+from drill.incident import APPROVAL, WATCHDOG, asked, epoch, synced_at, watch_until_dead
 
 from .conftest import TIMES
 from .enginekit import FAILOVER, MAINTENANCE, keys_of
@@ -62,7 +62,7 @@ def failover(maintained):
     cell.break_("cn-aws-1", "kill")
     watch, approval = watch_until_dead(engine, "cn-aws-1")
     question = asked(engine, approval)
-    TIMES["break to approval"] = time.time() - broken
+    TIMES["break to approval"] = epoch(question["created_at"]) - broken  # when it was asked, not answered
     pn = snapshot_source_pn(cell)  # the cloud cell's watch has ended (dead): the fault below is the preflight's
     cell.fault(f"ssh:{pn}", "--kind", "drop", "--times", "1")
     answered = engine.respond(APPROVAL, approval, "approve", "Approve")
