@@ -16,7 +16,7 @@ help:
 	@echo "make faults          the full fault sweep; writes .artifacts/fault-matrix.md and .json"
 	@echo "make simcell-up|simcell-down|simcell-status"
 
-$(STAMP): requirements.txt constraints.txt scripts/bootstrap.sh
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 	touch $@
 

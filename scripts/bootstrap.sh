@@ -14,6 +14,9 @@ python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # The engine tests drive the Airflow UI in a real, headless browser: Debian's own, never a downloaded one.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# The Celery engine (drill/engine.py, EXECUTOR=celery): PostgreSQL and Redis on loopback, started by the project.
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -25,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade "pip==26.3"
-.venv/bin/python -m pip install -q -r requirements.txt -c constraints.txt
+.venv/bin/python -m pip install -q -r requirements-dev.txt -c constraints.txt
 
 # The project's own Airflow home (its metadata DB is what dag.test() and the scheduler use).
 . scripts/airflow-env.sh

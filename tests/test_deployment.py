@@ -91,8 +91,19 @@ def _pins(name: str) -> dict[str, str]:
 def test_every_direct_dependency_is_declared_and_pinned_as_the_constraints_pin_it():
     """What the code imports is declared (a provider upgrade dropping one would otherwise break the DAGs), at the
     version the constraints resolve."""
-    declared, constraints = _pins("requirements.txt"), _pins("constraints.txt")
+    runtime, dev, constraints = _pins("requirements.txt"), _pins("requirements-dev.txt"), _pins("constraints.txt")
     imported = {"cryptography", "pydantic", "pyyaml", "paramiko", "botocore", "boto3", "pendulum",
-                "apache-airflow-providers-standard", "apache-airflow-providers-amazon", "apache-airflow-providers-ssh"}
-    assert imported - set(declared) == set()
+                "apache-airflow-providers-standard", "apache-airflow-providers-amazon", "apache-airflow-providers-ssh",
+                "apache-airflow-providers-celery", "psycopg2-binary", "redis"}
+    assert imported - set(runtime) == set()
+    declared = {**runtime, **dev}
     assert {name: (pin, constraints.get(name)) for name, pin in declared.items() if constraints.get(name) != pin} == {}
+
+
+def test_the_image_installs_the_runtime_only():
+    """The production image carries no test tool: the simulated AWS, pytest and the browser driver are dev-only."""
+    runtime = _pins("requirements.txt")
+    assert {"moto", "pytest", "pytest-timeout", "hypothesis", "selenium", "ruff"} & set(runtime) == set()
+    assert "-r requirements.txt" in (REPO / "requirements-dev.txt").read_text()
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "requirements-dev" not in dockerfile and "-r /opt/kaia-ha/requirements.txt" in dockerfile
