@@ -11,6 +11,7 @@ STAMP := $(VENV)/.bootstrapped
 help:
 	@echo "make demo            the drill, then the Airflow UI stays up (address and login printed) until Ctrl-C"
 	@echo "make drill           a failover drill through the real Airflow: maintenance, CN killed, failover, report"
+	@echo "                     (EXECUTOR=celery: on PostgreSQL, Redis and two Celery workers)"
 	@echo "make test            ruff check, then every test suite (sets everything up on first use)"
 	@echo "make bench           every benchmark (RUNS=5 more runs, CELLS=1,5 skip 20 cells) -> .artifacts/bench/*.json"
 	@echo "make faults          the full fault sweep; writes .artifacts/fault-matrix.md and .json"
@@ -44,10 +45,12 @@ faults: $(STAMP)
 	$(RUN) KAIA_HA_FULL_FAULTS=1 $(PY) -m pytest tests/faults -q -p no:cacheprovider -rs
 
 demo: $(STAMP)
-	$(RUN) $(PY) -m drill --stay
+	$(RUN) $(PY) -m drill --stay $(DRILL_EXECUTOR)
 
+# EXECUTOR=local (airflow standalone, SQLite) or celery (PostgreSQL, Redis, two Celery workers).
+DRILL_EXECUTOR = $(if $(EXECUTOR),--executor $(EXECUTOR))
 drill: $(STAMP)
-	$(RUN) $(PY) -m drill
+	$(RUN) $(PY) -m drill $(DRILL_EXECUTOR)
 
 simcell-up: $(STAMP)
 	$(RUN) $(PY) -m simcell up

@@ -3,8 +3,10 @@
 A simulated core cell and Airflow (api-server, scheduler, dag-processor, triggerer) in a folder of their
 own; ``kaia_cn_maintenance`` through the REST API (key backup, CN image, PN snapshot); the active CN
 ``cn-aws-1`` killed; ``kaia_cn_failover_cloud`` triggered through the REST API and followed phase by phase;
-the report printed. Exit status 0 only if the failover succeeded. ``--stay`` (``make demo``) then keeps
-the UI up with its address and login until Ctrl-C.
+the report printed. Then the Active-Standby scheme: the bare-metal ``cn-metal-a`` killed and
+``kaia_cn_failover_standby`` promotes its standby (``--cloud-only`` skips it). Exit status 0 only if every run
+succeeded. ``--executor celery`` runs it all on the Celery engine (PostgreSQL, Redis, two workers).
+``--stay`` (``make demo``) then keeps the UI up with its address and login until Ctrl-C.
 
 ``--watchdog``: the failover is not triggered by hand. ``kaia_cn_watchdog`` runs back to back (as its
 every-minute schedule would), judges the CN dead and opens ``kaia_cn_failover_approval``; the drill approves
@@ -24,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from drill.engine import REPO, AirflowEngine
+from drill.engine import EXECUTORS, REPO, AirflowEngine
 from drill.incident import APPROVAL, WATCHDOG, asked, epoch, synced_at, watch_until_dead
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -33,6 +35,8 @@ from cellkit import Cell  # noqa: E402  (the cell's command line, shared with th
 MAINTENANCE = "kaia_cn_maintenance"
 FAILOVER = "kaia_cn_failover_cloud"
 FAILED_CN = "cn-aws-1"
+STANDBY_FAILOVER = "kaia_cn_failover_standby"
+FAILED_METAL_CN = "cn-metal-a"
 PHASES = ("preflight", "fence", "chain_data", "launch", "replace", "verify", "report")
 
 
@@ -76,7 +80,8 @@ def run_dag(engine: AirflowEngine, dag_id: str, conf: dict | None, timeout: floa
     run_id = engine.trigger(dag_id, conf)
     say(f"{dag_id}: triggered {run_id} conf={conf or {}}")
     state = engine.wait(dag_id, run_id, timeout, on_progress=Progress(started))
-    say(f"{dag_id}: {state.upper()} after {time.monotonic() - started:.1f}s")
+    say(f"{dag_id}: {state.upper()} after {time.monotonic() - started:.1f}s; tasks ran on "
+        + ", ".join(f"{host} ({n})" for host, n in engine.hosts(dag_id, run_id).items()))
     return run_id, state
 
 
@@ -117,7 +122,7 @@ def approved_failover(engine: AirflowEngine, broken: float, conf: dict) -> tuple
 
 
 def drill(engine: AirflowEngine, cell: Cell, profile: str = "instant", time_scale: float = 1.0, fresh: bool = False,
-          watchdog: bool = False, stuck_stop: bool = False) -> bool:
+          watchdog: bool = False, stuck_stop: bool = False, metal: bool = True) -> bool:
     for dag_id in (MAINTENANCE, FAILOVER, *((WATCHDOG, APPROVAL) if watchdog else ())):
         engine.unpause(dag_id)
     say("\n== 1. Maintenance: key backup, CN image, PN snapshot")
@@ -143,6 +148,21 @@ def drill(engine: AirflowEngine, cell: Cell, profile: str = "instant", time_scal
         run_id, state = run_dag(engine, FAILOVER, conf, timeout=3600)
     say("\n== 4. Report\n")
     say(report_text(engine, FAILOVER, run_id))
+    if state != "success" or not metal:
+        return state == "success"
+    return metal_failover(engine, cell)
+
+
+def metal_failover(engine: AirflowEngine, cell: Cell) -> bool:
+    """The Active-Standby scheme: the bare-metal active's kcnd dies (the host still answers, so the fence needs no
+    approval); the standby takes its identity and floating IP."""
+    engine.unpause(STANDBY_FAILOVER)
+    say(f"\n== 5. Incident: {FAILED_METAL_CN} (bare metal) killed")
+    cell.break_(FAILED_METAL_CN, "kill")
+    say(f"\n== 6. Failover: {STANDBY_FAILOVER}")
+    run_id, state = run_dag(engine, STANDBY_FAILOVER, {"failed_cn": FAILED_METAL_CN}, timeout=1800)
+    say("\n== 7. Report\n")
+    say(report_text(engine, STANDBY_FAILOVER, run_id))
     return state == "success"
 
 
@@ -162,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the failed instance's stop hangs in 'stopping' until a stop with Force")
     parser.add_argument("--watchdog", action="store_true",
                         help="the watchdog notices and asks, the drill approves (instead of triggering the failover)")
+    parser.add_argument("--cloud-only", action="store_true",
+                        help="skip the bare-metal failover (cn-metal-a to its standby) after the cloud one")
+    parser.add_argument("--executor", choices=EXECUTORS, default=os.environ.get("KAIA_HA_EXECUTOR") or "local",
+                        help="local: airflow standalone on SQLite; celery: PostgreSQL, Redis and two Celery workers "
+                             "(what docker-compose.yaml deploys)")
     args = parser.parse_args(argv)
     if args.watchdog and args.fresh:
         parser.error("--watchdog starts the failover with its defaults (the pre-taken snapshot): drop --fresh")
@@ -176,17 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         say(f"drill: simulated core cell in {work / 'simcell'}")
         cell.up()
-        engine = AirflowEngine(work / "airflow", cell.env, port=args.port)
-        say(f"drill: starting Airflow at {engine.url} (log: {engine.home / 'standalone.log'})")
+        engine = AirflowEngine(work / "airflow", cell.env, port=args.port, executor=args.executor)
+        say(f"drill: starting Airflow ({engine.executor} engine) at {engine.url} (logs: {engine.home}/*.log)")
         engine.start()
         say(f"drill: Airflow up after {time.monotonic() - began:.0f}s")
-        ok = drill(engine, cell, args.profile, args.time_scale, args.fresh, args.watchdog, args.stuck_stop)
+        ok = drill(engine, cell, args.profile, args.time_scale, args.fresh, args.watchdog, args.stuck_stop,
+                   metal=not args.cloud_only)
         say(f"\ndrill: {'PASSED' if ok else 'FAILED'} in {time.monotonic() - began:.0f}s")
         if args.stay:
             user, password = engine.login()
             say(f"\n  Airflow UI:  {engine.url}\n  Login:       {user} / {password}\n  Simulated core cell: "
                 f"SIMCELL_DIR={cell.state_dir} python -m simcell status\n\nCtrl-C stops everything.")
-            while engine.process.poll() is None:
+            while engine.alive():
                 time.sleep(1)
     except KeyboardInterrupt:
         say()

@@ -1,9 +1,15 @@
-"""Airflow for real: ``airflow standalone`` (api-server, scheduler, dag-processor, triggerer) in an Airflow
-home of its own, driven through the REST API (``/api/v2``) the way the UI drives it.
+"""Airflow for real, in an Airflow home of its own, driven through the REST API (``/api/v2``) the way the UI
+drives it. Two engines:
 
-The engine tests (``tests/engine``), ``python -m drill`` and ``make demo`` all start Airflow with this module.
-Every process it starts carries a marker in its environment; ``stop()`` ends them all by that marker
-(task processes run in process groups of their own, so killing the standalone group is not enough).
+- ``local``: ``airflow standalone`` (api-server, scheduler, dag-processor, triggerer; LocalExecutor, SQLite).
+- ``celery``: what ``docker-compose.yaml`` deploys, on loopback: PostgreSQL and Redis (``drill.backing``), then
+  api-server, scheduler, dag-processor, triggerer and two Celery workers, each a process of its own
+  (``CELERY_COMPONENTS``; ``tests/test_deployment.py`` keeps the compose file in step with it).
+
+The engine tests (``tests/engine``), ``python -m drill`` and ``make demo`` all start Airflow with this module
+(``KAIA_HA_EXECUTOR`` or ``executor=`` chooses). Every process it starts carries a marker in its environment;
+``stop()`` ends them all by that marker (task processes run in process groups of their own, so killing the
+components' groups is not enough).
 """
 
 from __future__ import annotations
@@ -22,10 +28,26 @@ from typing import Callable
 
 import requests
 
+from drill.backing import Postgres, Redis
+
 REPO = Path(__file__).resolve().parent.parent
 POOL = ("kaia_pn_downtime", 1, "Kaia: one kpnd stop at a time")  # as scripts/bootstrap.sh and the compose init
 FINISHED = {"success", "failed"}
 MARKER = "KAIA_HA_ENGINE_ID"
+EXECUTORS = ("local", "celery")
+WORKERS = ("worker-1", "worker-2")
+# The Celery engine's Airflow components and their commands, as docker-compose.yaml runs them (one process each).
+CELERY_COMPONENTS: dict[str, list[str]] = {
+    "api-server": ["api-server"],
+    "scheduler": ["scheduler"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer"],
+    **{worker: ["celery", "worker"] for worker in WORKERS},
+}
+# The settings that make it the Celery engine (docker-compose.yaml sets each for every component).
+CELERY_SETTINGS = ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL",
+                   "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+                   "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
 
 
 class EngineError(RuntimeError):
@@ -56,13 +78,21 @@ class AirflowEngine:
     """``start()`` a real Airflow in ``home`` with ``extra_env`` (the simulated cell's variables), then use the
     REST API."""
 
-    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, port: int | None = None):
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, port: int | None = None,
+                 executor: str | None = None):
+        self.executor = executor or os.environ.get("KAIA_HA_EXECUTOR") or "local"
+        if self.executor not in EXECUTORS:
+            raise EngineError(f"executor {self.executor!r}: choose one of {', '.join(EXECUTORS)} "
+                              f"(EXECUTOR= in make, KAIA_HA_EXECUTOR in the environment)")
         self.home = Path(home)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.id = uuid.uuid4().hex
         self.env = self._env(extra_env or {})
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the standalone, or the api-server of the Celery engine
+        self.components: dict[str, subprocess.Popen] = {}
+        self.backing: list[Postgres | Redis] = []
+        self.log_path = self.home / ("standalone.log" if self.executor == "local" else "api-server.log")
         self.session = requests.Session()
         self._token: str | None = None
 
@@ -112,38 +142,82 @@ class AirflowEngine:
     # ----- processes ---------------------------------------------------------------------------------------
     def start(self, timeout: float = 300) -> "AirflowEngine":
         self.home.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.home / "standalone.log"
-        with self.log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(["airflow", "standalone"], env=self.env, cwd=REPO, start_new_session=True,
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            self._wait_up(timeout)  # standalone migrates the new database itself
+            if self.executor == "local":
+                self.process = self._spawn("standalone", ["standalone"])  # migrates the new database itself
+            else:
+                self._start_celery()
+            self._wait_up(timeout)
             self.ensure_pool(*POOL)
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        with (self.home / f"{name}.log").open("wb") as log:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(["airflow", *command], env=env or self.env, cwd=REPO, start_new_session=True,
+                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.components[name] = process
+        return process
+
+    def _start_celery(self) -> None:
+        postgres, redis = Postgres(self.env), Redis(self.env)
+        self.backing = [postgres, redis]
+        postgres.start()
+        redis.start()
+        self.env.update({
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + postgres.url,
+            "AIRFLOW__CELERY__BROKER_URL": redis.url,
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",  # two workers of four slots (no SQLite to spare any more)
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
+        })
+        migrate = subprocess.run(["airflow", "db", "migrate"], env=self.env, cwd=REPO, capture_output=True, text=True)
+        if migrate.returncode:
+            raise EngineError(f"airflow db migrate failed ({migrate.returncode}):\n{migrate.stderr[-3000:]}")
+        for name, command in CELERY_COMPONENTS.items():
+            if name in WORKERS:
+                # Each worker names itself (TaskInstance.hostname), so a run shows which worker ran each task; the
+                # logs are on this one disk, so the workers serve none.
+                env = {**self.env, "KAIA_HA_WORKER_NAME": name,
+                       "AIRFLOW__CORE__HOSTNAME_CALLABLE": "drill.hostname.worker_name"}
+                command = [*command, "--celery-hostname", f"{name}@%h", "--skip-serve-logs"]
+                self._spawn(name, command, env)
+            else:
+                self._spawn(name, command)
+        self.process = self.components["api-server"]
+
+    def alive(self) -> bool:
+        return bool(self.components) and all(p.poll() is None for p in self.components.values())
+
+    def _workers_ready(self) -> bool:
+        return all(f"{worker}@".encode() in (log := (self.home / f"{worker}.log").read_bytes())
+                   and b" ready." in log for worker in WORKERS if self.executor == "celery")
+
     def _wait_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise EngineError(f"airflow standalone exited ({self.process.returncode}); log: {self.log_path}\n"
-                                  f"{self.tail()}")
+            for name, process in self.components.items():
+                if process.poll() is not None:
+                    raise EngineError(f"airflow {name} exited ({process.returncode}); log: {self.home}/{name}.log\n"
+                                      f"{self.tail(name=name)}")
             try:
                 health = self.session.get(f"{self.url}/api/v2/monitor/health", timeout=5)
                 if health.ok and self.password_file().exists() and all(
                         (health.json().get(c) or {}).get("status") == "healthy"
-                        for c in ("scheduler", "dag_processor", "triggerer")):
+                        for c in ("scheduler", "dag_processor", "triggerer")) and self._workers_ready():
                     return
             except requests.RequestException:
                 pass
             time.sleep(1)
         raise EngineError(f"Airflow not up after {timeout:.0f}s; log: {self.log_path}\n{self.tail()}")
 
-    def tail(self, lines: int = 40) -> str:
+    def tail(self, lines: int = 40, name: str | None = None) -> str:
+        path = self.home / f"{name}.log" if name else self.log_path
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
 
@@ -161,16 +235,21 @@ class AirflowEngine:
         return pids
 
     def stop(self, grace: float = 20) -> None:
-        if self.process is None:
+        if not self.components and not self.backing:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+        for process in self.components.values():
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        for process in self.components.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for service in self.backing:  # after Airflow: nothing writes to them any more
+            service.stop()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in self.ours():
                 try:
@@ -180,10 +259,11 @@ class AirflowEngine:
             deadline = time.monotonic() + 5
             while self.ours() and time.monotonic() < deadline:
                 time.sleep(0.2)
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self.process = None
+        for process in self.components.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        self.components, self.backing, self.process = {}, [], None
 
     def __enter__(self) -> "AirflowEngine":
         return self.start()
@@ -288,6 +368,14 @@ class AirflowEngine:
             if time.monotonic() > deadline:
                 raise EngineError(f"{dag_id} {run_id} still {state} after {timeout:.0f}s")
             time.sleep(poll)
+
+    def hosts(self, dag_id: str, run_id: str) -> dict[str, int]:
+        """How many of the run's task instances each worker ran (TaskInstance.hostname)."""
+        counts: dict[str, int] = {}
+        for ti in self.task_instances(dag_id, run_id):
+            if ti.get("hostname"):
+                counts[ti["hostname"]] = counts.get(ti["hostname"], 0) + 1
+        return dict(sorted(counts.items()))
 
     def log(self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> str:
         body = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",

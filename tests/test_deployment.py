@@ -94,7 +94,7 @@ def test_every_direct_dependency_is_declared_and_pinned_as_the_constraints_pin_i
     runtime, dev, constraints = _pins("requirements.txt"), _pins("requirements-dev.txt"), _pins("constraints.txt")
     imported = {"cryptography", "pydantic", "pyyaml", "paramiko", "botocore", "boto3", "pendulum",
                 "apache-airflow-providers-standard", "apache-airflow-providers-amazon", "apache-airflow-providers-ssh",
-                "apache-airflow-providers-celery", "psycopg2-binary", "redis"}
+                "apache-airflow-providers-celery", "psycopg2-binary", "asyncpg", "redis"}
     assert imported - set(runtime) == set()
     declared = {**runtime, **dev}
     assert {name: (pin, constraints.get(name)) for name, pin in declared.items() if constraints.get(name) != pin} == {}

@@ -1,5 +1,7 @@
-"""The DAGs run by the real Airflow (``airflow standalone``: api-server, scheduler, dag-processor,
-triggerer), driven through its REST API and UI, against a simulated core cell of the suite's own.
+"""The DAGs run by the real Airflow, driven through its REST API and UI, against a simulated core cell of the
+suite's own. The engine is the one ``docker-compose.yaml`` deploys: CeleryExecutor on PostgreSQL and Redis with
+two workers, api-server, scheduler, dag-processor and triggerer (``drill.engine``); ``KAIA_HA_EXECUTOR=local``
+runs the suite on ``airflow standalone`` instead.
 
 Airflow starts once for the package; the core cell is maintained once (``kaia_cn_maintenance`` through
 the REST API), as a failover needs.
@@ -7,6 +9,7 @@ the REST API), as a failover needs.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -17,6 +20,7 @@ from drill.engine import AirflowEngine
 
 from .enginekit import FAILOVER, MAINTENANCE
 
+EXECUTOR = os.environ.get("KAIA_HA_EXECUTOR") or "celery"
 TIMES: dict[str, float] = {}  # seconds of each stage, printed at the end of the run (README's measured times)
 
 
@@ -52,7 +56,7 @@ def maintained(tmp_path_factory):
     try:
         cell.up()
         TIMES["cell up"] = time.monotonic() - began
-        engine = AirflowEngine(tmp_path_factory.mktemp("engine-airflow"), cell.env).start()
+        engine = AirflowEngine(tmp_path_factory.mktemp("engine-airflow"), cell.env, executor=EXECUTOR).start()
         TIMES["airflow up"] = time.monotonic() - began - TIMES["cell up"]
         for dag_id in (MAINTENANCE, FAILOVER):
             engine.unpause(dag_id)

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import pytest
 
 from cellkit import Cell
-from drill.engine import AirflowEngine, EngineError
+from drill.engine import WORKERS, AirflowEngine, EngineError
 from drill.incident import APPROVAL, WATCHDOG, asked, epoch, synced_at, watch_until_dead
 
-from .conftest import TIMES
+from .conftest import EXECUTOR, TIMES
 from .enginekit import FAILOVER, MAINTENANCE, keys_of
 
 FRESH_SNAPSHOT = {f"chain_data.fresh_snapshot.{t}"
@@ -125,6 +125,13 @@ def test_maintenance_ran_every_task_once(maintained):
     assert {t["state"] for t in tis} <= {"success", "skipped"}
     assert all(ran_once(t["task_id"], t["try_number"]) for t in tis if t["state"] == "success"), tis
     assert "report" in {t["task_id"] for t in tis} and len(tis) >= 10
+
+
+@pytest.mark.skipif(EXECUTOR != "celery", reason="one worker: airflow standalone")
+def test_the_tasks_of_each_run_were_spread_over_both_celery_workers(maintained, failover):
+    engine = failover.engine
+    for dag_id, run_id in ((MAINTENANCE, maintained.maintenance_run), (FAILOVER, failover.run_id)):
+        assert set(engine.hosts(dag_id, run_id)) == set(WORKERS), (dag_id, engine.hosts(dag_id, run_id))
 
 
 def test_failover_succeeds_with_one_retry_of_the_preflight(failover):
