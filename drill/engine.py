@@ -44,10 +44,20 @@ CELERY_COMPONENTS: dict[str, list[str]] = {
     "triggerer": ["triggerer"],
     **{worker: ["celery", "worker"] for worker in WORKERS},
 }
-# The settings that make it the Celery engine (docker-compose.yaml sets each for every component).
-CELERY_SETTINGS = ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL",
-                   "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
-                   "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
+# Shared by every component of either engine (docker-compose.yaml sets each for every Airflow service too).
+SHARED_SETTINGS = ("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__API_AUTH__JWT_SECRET",
+                   "AIRFLOW__API__SECRET_KEY")
+
+
+def celery_settings(database: str, broker: str) -> dict[str, str]:
+    """What makes it the Celery engine, given the PostgreSQL URL (with its driver: SQLAlchemy 2.1's default for a
+    bare ``postgresql://`` is psycopg 3, which the runtime does not install) and the Redis URL."""
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + database,
+        "AIRFLOW__CELERY__BROKER_URL": broker,
+    }
 
 
 class EngineError(RuntimeError):
@@ -166,11 +176,8 @@ class AirflowEngine:
         self.backing = [postgres, redis]
         postgres.start()
         redis.start()
+        self.env.update(celery_settings(postgres.url, redis.url))
         self.env.update({
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url,
-            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + postgres.url,
-            "AIRFLOW__CELERY__BROKER_URL": redis.url,
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__CORE__PARALLELISM": "8",  # two workers of four slots (no SQLite to spare any more)
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
         })

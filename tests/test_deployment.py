@@ -338,3 +338,25 @@ def test_the_secrets_manager_backend_when_set():
     assert conn.extra_dejson["private_key"] == key_text
     assert conn.extra_dejson["host_key"].startswith("ssh-ed25519 ")
     assert backend.config_prefix is None  # no Secrets Manager call for every configuration option
+
+
+def test_the_compose_file_deploys_the_celery_engine_the_tests_run():
+    """The engine suite and ``make drill EXECUTOR=celery`` run ``drill.engine``'s Celery engine: the compose file
+    must deploy the same components with the same commands, as many workers, and the same settings (drivers too:
+    the engine proves them, the compose file cannot be started here)."""
+    from drill.engine import CELERY_COMPONENTS, SHARED_SETTINGS, WORKERS, celery_settings
+
+    airflow = {name: s for name, s in SERVICES.items() if name.startswith("airflow-") and name != "airflow-init"}
+    deployed = sorted(s["command"] for s in airflow.values())
+    assert deployed == sorted({" ".join(command) for command in CELERY_COMPONENTS.values()})
+    worker = next(s for s in airflow.values() if s["command"] == "celery worker")
+    assert worker["deploy"]["replicas"] == len(WORKERS)
+    expected = celery_settings("postgresql+psycopg2://airflow@127.0.0.1:5432/airflow", "redis://127.0.0.1:6379/0")
+    scheme = lambda url: url.split("://", 1)[0]  # noqa: E731
+    for name, service in airflow.items():
+        env = service["environment"]
+        assert set(SHARED_SETTINGS) | set(expected) <= set(env), name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == expected["AIRFLOW__CORE__EXECUTOR"]
+        for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND",
+                    "AIRFLOW__CELERY__BROKER_URL"):
+            assert scheme(env[key]) == scheme(expected[key]), (name, key, env[key])
