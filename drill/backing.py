@@ -108,7 +108,11 @@ class Postgres:
             return False
 
     def stop(self) -> None:
-        _stop(self.process, signal.SIGINT)  # PostgreSQL's fast shutdown
+        try:  # the postmaster itself (as root, self.process is runuser, which does not pass the signal on)
+            os.kill(int((self.data / "postmaster.pid").read_text().split()[0]), signal.SIGINT)  # fast shutdown
+        except (OSError, ValueError, IndexError):
+            pass
+        _stop(self.process, signal.SIGINT)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -187,8 +187,11 @@ class AirflowEngine:
         for name, command in CELERY_COMPONENTS.items():
             if name in WORKERS:
                 # Each worker names itself (TaskInstance.hostname), so a run shows which worker ran each task; the
-                # logs are on this one disk, so the workers serve none.
-                env = {**self.env, "KAIA_HA_WORKER_NAME": name,
+                # logs are on this one disk, so the workers serve none. Each has a home and scratch of its own: a
+                # task that counted on another task's local files fails here, as it would on two machines.
+                scratch = self.home / name / "tmp"
+                scratch.mkdir(parents=True, exist_ok=True)
+                env = {**self.env, "KAIA_HA_WORKER_NAME": name, "HOME": str(scratch.parent), "TMPDIR": str(scratch),
                        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "drill.hostname.worker_name"}
                 command = [*command, "--celery-hostname", f"{name}@%h", "--skip-serve-logs"]
                 self._spawn(name, command, env)
