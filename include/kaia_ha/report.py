@@ -1,21 +1,28 @@
 """Run reports: each step records its own timing; a final task renders one report per run.
 
 A step's record is a small JSON-safe dict pushed to XCom under ``STEP_KEY`` (start, end, seconds, try
-number, outcome). Reports are written as JSON and Markdown under ``KAIA_HA_REPORT_DIR`` (default
-``$AIRFLOW_HOME/reports``), one folder per DAG, and printed to the task log. No key material ever
-reaches them: steps return node IDs and fingerprints only.
+number, outcome). Reports are written as JSON and Markdown through Airflow's object storage to the store
+``kaia_ha.model.report_store`` names (``KAIA_HA_REPORT_URL``, e.g. ``s3://bucket/prefix``; unset, the local folder
+``KAIA_HA_REPORT_DIR``, default ``$AIRFLOW_HOME/reports``), one folder per DAG, where the UI's Report tab reads
+them, and printed to the task log. No key material ever reaches them: steps return node IDs and fingerprints only.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from kaia_ha.model import report_store
+from kaia_ha_airflow.iam import needs
+
 STEP_KEY = "kaia_step"
+log = logging.getLogger(__name__)
 
 
 def step(fn):
@@ -64,25 +71,67 @@ def record_task(context) -> None:
 
 
 def report_dir(dag_id: str) -> Path:
+    """The local folder of a DAG's reports when no durable store is set (``KAIA_HA_REPORT_URL`` unset)."""
     base = os.environ.get("KAIA_HA_REPORT_DIR") or Path(os.environ.get("AIRFLOW_HOME", ".")) / "reports"
-    path = Path(base) / dag_id
+    path = Path(base) / report_store.dag_folder(dag_id)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def file_name(run_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+file_name = report_store.file_name
 
 
 def write(dag_id: str, run_id: str, report: dict, markdown: str) -> dict[str, str]:
-    folder = report_dir(dag_id)
-    stem = file_name(run_id)
-    json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
-    for path, text in ((json_path, json.dumps(report, indent=2, default=str)), (md_path, markdown)):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    return {"json": str(json_path), "markdown": str(md_path)}
+    """Store the run's report (JSON and Markdown) where the Report tab reads it; the same names on every try, so a
+    retry replaces what an earlier try wrote. Local files are replaced atomically (a unique temporary file, then a
+    rename), an S3 object by one PUT (a reader sees the old object or the new, never a part). Returns the two
+    locations: file system paths for a local store, ``s3://`` URLs otherwise. A durable store that fails does not
+    cost the run its verdict: the report goes to the local folder instead, with a warning in the task log."""
+    texts = {"json": json.dumps(report, indent=2, default=str), "markdown": markdown}
+    fallback = report_store.store({**os.environ, report_store.URL_ENV: ""})
+    try:
+        where = report_store.store()
+    except ValueError as exc:
+        where = _not_stored(exc, os.environ.get(report_store.URL_ENV), dag_id, fallback)
+    if where.local:
+        return _write_local(where, dag_id, run_id, texts)
+    try:
+        return _write_remote(where, dag_id, run_id, texts)
+    except Exception as exc:  # the caller still logs the report and raises the run's own verdict
+        return _write_local(_not_stored(exc, where.url, dag_id, fallback), dag_id, run_id, texts)
+
+
+def _not_stored(exc: Exception, url: str | None, dag_id: str, fallback: report_store.Store) -> report_store.Store:
+    log.warning("The report could NOT be stored in %s (%s: %s); it is on this worker only, under %s",
+                url, type(exc).__name__, str(exc)[:300], report_dir(dag_id))
+    return fallback
+
+
+@needs("s3:PutObject")
+def _write_remote(where: report_store.Store, dag_id: str, run_id: str, texts: dict[str, str]) -> dict[str, str]:
+    from airflow.sdk import ObjectStoragePath  # here, not at import: DAG files import this module
+
+    urls = where.locate(dag_id, run_id)
+    for kind, url in urls.items():
+        ObjectStoragePath(url, conn_id=where.conn_id).write_text(texts[kind])
+    return urls
+
+
+def _write_local(where: report_store.Store, dag_id: str, run_id: str, texts: dict[str, str]) -> dict[str, str]:
+    from airflow.sdk import ObjectStoragePath
+
+    urls = where.locate(dag_id, run_id)
+    report_dir(dag_id)
+    for kind, url in urls.items():
+        target = ObjectStoragePath(url)
+        tmp = target.parent / f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            tmp.write_text(texts[kind])
+            tmp.replace(target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return {kind: str(report_store.local_path(url)) for kind, url in urls.items()}
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

@@ -320,7 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         self.server.front._serve(self)  # type: ignore[attr-defined]
 
-    do_GET = do_POST = do_PUT = do_DELETE = _serve
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _serve
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.client_address[0], *args)
@@ -464,9 +464,12 @@ class AwsFront:
         handler.send_response(reply.status)
         for name, value in reply.headers:
             handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(reply.body)))
+        head = req.method == "HEAD"  # S3's HeadObject: the object's length, no body
+        if not (head and any(name.lower() == "content-length" for name, _ in reply.headers)):
+            handler.send_header("Content-Length", str(len(reply.body)))
         handler.end_headers()
-        handler.wfile.write(reply.body)
+        if not head:
+            handler.wfile.write(reply.body)
 
     def _parse(self, handler: BaseHTTPRequestHandler) -> _Request:
         length = int(handler.headers.get("Content-Length") or 0)
@@ -529,7 +532,8 @@ class AwsFront:
             conn.endheaders(req.body)
             resp = conn.getresponse()
             body = resp.read()
-            headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _OWN_RESPONSE_HEADERS]
+            own = _OWN_RESPONSE_HEADERS - {"content-length"} if req.method == "HEAD" else _OWN_RESPONSE_HEADERS
+            headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in own]
             return _Reply(resp.status, headers, body)
         finally:
             conn.close()
