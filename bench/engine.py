@@ -64,7 +64,7 @@ def critical_path(engine, dag_id: str, steps: list[dict], last: str) -> list[str
 def engine_for(executor: str, tmp: str, cell):
     from drill.engine import AirflowEngine
 
-    engine = AirflowEngine(Path(tmp) / "airflow", cell.env, executor=executor)
+    engine = AirflowEngine(Path(tmp) / "airflow", cell.engine_env(), executor=executor)
     engine.start()
     for dag_id in (MAINTENANCE, FAILOVER):
         engine.unpause(dag_id)

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from drill.engine import EXECUTORS, REPO, AirflowEngine
+from drill.engine import EXECUTORS, REPO, AirflowEngine, EngineError
 from drill.incident import APPROVAL, WATCHDOG, asked, epoch, synced_at, watch_until_dead
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -86,11 +86,11 @@ def run_dag(engine: AirflowEngine, dag_id: str, conf: dict | None, timeout: floa
 
 
 def report_text(engine: AirflowEngine, dag_id: str, run_id: str) -> str:
-    """The Markdown report the run wrote; else the report task's log."""
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
-    path = Path(engine.env["KAIA_HA_REPORT_DIR"]) / dag_id / f"{stem}.md"
-    if path.exists():
-        return path.read_text()
+    """The Markdown report of the run as the operator reads it (the Report tab's app); else the report task's log."""
+    try:
+        return engine.report(dag_id, run_id)
+    except EngineError as exc:
+        say(f"(no report in the store: {exc})")
     report = next((t for t in engine.task_instances(dag_id, run_id) if t["task_id"] == "report"), None)
     if report and report["try_number"]:
         return engine.log(dag_id, run_id, "report", report["try_number"])
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         say(f"drill: simulated core cell in {work / 'simcell'}")
         cell.up()
-        engine = AirflowEngine(work / "airflow", cell.env, port=args.port, executor=args.executor)
+        engine = AirflowEngine(work / "airflow", cell.engine_env(), port=args.port, executor=args.executor)
         say(f"drill: starting Airflow ({engine.executor} engine) at {engine.url} (logs: {engine.home}/*.log)")
         engine.start()
         say(f"drill: Airflow up after {time.monotonic() - began:.0f}s")

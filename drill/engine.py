@@ -25,6 +25,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 import requests
 
@@ -192,6 +193,7 @@ class AirflowEngine:
                 scratch = self.home / name / "tmp"
                 scratch.mkdir(parents=True, exist_ok=True)
                 env = {**self.env, "KAIA_HA_WORKER_NAME": name, "HOME": str(scratch.parent), "TMPDIR": str(scratch),
+                       "KAIA_HA_REPORT_DIR": str(scratch.parent / "reports"),  # used only without a durable store
                        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "drill.hostname.worker_name"}
                 command = [*command, "--celery-hostname", f"{name}@%h", "--skip-serve-logs"]
                 self._spawn(name, command, env)
@@ -378,6 +380,14 @@ class AirflowEngine:
             if time.monotonic() > deadline:
                 raise EngineError(f"{dag_id} {run_id} still {state} after {timeout:.0f}s")
             time.sleep(poll)
+
+    def report(self, dag_id: str, run_id: str, form: str = "markdown") -> str:
+        """A run's report from the durable store, through the Report tab's app (``/kaia-ha/reports``)."""
+        r = self.session.get(f"{self.url}/kaia-ha/reports/{dag_id}/{quote(run_id, safe='')}/{form}",
+                             headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+        if not r.ok:
+            raise EngineError(f"report of {dag_id} {run_id} -> {r.status_code}: {r.text[:300]}")
+        return r.text
 
     def hosts(self, dag_id: str, run_id: str) -> dict[str, int]:
         """How many of the run's task instances each worker ran (TaskInstance.hostname)."""

@@ -49,6 +49,17 @@ class Cell:
                 env[key] = shlex.split(value)[0] if value else ""
         return env
 
+    def engine_env(self) -> dict[str, str]:
+        """The environment of an Airflow engine against this cell (the drill, the engine suite): the cell's, and what
+        a deployment with several workers keeps off their disks, in the cell's S3 (docker-compose.yaml's options):
+        the run reports (the durable report store) and the task logs (Airflow's remote logging)."""
+        from simcell.seed import STATE_BUCKET
+
+        return {**self.env, "KAIA_HA_REPORT_URL": f"s3://{STATE_BUCKET}/reports", "KAIA_HA_REPORT_CONN_ID": "kaia_aws",
+                "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+                "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"s3://{STATE_BUCKET}/logs",
+                "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "kaia_aws"}
+
     def status(self) -> dict:
         return json.loads(self.cli("status").stdout)
 

@@ -558,6 +558,8 @@ class AwsFront:
             "fault": fault,
             "dry_run": req.dry_run,
         }
+        if req.service == "s3":  # which object: the placement's, a report, a task log
+            entry["path"] = req.path.split("?", 1)[0]
         line = json.dumps(entry, default=str) + "\n"
         with self._log_lock, self._call_log_path.open("a", encoding="utf-8") as log:
             log.write(line)

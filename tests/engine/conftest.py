@@ -56,7 +56,7 @@ def maintained(tmp_path_factory):
     try:
         cell.up()
         TIMES["cell up"] = time.monotonic() - began
-        engine = AirflowEngine(tmp_path_factory.mktemp("engine-airflow"), cell.env, executor=EXECUTOR).start()
+        engine = AirflowEngine(tmp_path_factory.mktemp("engine-airflow"), cell.engine_env(), executor=EXECUTOR).start()
         TIMES["airflow up"] = time.monotonic() - began - TIMES["cell up"]
         for dag_id in (MAINTENANCE, FAILOVER):
             engine.unpause(dag_id)

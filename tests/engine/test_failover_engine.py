@@ -134,6 +134,28 @@ def test_the_tasks_of_each_run_were_spread_over_both_celery_workers(maintained, 
         assert set(engine.hosts(dag_id, run_id)) == set(WORKERS), (dag_id, engine.hosts(dag_id, run_id))
 
 
+def test_the_reports_are_in_the_durable_store_and_none_on_a_workers_disk(maintained, failover):
+    """Several workers: a report on the disk of the worker that wrote it is lost to the operator. The Report tab's
+    app reads them from the store (the cell's S3), and no worker kept a copy."""
+    from kaia_ha.model.report_store import file_name
+
+    engine, s3 = failover.engine, failover.cell.client("s3")
+    for dag_id, run_id in ((MAINTENANCE, maintained.maintenance_run), (FAILOVER, failover.run_id)):
+        stored = s3.get_object(Bucket="kaia-ha-state", Key=f"reports/{dag_id}/{file_name(run_id)}.md")
+        assert stored["Body"].read().decode() == engine.report(dag_id, run_id)
+    assert "Result: OK, validator back in sync" in engine.report(FAILOVER, failover.run_id)
+    assert [p for p in engine.home.rglob("reports/*/*") if p.is_file()] == []
+
+
+def test_the_task_logs_are_read_from_s3_where_the_workers_sent_them(failover):
+    """Remote logging (the compose file's option (a)): a finished task's log is read from S3, not a worker's disk."""
+    engine, s3 = failover.engine, failover.cell.client("s3")
+    log = engine.log(FAILOVER, failover.run_id, "verify.in_sync", 1)
+    assert "s3://kaia-ha-state/logs/" in log and "\"task_id\": \"verify.in_sync\"" in log, log[:600]
+    listed = s3.list_objects_v2(Bucket="kaia-ha-state", Prefix=f"logs/dag_id={FAILOVER}/")
+    assert listed["KeyCount"] >= len(RAN), listed["KeyCount"]
+
+
 def test_failover_succeeds_with_one_retry_of_the_preflight(failover):
     state, tis = failover.state, failover.tis
     assert state == "success", {k: v for k, v in tis.items() if v[0] != "success"}
