@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(RUN) $(PY) bench/watchdog.py $(BENCH_RUNS)
 	$(RUN) $(PY) bench/watchdog.py --soak 30
 	$(RUN) $(PY) bench/watchdog.py --cells 20
+	$(RUN) $(PY) bench/engine.py overhead $(BENCH_RUNS)
+	$(RUN) $(PY) bench/engine.py scale $(if $(CELLS),--cells $(CELLS))
 
 # Every AWS action and SSH step under every fault kind, and every failover step failed then cleared.
 faults: $(STAMP)
