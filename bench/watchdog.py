@@ -428,7 +428,7 @@ def watch_rounds(engine, cell, n: int, period: float, rounds_per_run: int | None
         text = engine.log(WATCH, run_id, "watch", 1)
         log_tail = [line[:160] for line in text.splitlines()[-80:]]
         inner = [(float(m.group(2)), m.group(3).strip()) for m in
-                 re.finditer(r"round over (\d+) cells in ([\d.]+) s: ([^\n\"']*)", text)]
+                 re.finditer(r"round over (\d+) cells in ([\d.]+) s: ([\w ,]+)", text)]
     except EngineError as exc:
         log_tail, inner = [f"no log: {exc}"], []
     figures = round_figures(run, samples, pokes, reschedules(engine.home / "airflow.db", run_id), period, parallelism)

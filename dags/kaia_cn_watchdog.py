@@ -8,7 +8,9 @@ placement: after a failover the new node is watched) from independent views: the
 for all the cells: each of its pokes is one round over every cell at once (in threads), a short reschedule-mode poke,
 so no worker slot is held between rounds. It pokes at the smallest `round_seconds` of the cells (below 10 s it pokes
 inside one task instead); a cell with a longer period is probed when due. Its XCom is each cell's latest verdict by
-cell name; per cell, `<cell>.decide` reads its own and `<cell>.open_approval` opens the approval.
+cell name; per cell, `<cell>.decide` reads its own and `<cell>.open_approval` opens the approval. The run's watch
+ends as soon as a cell turns dead (its approval is asked at once), else after its rounds: a cell that stays dead (its
+approval open, its failover running) does not cut the other cells' rounds short.
 
 | verdict | when | what happens |
 |---|---|---|
@@ -27,7 +29,8 @@ One approval per validator at a time: while one is open only the alert repeats (
 approval comes with the next repeat. Quiet while a failover of that validator (or any run of its failover DAG) is
 queued or running. `watchdog.auto_failover: true` on a cell starts the failover without asking.
 
-The per-cell round counter is in the state store beside the live placement (`_watchdog/<cell>.json`).
+The per-cell round counter, its last round's time and verdict are in the state store beside the live placement
+(`_watchdog/<cell>.json`).
 
 ## When it fails
 One cell whose round raises is logged in the `watch` task's log and counted as a bad round of that cell; the other
@@ -51,8 +54,8 @@ inventory, INVENTORY_ERROR = try_load_inventory()  # broken: one task, which fai
 
 def watch_task(cells: list):
     """One sensor for every cell: each poke is one round over all of them at once; it pokes at the smallest round
-    period (reschedule mode only from RESCHEDULE_MIN_SECONDS: see dag_defaults) and ends on a dead verdict or once
-    every cell has had its rounds."""
+    period (reschedule mode only from RESCHEDULE_MIN_SECONDS: see dag_defaults) and ends when a cell has just turned
+    dead or once every cell has had its rounds."""
     names = [cell.name for cell in cells]
 
     @task.sensor(task_id="watch", timeout=300, **wait(watchdog.poke_seconds(cells)))

@@ -12,8 +12,10 @@ One sensor for every cell (``watch_cells``): each poke is one round over all the
 probes are SSH and API calls: I/O, not CPU), so a round costs one task start and the slowest cell's probes, not a
 task start per cell (20 cells, one task each, took ~56 s a round on two cores against a 10 s period). The sensor
 pokes at the smallest ``round_seconds``; a cell is probed only when due (its last round, in its record, at least its
-``round_seconds`` ago) and until its share of the run's rounds is done. One cell whose round raises is logged and
-counted as that cell's bad round; the others' verdicts stand.
+``round_seconds`` ago) and until its share of the run's rounds is done. It ends on a cell that just turned dead (its
+approval asked at once), else once every cell has had its rounds: a cell that stays dead does not cut the others'
+rounds short. One cell whose round raises is logged and counted as that cell's bad round; the others' verdicts
+stand.
 
 Views of the active CN (the live placement's, so a new node is watched once a failover records it):
 
@@ -53,7 +55,7 @@ DAG_ID = dag_ids.WATCHDOG
 APPROVAL_DAG_ID = dag_ids.FAILOVER_APPROVAL
 OPEN = ("queued", "running")
 RUN_SECONDS = 45  # a run's rounds fit in its minute, so the next run starts on time
-MAX_THREADS = 16  # cells probed at once in a round (each: a few SSH sessions and AWS calls)
+MAX_THREADS = 16  # cells probed at once in a round (each: one SSH session at a time, a few AWS calls)
 
 
 def failover_dag(cell: Cell) -> str:
@@ -286,9 +288,16 @@ def round_done(verdict: dict, rounds_per_run: int | None = None) -> bool:
     return verdict["verdict"] == "dead" or verdict["run_rounds"] >= share
 
 
+def turned_dead(verdict: dict) -> bool:
+    """Dead at this very round (its count just reached ``dead_after_rounds``): its approval is to be asked now."""
+    return verdict["verdict"] == "dead" and verdict["bad_rounds"] == verdict["dead_after_rounds"]
+
+
 def cells_done(verdicts: dict[str, dict], cells: list[str]) -> bool:
-    """The run's one watch ends when any cell is dead, or once every cell has had its share of rounds."""
-    return (any(v["verdict"] == "dead" for v in verdicts.values())
+    """The run's one watch ends when a cell has just turned dead (act now), or once every cell has had its share of
+    rounds (a dead cell's share is over). A cell that stays dead (its approval open, its failover running) does not
+    end it at once: the other cells keep their rounds, and its ``decide`` comes at the run's end."""
+    return (any(turned_dead(v) for v in verdicts.values())
             or all(name in verdicts and round_done(verdicts[name]) for name in cells))
 
 

@@ -215,10 +215,14 @@ def test_a_cell_is_probed_only_when_due_and_until_its_share_is_done(all_cells, m
     assert {v["run_rounds"] for v in watchdog.watch_cells("r2", rounds_per_run=2).values()} == {1}  # a new run
 
 
-def test_the_run_ends_on_any_dead_cell_and_waits_for_a_cell_not_yet_judged():
-    healthy = {"verdict": "healthy", "run_rounds": 1, "run_share": 4}
+def test_the_run_ends_on_a_cell_turned_dead_and_waits_for_a_cell_not_yet_judged():
+    healthy = {"verdict": "healthy", "run_rounds": 1, "run_share": 4, "bad_rounds": 0, "dead_after_rounds": 3}
     assert not watchdog.cells_done({"a": healthy}, ["a", "b"])
-    assert watchdog.cells_done({"a": healthy | {"verdict": "dead"}}, ["a", "b"])
+    assert watchdog.cells_done({"a": healthy | {"verdict": "dead", "bad_rounds": 3}}, ["a", "b"])
+    # still dead from earlier runs (its approval open): the others keep their rounds
+    still = healthy | {"verdict": "dead", "bad_rounds": 7}
+    assert not watchdog.cells_done({"a": still, "b": healthy}, ["a", "b"])
+    assert watchdog.cells_done({"a": still, "b": healthy | {"run_rounds": 4}}, ["a", "b"])
     assert not watchdog.cells_done({"a": healthy | {"run_rounds": 4}}, ["a", "b"])
     assert watchdog.cells_done({"a": healthy | {"run_rounds": 4}, "b": healthy | {"run_rounds": 4}}, ["a", "b"])
 
