@@ -22,15 +22,17 @@ Cells (issue 14: "one watch round over 20 core cells fits within its period and 
 rounds"): ``simcell up --cloud-cells N`` (instant profile, healthy, the inventory cut to the N cloud cells), a real
 Airflow (``drill.engine.AirflowEngine``: ``airflow standalone``, LocalExecutor, SQLite, **parallelism 4** on the
 2-core machine), ``kaia_cn_watchdog`` triggered through REST (``use_job_schedule`` is off there) --runs times, one
-after another. Each cell's ``<cell>.watch`` is a reschedule-mode sensor poking every ``watchdog.round_seconds``; a
-round = each cell's k-th poke of the run. The run's task instances are listed through REST every 0.5 s: each poke
-sets the TI's start_date (its process started) and, rescheduled, its end_date, so the samples give every poke's
-start and end; ``task_reschedule`` gives when the next poke is due (its ``reschedule_date``; the run's start for the
-first poke). Per round: span = first poke start to last poke end across the N cells, the longest poke, each poke's
-lag = start - due. Slots held between rounds = TIs seen ``running`` between two of their pokes (a reschedule sensor
-is ``up_for_reschedule`` there), once the first poke's reschedule was recorded: until then (seconds after the poke's
-end_date on a saturated machine) the TI shows ``running`` and its process still holds its slot, counted apart as the
-poke's tail. Fits = every round's span <= the period and every lag < the period. ``--try``
+after another. The one ``watch`` task is a reschedule-mode sensor poking every ``watchdog.round_seconds``, each poke
+one round over all the cells at once (threads): a round = one poke of it. The run's task instances are listed through
+REST every 0.5 s: each poke sets the TI's start_date (its process started) and, rescheduled, its end_date, so the
+samples give every poke's start and end; ``task_reschedule`` gives when the next poke is due (its
+``reschedule_date``; the run's start for the first poke). Per round: span = the poke's duration (start to end), its
+lag = start - due. Every cell judged in every round: the sensor's XCom (each cell's latest verdict) has all N cells,
+each with ``run_rounds`` = the number of pokes (a cell is judged at most once a poke). Slots held between rounds =
+the watch TI seen ``running`` between two of its pokes (a reschedule sensor is ``up_for_reschedule`` there), once
+the poke's reschedule was recorded: until then (seconds after the poke's end_date on a saturated machine) the TI
+shows ``running`` and its process still holds its slot, counted apart as the poke's tail. Fits = every round's span
+<= the period, every lag < the period and every cell judged in every round. ``--try``
 measures again with another setting on the same cell (a fresh Airflow each): ``parallelism=P``,
 ``round_seconds=S``, or ``round_seconds=auto`` (the default's longest span or lag up to the next 5 s, if it did not
 fit). Results: ``.artifacts/bench/watchdog_cells.json``.
@@ -42,6 +44,7 @@ import argparse
 import json
 import math
 import random
+import re
 import shutil
 import tempfile
 import threading
@@ -83,12 +86,12 @@ def only_cloud(cell) -> None:
 
 
 def watch_ended() -> float:
-    """When the newest watchdog run's watch task of cc-cloud ended (the dead verdict)."""
+    """When the newest watchdog run's watch task ended (cc-cloud's dead verdict: the only cell here)."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        ti = session.query(TaskInstance).filter_by(dag_id=WATCH, task_id="cc-cloud.watch").order_by(
+        ti = session.query(TaskInstance).filter_by(dag_id=WATCH, task_id="watch").order_by(
             TaskInstance.end_date.desc()).first()
         return ti.end_date.timestamp()
 
@@ -247,7 +250,7 @@ def sample_run(engine, run_id: str, parallelism: int, every: float = 0.5, timeou
         states = [ti["state"] for ti in tis]
         samples.append((t0, t1, {ti["task_id"]: (ti["state"], epoch(ti["start_date"]), epoch(ti["end_date"]),
                                                  epoch(ti.get("queued_when")))
-                                 for ti in tis if ti["task_id"].endswith(".watch")},
+                                 for ti in tis if ti["task_id"] == "watch"},
                         states.count("running"), states.count("queued"), states.count("scheduled"),
                         states.count("up_for_reschedule")))
         i += 1
@@ -296,9 +299,10 @@ def pokes_of(samples: list) -> dict[str, list[dict]]:
 
 
 def round_figures(run: dict, samples: list, pokes: dict, rows: dict, period: float, parallelism: int) -> dict:
-    """Per round k (each cell's k-th poke of the run): span (first start to last end), the slot-seconds the pokes
-    held, each poke's lag behind its due time (poke 1: the run's start; poke k: the previous poke's
-    reschedule_date), and the task instances seen ``running`` between their pokes."""
+    """Per round k (the watch task's k-th poke; the code reads any number of watch tasks, the k-th poke of each a
+    round): span (first start to last end), the slot-seconds the pokes held, each poke's lag behind its due time
+    (poke 1: the run's start; poke k: the previous poke's reschedule_date), and the task instances seen ``running``
+    between their pokes."""
     import statistics
 
     t_run = epoch(run["start_date"])
@@ -322,7 +326,7 @@ def round_figures(run: dict, samples: list, pokes: dict, rows: dict, period: flo
         lag = [p["lag"] for p in this if p["lag"] is not None]
         lags += lag
         queue_lags += [p["to_queue"] for p in this if p["to_queue"] is not None]
-        rounds.append({"round": k + 1, "cells": len(this), "span_s": round(span, 2),
+        rounds.append({"round": k + 1, "tasks": len(this), "span_s": round(span, 2),
                        "longest_poke_s": round(max(p["end"] - p["start"] for p in this), 2),
                        "poke_slot_s": round(busy, 1), "span_if_slot_bound_s": round(busy / parallelism, 1),
                        "lag_median_s": round(statistics.median(lag), 2), "lag_max_s": round(max(lag), 2),
@@ -384,7 +388,7 @@ def round_figures(run: dict, samples: list, pokes: dict, rows: dict, period: flo
         # every sample: seconds from the run's start, then the run's task instances running, queued, scheduled,
         # up_for_reschedule
         "states_series": [[round(x[0] - t_run, 1), *x[3:]] for x in samples],
-        "pokes_by_cell": {task.split(".")[0]: [{k: round(v - t_run, 2)
+        "pokes_by_task": {task: [{k: round(v - t_run, 2)
                                                 if isinstance(v, float) and k not in ("lag", "to_queue") else
                                                 (round(v, 2) if isinstance(v, float) else v)
                                                 for k, v in p.items()} for p in ps]
@@ -407,33 +411,39 @@ def watch_rounds(engine, cell, n: int, period: float, rounds_per_run: int | None
     busy = machine_busy()
     pokes = pokes_of(samples)  # a failed run (a sensor timed out, say) is measured too: its state is in the figures
     assert pokes, f"{WATCH} {run_id} ({run['state']}): no poke seen"
-    verdicts = {}
-    for task in pokes:
-        try:
-            xcom = engine.get(f"/dags/{WATCH}/dagRuns/{run_id}/taskInstances/{task}/xcomEntries/return_value")
-        except EngineError:
-            verdicts["none (no XCom)"] = verdicts.get("none (no XCom)", 0) + 1
-            continue
-        value = xcom.get("value")
-        value = json.loads(value) if isinstance(value, str) else value
-        verdicts[value["verdict"]] = verdicts.get(value["verdict"], 0) + 1
-    try:  # one cell's task log: where a poke's time goes (its own timestamps), kept with the figures
-        first = sorted(pokes)[0]
-        log_tail = [line[:160] for line in engine.log(WATCH, run_id, first, 1).splitlines()[-80:]]
+    assert list(pokes) == ["watch"], f"one watch task expected, seen {sorted(pokes)}"
+    n_rounds = len(pokes["watch"])
+    try:  # the sensor's XCom: each cell's latest verdict, by cell name
+        xcom = engine.get(f"/dags/{WATCH}/dagRuns/{run_id}/taskInstances/watch/xcomEntries/return_value")
+        judged = xcom.get("value")
+        judged = json.loads(judged) if isinstance(judged, str) else judged
+    except EngineError:
+        judged = {}
+    verdicts: dict[str, int] = {}
+    for v in judged.values():
+        verdicts[v["verdict"]] = verdicts.get(v["verdict"], 0) + 1
+    # a cell is judged at most once a poke: run_rounds = the pokes seen means judged in every round
+    every_round = sum(v.get("run_rounds") == n_rounds and not v.get("failed") for v in judged.values())
+    try:  # the watch task's log: each poke's own "round over N cells in S s" line (the threads' part of the poke)
+        text = engine.log(WATCH, run_id, "watch", 1)
+        log_tail = [line[:160] for line in text.splitlines()[-80:]]
+        inner = [(float(m.group(2)), m.group(3).strip()) for m in
+                 re.finditer(r"round over (\d+) cells in ([\d.]+) s: ([\w ,]+)", text)]
     except EngineError as exc:
-        log_tail = [f"no log: {exc}"]
+        log_tail, inner = [f"no log: {exc}"], []
     figures = round_figures(run, samples, pokes, reschedules(engine.home / "airflow.db", run_id), period, parallelism)
-    figures["fits"] = int(figures["fits"] and run["state"] == "success" and len(pokes) == n
+    figures["fits"] = int(figures["fits"] and run["state"] == "success" and every_round == n
                           and not figures["pokes_failed"])
-    return {**{k: v for k, v in figures.items() if k not in ("per_round", "pokes_by_cell", "states_series")},
-            "run_state": run["state"], "cells_polled": len(pokes), "cells": n,
+    return {**{k: v for k, v in figures.items() if k not in ("per_round", "pokes_by_task", "states_series")},
+            "run_state": run["state"], "cells_judged": len(judged), "cells_judged_every_round": every_round,
+            "cells": n, "round_in_task_s": [t for t, _ in inner], "round_in_task_counts": [c for _, c in inner],
             "run_wall_s": round(epoch(run["end_date"]) - epoch(run["start_date"]), 1),
             "airflow_cpu_s": round(airflow_cpu, 1), "cell_cpu_s": round(cell_cpu, 1),
             "cpu_cores_used": round((airflow_cpu + cell_cpu) / wall, 2),
             # share of all cores, whoever used them
             "machine_cpu_busy": round((busy[0] - busy0[0]) / (busy[1] - busy0[1]), 2),
             "verdicts": verdicts, "run_id": run_id,
-            "per_round": figures["per_round"], "pokes_by_cell": figures["pokes_by_cell"],
+            "per_round": figures["per_round"], "pokes_by_task": figures["pokes_by_task"],
             "states_series": figures["states_series"],
             "log_tail": log_tail}
 
@@ -456,12 +466,14 @@ def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> No
                          "unless a variant says otherwise",
                          f"inventory: only the {n} cloud cells (cc-cloud, cc-cloud-2..); "
                          "the bare-metal cell left out; healthy, no break",
-                         "a round = each cell's k-th poke of the run; span = its first poke's start "
-                         "to its last poke's end; a poke = "
+                         "a round = one poke of the one watch task (every cell at once, in threads); "
+                         "span = that poke's start to its end; a poke = "
                          "the task instance's start_date (its process started) to end_date (rescheduled), "
                          "from REST samples every "
                          "0.5 s; due = the previous poke's reschedule_date (task_reschedule), "
                          "the run's start for poke 1; lag = start - due",
+                         "every cell judged in every round: the sensor's XCom has all N cells, each with "
+                         "run_rounds = the pokes seen",
                          "slots held = task instances seen running between two of their pokes (REST samples), "
                          "after the first poke's "
                          "reschedule was recorded; before that, the poke's tail "
@@ -533,8 +545,8 @@ def cells(n: int, runs: int, rounds_per_run: int | None, tries: list[str]) -> No
                 f"up to {r.get('tail_after_end_max_s')} s); "
                 f"lag median {r['lag_median_s']:.1f} s (max {r['lag_max_s']:.1f} s); "
                 + ("fits" if r["fits"] else "does NOT fit")
-                + f" (run {r['run_state']}, {r['cells_polled']}/{n} cells polled, "
-                f"verdicts {r['verdicts']})")
+                + f" (run {r['run_state']}, {r['rounds']} rounds, {r['cells_judged_every_round']}/{n} cells judged "
+                f"in every round, verdicts {r['verdicts']}; in-task round times {r['round_in_task_s']} s)")
 
 
 CELLS_COLUMNS = [("span_median_s", "round span median (s)"), ("span_max_s", "round span max (s)"),

@@ -27,7 +27,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import enroll as steps
 from kaia_ha.model.inventory import InventoryError, try_load_inventory
-from kaia_ha_airflow.dag_defaults import RESCHEDULE_MIN_SECONDS, core_cell_dag, runbook
+from kaia_ha_airflow.dag_defaults import RESCHEDULE_MIN_SECONDS, core_cell_dag, runbook, wait
 
 inventory, INVENTORY_ERROR = try_load_inventory()
 HOSTS = [cn.name for cell in (inventory.cells_of("bare-metal") if inventory else []) for cn in cell.cns]
@@ -56,7 +56,7 @@ def start(plan: dict) -> dict:
 
 
 # A fresh node may sync for long: rescheduled, at the interval that avoids the reschedule race.
-@task.sensor(task_id=steps.SYNCED_TASK, poke_interval=RESCHEDULE_MIN_SECONDS, timeout=1800, mode="reschedule")
+@task.sensor(task_id=steps.SYNCED_TASK, timeout=1800, **wait(RESCHEDULE_MIN_SECONDS))
 def synced(plan: dict, started: dict) -> PokeReturnValue:
     result = steps.synced(plan, started)
     return PokeReturnValue(is_done=result is not None, xcom_value=result)

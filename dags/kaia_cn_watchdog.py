@@ -4,8 +4,13 @@
 Runs every minute, read only. For each core cell it judges the CN that runs the validator **now** (the live
 placement: after a failover the new node is watched) from independent views: the CN over SSH and its console
 (answers, kcnd running, node ID, peers, head), its PNs (their head, their CN peers) and, for the cloud, EC2
-(instance state and status checks). A few rounds per run, `watchdog.round_seconds` apart (10 s), each a short
-reschedule-mode poke: no worker slot is held between rounds.
+(instance state and status checks). A few rounds per run, `watchdog.round_seconds` apart (10 s). One `watch` task
+for all the cells: each of its pokes is one round over every cell at once (in threads), a short reschedule-mode poke,
+so no worker slot is held between rounds. It pokes at the smallest `round_seconds` of the cells (below 10 s it pokes
+inside one task instead); a cell with a longer period is probed when due. Its XCom is each cell's latest verdict by
+cell name; per cell, `<cell>.decide` reads its own and `<cell>.open_approval` opens the approval. The run's watch
+ends as soon as a cell turns dead (its approval is asked at once), else after its rounds: a cell that stays dead (its
+approval open, its failover running) does not cut the other cells' rounds short.
 
 | verdict | when | what happens |
 |---|---|---|
@@ -24,11 +29,14 @@ One approval per validator at a time: while one is open only the alert repeats (
 approval comes with the next repeat. Quiet while a failover of that validator (or any run of its failover DAG) is
 queued or running. `watchdog.auto_failover: true` on a cell starts the failover without asking.
 
-The per-cell round counter is in the state store beside the live placement (`_watchdog/<cell>.json`).
+The per-cell round counter, its last round's time and verdict are in the state store beside the live placement
+(`_watchdog/<cell>.json`).
 
 ## When it fails
-A watch task that fails (the state store or the inventory unreadable) sends the usual failure alert; the next
-minute's run starts afresh. The watchdog changes nothing on the cell, so clearing is always safe.
+One cell whose round raises is logged in the `watch` task's log and counted as a bad round of that cell; the other
+cells are judged as usual. The `watch` task fails (the usual failure alert) only when no cell's round could be done
+(the state store or the inventory unreadable); the next minute's run starts afresh. The watchdog changes nothing on
+the cell, so clearing is always safe.
 """
 
 from __future__ import annotations
@@ -39,30 +47,30 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import watchdog
 from kaia_ha.model.inventory import try_load_inventory
-from kaia_ha_airflow.dag_defaults import RESCHEDULE_MIN_SECONDS, core_cell_dag, runbook
+from kaia_ha_airflow.dag_defaults import core_cell_dag, runbook, wait
 
 inventory, INVENTORY_ERROR = try_load_inventory()  # broken: one task, which fails with the error
-RUN_SECONDS = 45  # the rounds of one run fit in its minute, so the next run starts on time
 
 
-def watch_task(cell):
-    # The poke interval is the cell's round period; the sensor ends on a dead verdict or after its rounds.
-    # Rounds closer than RESCHEDULE_MIN_SECONDS poke inside one task (see dag_defaults: a reschedule race).
-    mode = "reschedule" if cell.watchdog.round_seconds >= RESCHEDULE_MIN_SECONDS else "poke"
+def watch_task(cells: list):
+    """One sensor for every cell: each poke is one round over all of them at once; it pokes at the smallest round
+    period (reschedule mode only from RESCHEDULE_MIN_SECONDS: see dag_defaults) and ends when a cell has just turned
+    dead or once every cell has had its rounds."""
+    names = [cell.name for cell in cells]
 
-    @task.sensor(task_id="watch", poke_interval=cell.watchdog.round_seconds, timeout=300, mode=mode)
-    def watch(cell_name: str) -> PokeReturnValue:
+    @task.sensor(task_id="watch", timeout=300, **wait(watchdog.poke_seconds(cells)))
+    def watch() -> PokeReturnValue:
         context = get_current_context()
-        verdict = watchdog.watch_round(cell_name, context["run_id"])
-        per_run = context["params"].get("rounds_per_run") or max(1, int(RUN_SECONDS // cell.watchdog.round_seconds))
-        return PokeReturnValue(is_done=watchdog.round_done(verdict, per_run), xcom_value=verdict)
+        verdicts = watchdog.watch_cells(context["run_id"], names, context["params"].get("rounds_per_run"))
+        return PokeReturnValue(is_done=watchdog.cells_done(verdicts, names), xcom_value=verdicts)
 
-    return watch(cell.name)
+    return watch()
 
 
 @task.short_circuit(task_id="decide")
-def decide(verdict: dict) -> dict | None:
-    return watchdog.decide(verdict, get_current_context()["ti"])
+def decide(verdicts: dict, cell_name: str) -> dict | None:
+    verdict = verdicts.get(cell_name)  # none: the cell was not judged in this run (not due yet when it ended)
+    return watchdog.decide(verdict, get_current_context()["ti"]) if verdict else None
 
 
 @task(retries=0)
@@ -78,16 +86,17 @@ def inventory_broken() -> None:
     **core_cell_dag(tags=["watchdog", "detection"], retries=1),
     params={
         "rounds_per_run": Param(None, type=["null", "integer"], minimum=1, title="Rounds in this run",
-                                description="Default: as many as fit in 45 s at the cell's round_seconds."),
+                                description="Per cell. Default: as many as fit in 45 s at the cell's round_seconds."),
     },
 )
 def kaia_cn_watchdog():
     if inventory is None:
         inventory_broken()
         return
+    verdicts = watch_task(inventory.cells)
     for cell in inventory.cells:
         with TaskGroup(cell.name, tooltip=f"core cell {cell.name}: validator {cell.validator.name}"):
-            request = decide(watch_task(cell))
+            request = decide(verdicts, cell.name)
             request >> TriggerDagRunOperator(
                 task_id="open_approval",
                 trigger_dag_id=watchdog.APPROVAL_DAG_ID,

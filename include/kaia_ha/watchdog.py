@@ -8,6 +8,15 @@ a restarted scheduler or a changed inventory costs one run, not a watch that has
 ``watchdog.round_seconds`` (10 s) inside the run keep the time to notice under a minute with the default
 ``dead_after_rounds`` (3), which one round per minute could not.
 
+One sensor for every cell (``watch_cells``): each poke is one round over all the cells at once, in threads (the
+probes are SSH and API calls: I/O, not CPU), so a round costs one task start and the slowest cell's probes, not a
+task start per cell (20 cells, one task each, took ~56 s a round on two cores against a 10 s period). The sensor
+pokes at the smallest ``round_seconds``; a cell is probed only when due (its last round, in its record, at least its
+``round_seconds`` ago) and until its share of the run's rounds is done. It ends on a cell that just turned dead (its
+approval asked at once), else once every cell has had its rounds: a cell that stays dead does not cut the others'
+rounds short. One cell whose round raises is logged and counted as that cell's bad round; the others' verdicts
+stand.
+
 Views of the active CN (the live placement's, so a new node is watched once a failover records it):
 
 - the CN itself over SSH and IPC: answers, kcnd running, its node ID, its peers by type, its head;
@@ -29,6 +38,8 @@ alive again.
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from kaia_ha import dag_ids, live
@@ -43,6 +54,8 @@ log = logging.getLogger(__name__)
 DAG_ID = dag_ids.WATCHDOG
 APPROVAL_DAG_ID = dag_ids.FAILOVER_APPROVAL
 OPEN = ("queued", "running")
+RUN_SECONDS = 45  # a run's rounds fit in its minute, so the next run starts on time
+MAX_THREADS = 16  # cells probed at once in a round (each: one SSH session at a time, a few AWS calls)
 
 
 def failover_dag(cell: Cell) -> str:
@@ -191,14 +204,45 @@ def _since(iso: str | None) -> float:
 
 
 # ----- a round ---------------------------------------------------------------------------------------------------
-def watch_round(cell_name: str, run_id: str) -> dict:
+def run_share(cell: Cell, rounds_per_run: int | None = None) -> int:
+    """A cell's rounds in one run: the run's ``rounds_per_run`` param, else as many as fit in RUN_SECONDS."""
+    return rounds_per_run or max(1, int(RUN_SECONDS // cell.watchdog.round_seconds))
+
+
+def poke_seconds(cells: list[Cell]) -> float:
+    """The one watch sensor's poke interval: the smallest round period; longer-period cells wait until due."""
+    return min((cell.watchdog.round_seconds for cell in cells), default=10)
+
+
+def due(cell: Cell, record: dict) -> bool:
+    """The cell's last round (its record's) is at least its ``round_seconds`` ago, less a small tolerance (a tenth,
+    at most 1 s: timers and clocks of different workers), so a poke a moment early still probes it."""
+    period = cell.watchdog.round_seconds
+    return _since(record.get("last_round")) >= period - min(1.0, period / 10)
+
+
+def _failed_probe(exc: BaseException) -> dict:
+    """What ``judge`` finds when observing raised: a bad round, as a probe that gets no answer is."""
+    return {"bad": [f"the round's probe failed ({type(exc).__name__}: {str(exc)[:200]})"], "degraded": [],
+            "immediate": [], "evidence": []}
+
+
+def watch_round(cell: Cell | str, run_id: str, st=None, rounds_per_run: int | None = None,
+                record: dict | None = None) -> dict:
     """One round for one cell: observe, judge, count, alert at once what needs no rounds. Returns the verdict
-    (JSON-safe, no key material: node IDs are public)."""
-    cell = load_inventory().cell(cell_name)
-    st = live.store()
+    (JSON-safe, no key material: node IDs are public), also kept in the cell's record (``last_verdict``).
+    Observing that raises (not a probe without an answer: ``_probe`` says that) is logged and counted as a bad
+    round."""
+    cell = load_inventory().cell(cell) if isinstance(cell, str) else cell
+    st = st or live.store()
     placement = live.current(cell, st)
-    found = judge(cell, placement, observe(cell, placement))
-    record = load_record(cell, st)
+    try:
+        found = judge(cell, placement, observe(cell, placement))
+    except Exception as exc:
+        log.error("%s: the round's probe failed, counted as a bad round (%s: %s)", cell.name,
+                  type(exc).__name__, str(exc)[:200], exc_info=True)
+        found = _failed_probe(exc)
+    record = load_record(cell, st) if record is None else record
     now = _now().isoformat(timespec="seconds")
     active = placement.active.instance_id or placement.active.host
     if record.get("active") not in (None, active):  # a failover moved the validator: the new node starts afresh
@@ -211,7 +255,8 @@ def watch_round(cell_name: str, run_id: str) -> dict:
         record.pop("bad_rounds", None)
         record.pop("bad_since", None)
     record["run_rounds"] = record.get("run_rounds", 0) + 1 if record.get("run_id") == run_id else 1
-    record |= {"run_id": run_id, "last_round": now, "validator": placement.validator, "active": active}
+    record |= {"run_id": run_id, "last_round": _now().isoformat(timespec="milliseconds"),
+               "validator": placement.validator, "active": active}
     rounds = record.get("bad_rounds", 0)
     verdict = ("dead" if rounds >= cell.watchdog.dead_after_rounds
                else "degraded" if rounds or found["degraded"] else "healthy")
@@ -224,20 +269,87 @@ def watch_round(cell_name: str, run_id: str) -> dict:
             raised.append(kind)
     for kind in [k for k in alerts if k not in {k for k, _ in found["immediate"]}]:
         del alerts[kind]  # cleared: the next occurrence alerts at once
-    save_record(cell, record, st)
     result = {"cell": cell.name, "validator": placement.validator, "active": record["active"], "verdict": verdict,
               "bad_rounds": rounds, "dead_after_rounds": cell.watchdog.dead_after_rounds,
-              "run_rounds": record["run_rounds"],
+              "run_rounds": record["run_rounds"], "run_share": run_share(cell, rounds_per_run),
               "bad_since": record.get("bad_since"), "reasons": found["bad"], "degraded": found["degraded"],
               "immediate": [what for _, what in found["immediate"]], "alerted": raised, "evidence": found["evidence"]}
+    record["last_verdict"] = result
+    save_record(cell, record, st)
     log.info("%s: %s (%d/%d bad rounds) %s", cell.name, verdict, rounds, cell.watchdog.dead_after_rounds,
              "; ".join(found["bad"] + found["degraded"]) or "all views agree")
     return result
 
 
-def round_done(verdict: dict, rounds_per_run: int) -> bool:
-    """The run's watch ends on a dead verdict (act now) or after its share of rounds (the next run goes on)."""
-    return verdict["verdict"] == "dead" or verdict["run_rounds"] >= rounds_per_run
+def round_done(verdict: dict, rounds_per_run: int | None = None) -> bool:
+    """A cell's watch in this run ends on a dead verdict (act now) or after its share of rounds (the next run goes
+    on); ``rounds_per_run`` defaults to the verdict's own share."""
+    share = rounds_per_run or verdict.get("run_share") or 1
+    return verdict["verdict"] == "dead" or verdict["run_rounds"] >= share
+
+
+def turned_dead(verdict: dict) -> bool:
+    """Dead at this very round (its count just reached ``dead_after_rounds``): its approval is to be asked now."""
+    return verdict["verdict"] == "dead" and verdict["bad_rounds"] == verdict["dead_after_rounds"]
+
+
+def cells_done(verdicts: dict[str, dict], cells: list[str]) -> bool:
+    """The run's one watch ends when a cell has just turned dead (act now), or once every cell has had its share of
+    rounds (a dead cell's share is over). A cell that stays dead (its approval open, its failover running) does not
+    end it at once: the other cells keep their rounds, and its ``decide`` comes at the run's end."""
+    return (any(turned_dead(v) for v in verdicts.values())
+            or all(name in verdicts and round_done(verdicts[name]) for name in cells))
+
+
+def _round_failed(name: str, run_id: str, exc: BaseException, rounds_per_run: int | None) -> dict:
+    """A cell whose round could not even be counted (its record, its placement or the cell itself unreadable):
+    said in its verdict, its share of this run over (a next run tries again), nothing counted."""
+    why = f"the round failed and was not counted ({type(exc).__name__}: {str(exc)[:200]})"
+    return {"cell": name, "validator": None, "active": None, "verdict": "degraded", "bad_rounds": 0,
+            "dead_after_rounds": None, "run_rounds": rounds_per_run or 1, "run_share": rounds_per_run or 1,
+            "bad_since": None, "reasons": [], "degraded": [why], "immediate": [], "alerted": [], "evidence": [],
+            "failed": why}
+
+
+def _cell_round(cell: Cell, run_id: str, st, rounds_per_run: int | None) -> tuple[str, dict | None]:
+    """This poke's part for one cell: ("judged", verdict) when due and its share is not done, else ("not due" or
+    "done", this run's last verdict, if any)."""
+    record = load_record(cell, st)
+    last = record.get("last_verdict") if record.get("run_id") == run_id else None
+    if last and round_done(last, run_share(cell, rounds_per_run)):
+        return "done", last
+    if not due(cell, record):
+        return "not due", last
+    return "judged", watch_round(cell, run_id, st, rounds_per_run, record)
+
+
+def watch_cells(run_id: str, cells: list[str] | None = None, rounds_per_run: int | None = None) -> dict[str, dict]:
+    """One round over every cell (``cells``: their names; default the inventory's) at once, in threads: the verdict
+    of each cell judged now, or this run's last verdict of a cell not due (absent if it has none yet). A cell whose
+    round raises is logged and counted as its bad round; the others' verdicts stand. Raises only when no cell's round
+    could be done (the inventory or the state store unreadable: the task's failure alert says so)."""
+    inventory = load_inventory()
+    names = cells or [cell.name for cell in inventory.cells]
+    st = live.store()
+    started = time.monotonic()
+
+    def one(name: str) -> tuple[str, dict | None]:
+        try:
+            return _cell_round(inventory.cell(name), run_id, st, rounds_per_run)
+        except Exception as exc:
+            log.error("%s: the round failed (%s: %s)", name, type(exc).__name__, str(exc)[:200], exc_info=True)
+            return "failed", _round_failed(name, run_id, exc, rounds_per_run)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), MAX_THREADS)), thread_name_prefix="watch") as pool:
+        outcomes = dict(zip(names, pool.map(one, names)))
+    failed = [name for name, (how, _) in outcomes.items() if how == "failed"]
+    if names and len(failed) == len(names):
+        raise RuntimeError(f"no cell's round could be done ({', '.join(failed)}): "
+                           f"{outcomes[failed[0]][1]['failed']}")
+    count = {how: sum(h == how for h, _ in outcomes.values()) for how in ("judged", "not due", "done", "failed")}
+    log.info("round over %d cells in %.1f s: %s", len(names), time.monotonic() - started,
+             ", ".join(f"{n} {how}" for how, n in count.items() if n))
+    return {name: verdict for name, (_, verdict) in outcomes.items() if verdict is not None}
 
 
 # ----- what to do about a dead CN ------------------------------------------------------------------------------------

@@ -15,6 +15,13 @@ SHORT_WAIT = {"mode": "poke"}
 RESCHEDULE_MIN_SECONDS = 10
 
 
+def wait(poke_interval: float) -> dict:
+    """A sensor's ``mode`` and ``poke_interval``: reschedule mode (no worker slot between pokes) only for pokes at
+    least RESCHEDULE_MIN_SECONDS apart, else poke inside one task (the race above)."""
+    mode = "reschedule" if poke_interval >= RESCHEDULE_MIN_SECONDS else "poke"
+    return {"mode": mode, "poke_interval": poke_interval}
+
+
 def local(task_id: str) -> str:
     """A task's id inside its task group, from its full id (``fence.fence`` -> ``fence``): the steps modules hold the
     full ids they read, and the DAG files name their tasks with them."""

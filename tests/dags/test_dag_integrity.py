@@ -92,3 +92,21 @@ def test_the_task_ids_the_steps_read_are_tasks_of_their_dag(dagbag, module):
                if not (any(t.endswith(f".{value}") and t.count(".") == value.count(".") + 1 for t in tasks)
                        if per_cell else value in tasks)}
     assert missing == {}, f"{steps.DAG_ID} has no task {missing}"
+
+
+def test_the_watchdog_has_one_watch_task_for_every_cell(dagbag):
+    """One round over every cell is one poke of one task (a task per cell cost a task start per cell per round):
+    one ``watch`` sensor, at the smallest round period, and per cell its ``decide`` and ``open_approval``."""
+    from kaia_ha.model.inventory import load_inventory
+    from kaia_ha_airflow.dag_defaults import wait
+
+    dag = dagbag.dags["kaia_cn_watchdog"]
+    cells = load_inventory().cells
+    assert len(cells) >= 2
+    assert [t for t in dag.task_dict if t.rsplit(".", 1)[-1] == "watch"] == ["watch"]
+    watch = dag.task_dict["watch"]
+    expected = wait(min(c.watchdog.round_seconds for c in cells))
+    assert (watch.mode, watch.poke_interval) == (expected["mode"], expected["poke_interval"])
+    for cell in cells:
+        assert {f"{cell.name}.decide", f"{cell.name}.open_approval"} <= set(dag.task_dict)
+        assert dag.task_dict[f"{cell.name}.decide"].upstream_task_ids == {"watch"}

@@ -71,14 +71,14 @@ def rounds(runner) -> dict[str, dict]:
 
     run_id, state, states = runner.run(WATCH, {"rounds_per_run": 1})
     assert state == "success", states
+    with create_session() as session:  # the one watch task's XCom: each cell's verdict by cell name
+        value = session.query(XComModel.value).filter_by(dag_id=WATCH, run_id=run_id, key="return_value",
+                                                         task_id="watch").scalar()
+    judged = json.loads(value) if isinstance(value, str) else value
     verdicts = {}
-    with create_session() as session:
-        for task_id, value in session.query(XComModel.task_id, XComModel.value).filter_by(
-                dag_id=WATCH, run_id=run_id, key="return_value").filter(XComModel.task_id.like("%.watch")):
-            verdict = json.loads(value) if isinstance(value, str) else value
-            cell_name = task_id.split(".")[0]
-            mine = {k[0]: v[0] for k, v in states.items() if k[0].startswith(cell_name)}
-            verdicts[cell_name] = verdict | {"states": mine}
+    for cell_name, verdict in judged.items():
+        mine = {k[0]: v[0] for k, v in states.items() if k[0].startswith(f"{cell_name}.")}
+        verdicts[cell_name] = verdict | {"states": mine}
     return verdicts
 
 

@@ -3,6 +3,7 @@ degrades, what is raised at once; and the watchdog block of the inventory."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,95 @@ def test_an_immediate_alert_is_sent_once_while_it_holds(rounds):
     state["views"]["cn"]["node_id"] = "ab" * 64
     watch_round()
     assert len(sent) == 2
+
+
+# ----- one round over every cell (the one watch task's poke) ----------------------------------------------------------
+@pytest.fixture
+def all_cells(tmp_path, monkeypatch):
+    """watch_cells over the example's two cells: each cell's views given by the test (a callable may raise), the
+    records in a file store."""
+    from kaia_ha import live
+    from kaia_ha_airflow.hooks.state import StateStore
+
+    st = StateStore(f"file://{tmp_path}/state")
+    probed: list[str] = []
+    metal = load_inventory(EXAMPLE).cell("cc-metal")
+    metal_views = views(pns={"pn-a": {"answers": True, "running": True, "block": 101,
+                                      "peers": {"cn": 1, "pn": 3, "total": 4}}})
+    metal_views["cn"]["node_id"] = metal.validator.node_id or metal_views["cn"]["node_id"]
+    del metal_views["ec2"]
+    by_cell = {"cc-cloud": views(), "cc-metal": metal_views}
+
+    def observe(cell, placement):
+        probed.append(cell.name)
+        found = by_cell[cell.name]
+        return found() if callable(found) else found
+
+    monkeypatch.setattr(live, "store", lambda: st)
+    monkeypatch.setattr(live, "current", lambda c, s=None: initial(c))
+    monkeypatch.setattr(watchdog, "observe", observe)
+    monkeypatch.setattr(watchdog, "load_inventory", lambda: load_inventory(EXAMPLE))
+    monkeypatch.setattr(watchdog, "notify", lambda c, subject, message: None)
+    return by_cell, probed, st
+
+
+def test_one_cells_probe_raising_is_its_bad_round_and_the_others_are_judged(all_cells):
+    by_cell, probed, _ = all_cells
+
+    def boom():
+        raise RuntimeError("paramiko blew up")
+
+    by_cell["cc-metal"] = boom
+    verdicts = watchdog.watch_cells("r1", rounds_per_run=1)
+    assert set(verdicts) == {"cc-cloud", "cc-metal"} and sorted(probed) == ["cc-cloud", "cc-metal"]
+    assert verdicts["cc-cloud"]["verdict"] == "healthy", verdicts["cc-cloud"]
+    metal = verdicts["cc-metal"]
+    assert (metal["verdict"], metal["bad_rounds"], metal["run_rounds"]) == ("degraded", 1, 1), metal
+    assert metal["reasons"] == ["the round's probe failed (RuntimeError: paramiko blew up)"]
+    assert watchdog.cells_done(verdicts, ["cc-cloud", "cc-metal"])
+
+
+def test_a_cell_is_probed_only_when_due_and_until_its_share_is_done(all_cells, monkeypatch):
+    _, probed, _ = all_cells
+    first = watchdog.watch_cells("r1", rounds_per_run=2)
+    assert sorted(probed) == ["cc-cloud", "cc-metal"] and not watchdog.cells_done(first, ["cc-cloud", "cc-metal"])
+    probed.clear()
+    again = watchdog.watch_cells("r1", rounds_per_run=2)  # at once: neither is due, their last verdicts stand
+    assert probed == [] and again == first
+    later = watchdog._now() + timedelta(seconds=10)
+    monkeypatch.setattr(watchdog, "_now", lambda: later)
+    second = watchdog.watch_cells("r1", rounds_per_run=2)
+    assert sorted(probed) == ["cc-cloud", "cc-metal"] and {v["run_rounds"] for v in second.values()} == {2}
+    assert watchdog.cells_done(second, ["cc-cloud", "cc-metal"])
+    probed.clear()
+    monkeypatch.setattr(watchdog, "_now", lambda: later + timedelta(seconds=10))
+    assert watchdog.watch_cells("r1", rounds_per_run=2) == second and probed == []  # its share is done
+    assert {v["run_rounds"] for v in watchdog.watch_cells("r2", rounds_per_run=2).values()} == {1}  # a new run
+
+
+def test_the_run_ends_on_a_cell_turned_dead_and_waits_for_a_cell_not_yet_judged():
+    healthy = {"verdict": "healthy", "run_rounds": 1, "run_share": 4, "bad_rounds": 0, "dead_after_rounds": 3}
+    assert not watchdog.cells_done({"a": healthy}, ["a", "b"])
+    assert watchdog.cells_done({"a": healthy | {"verdict": "dead", "bad_rounds": 3}}, ["a", "b"])
+    # still dead from earlier runs (its approval open): the others keep their rounds
+    still = healthy | {"verdict": "dead", "bad_rounds": 7}
+    assert not watchdog.cells_done({"a": still, "b": healthy}, ["a", "b"])
+    assert watchdog.cells_done({"a": still, "b": healthy | {"run_rounds": 4}}, ["a", "b"])
+    assert not watchdog.cells_done({"a": healthy | {"run_rounds": 4}}, ["a", "b"])
+    assert watchdog.cells_done({"a": healthy | {"run_rounds": 4}, "b": healthy | {"run_rounds": 4}}, ["a", "b"])
+
+
+def test_no_cell_round_done_fails_the_watch(all_cells, monkeypatch):
+    from kaia_ha import live
+
+    monkeypatch.setattr(live, "current", lambda c, s=None: (_ for _ in ()).throw(OSError("store unreadable")))
+    monkeypatch.setattr(watchdog, "load_record", lambda c, st=None: (_ for _ in ()).throw(OSError("store unreadable")))
+    with pytest.raises(RuntimeError, match="no cell's round could be done"):
+        watchdog.watch_cells("r1")
+
+
+def test_reschedule_mode_only_for_waits_of_at_least_the_minimum():
+    from kaia_ha_airflow.dag_defaults import RESCHEDULE_MIN_SECONDS, wait
+
+    assert wait(RESCHEDULE_MIN_SECONDS) == {"mode": "reschedule", "poke_interval": RESCHEDULE_MIN_SECONDS}
+    assert wait(1) == {"mode": "poke", "poke_interval": 1}
