@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from urllib.parse import quote
 
 import requests
 
-from drill.backing import Postgres, Redis
+from drill.backing import Postgres, Redis, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = ("kaia_pn_downtime", 1, "Kaia: one kpnd stop at a time")  # as scripts/bootstrap.sh and the compose init
@@ -63,12 +62,6 @@ def celery_settings(database: str, broker: str) -> dict[str, str]:
 
 class EngineError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log_text(content: list) -> str:
