@@ -75,16 +75,19 @@ class Postgres:
     def start(self, timeout: float = 60) -> "Postgres":
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
-        subprocess.run(self._as_owner([self.bin("initdb"), "-D", str(self.data), "-U", "airflow", "--auth=trust",
-                                       "-E", "UTF8", "--no-sync"]),
-                       env=self.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        initdb = subprocess.run(self._as_owner([self.bin("initdb"), "-D", str(self.data), "-U", "airflow",
+                                                "--auth=trust", "-E", "UTF8", "--no-sync"]),
+                                env=self.env, cwd=self.dir, capture_output=True, text=True)
+        if initdb.returncode:
+            raise BackingError(f"initdb failed ({initdb.returncode}): {initdb.stderr[-2000:]}")
         with self.log.open("wb") as log:
             # A throwaway test cluster: no fsync (its data dies with the engine).
             self.process = subprocess.Popen(
                 self._as_owner([self.bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.dir),
                                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
                                 "-c", "full_page_writes=off", "-c", "max_connections=300"]),
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                env=self.env, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)  # cwd: the postgres user may not enter the caller's folder
         _wait(self._accepts, "PostgreSQL", self.process, self.log, timeout)
         import psycopg2  # the runtime's driver (requirements.txt)
 
