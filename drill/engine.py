@@ -346,9 +346,18 @@ class AirflowEngine:
         return self.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails",
                           {"chosen_options": [option], "params_input": {}})
 
+    def pages(self, path: str, field: str, **params) -> list[dict]:
+        """Every item of a listing: the API gives at most ``[api] maximum_page_limit`` (100) a page."""
+        items: list[dict] = []
+        while True:
+            page = self.get(path, limit=100, offset=len(items), **params)
+            items += page[field]
+            if not page[field] or len(items) >= page["total_entries"]:
+                return items
+
     def runs(self, dag_id: str) -> dict[str, dict]:
         """Every run of the DAG by run id (state, conf, dates)."""
-        return {r["dag_run_id"]: r for r in self.get(f"/dags/{dag_id}/dagRuns", limit=1000)["dag_runs"]}
+        return {r["dag_run_id"]: r for r in self.pages(f"/dags/{dag_id}/dagRuns", "dag_runs")}
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
         run = self.post(f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
@@ -358,7 +367,7 @@ class AirflowEngine:
         return self.get(f"/dags/{dag_id}/dagRuns/{run_id}")
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=1000)["task_instances"]
+        return self.pages(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", "task_instances")
 
     def wait(self, dag_id: str, run_id: str, timeout: float = 600,
              on_progress: Callable[[list[dict]], None] | None = None, poll: float = 2) -> str:
