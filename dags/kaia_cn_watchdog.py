@@ -56,13 +56,13 @@ def watch_task(cells: list):
     """One sensor for every cell: each poke is one round over all of them at once; it pokes at the smallest round
     period (reschedule mode only from RESCHEDULE_MIN_SECONDS: see dag_defaults) and ends when a cell has just turned
     dead or once every cell has had its rounds."""
-    names = [cell.name for cell in cells]
+    names, every_run = [cell.name for cell in cells], watchdog.every_run(cells)
 
     @task.sensor(task_id="watch", timeout=300, **wait(watchdog.poke_seconds(cells)))
     def watch() -> PokeReturnValue:
         context = get_current_context()
         verdicts = watchdog.watch_cells(context["run_id"], names, context["params"].get("rounds_per_run"))
-        return PokeReturnValue(is_done=watchdog.cells_done(verdicts, names), xcom_value=verdicts)
+        return PokeReturnValue(is_done=watchdog.cells_done(verdicts, names, every_run), xcom_value=verdicts)
 
     return watch()
 

@@ -227,8 +227,7 @@ def _failed_probe(exc: BaseException) -> dict:
             "immediate": [], "evidence": []}
 
 
-def watch_round(cell: Cell | str, run_id: str, st=None, rounds_per_run: int | None = None,
-                record: dict | None = None) -> dict:
+def watch_round(cell: Cell | str, run_id: str, st=None, rounds_per_run: int | None = None) -> dict:
     """One round for one cell: observe, judge, count, alert at once what needs no rounds. Returns the verdict
     (JSON-safe, no key material: node IDs are public), also kept in the cell's record (``last_verdict``).
     Observing that raises (not a probe without an answer: ``_probe`` says that) is logged and counted as a bad
@@ -242,7 +241,7 @@ def watch_round(cell: Cell | str, run_id: str, st=None, rounds_per_run: int | No
         log.error("%s: the round's probe failed, counted as a bad round (%s: %s)", cell.name,
                   type(exc).__name__, str(exc)[:200], exc_info=True)
         found = _failed_probe(exc)
-    record = load_record(cell, st) if record is None else record
+    record = load_record(cell, st)  # after the probes: what the approval DAG recorded meanwhile is kept
     now = _now().isoformat(timespec="seconds")
     active = placement.active.instance_id or placement.active.host
     if record.get("active") not in (None, active):  # a failover moved the validator: the new node starts afresh
@@ -264,7 +263,13 @@ def watch_round(cell: Cell | str, run_id: str, st=None, rounds_per_run: int | No
     raised = []
     for kind, what in found["immediate"]:
         if _since(alerts.get(kind)) >= cell.watchdog.repeat_alert_minutes * 60:
-            notify(cell, f"[kaia-ha] {cell.name}: {what[:60]}", what + "\n\nEvidence:\n" + "\n".join(found["evidence"]))
+            try:
+                notify(cell, f"[kaia-ha] {cell.name}: {what[:60]}",
+                       what + "\n\nEvidence:\n" + "\n".join(found["evidence"]))
+            except Exception as exc:  # the round still counts; the alert is tried again next round
+                log.error("%s: the alert %r could not be sent (%s: %s)", cell.name, kind, type(exc).__name__,
+                          str(exc)[:200])
+                continue
             alerts[kind] = now
             raised.append(kind)
     for kind in [k for k in alerts if k not in {k for k, _ in found["immediate"]}]:
@@ -293,12 +298,20 @@ def turned_dead(verdict: dict) -> bool:
     return verdict["verdict"] == "dead" and verdict["bad_rounds"] == verdict["dead_after_rounds"]
 
 
-def cells_done(verdicts: dict[str, dict], cells: list[str]) -> bool:
+def cells_done(verdicts: dict[str, dict], cells: list[str], every_run: set[str] | None = None) -> bool:
     """The run's one watch ends when a cell has just turned dead (act now), or once every cell has had its share of
     rounds (a dead cell's share is over). A cell that stays dead (its approval open, its failover running) does not
-    end it at once: the other cells keep their rounds, and its ``decide`` comes at the run's end."""
+    end it at once: the other cells keep their rounds, and its ``decide`` comes at the run's end. A cell whose
+    period is longer than a run (not in ``every_run``, default: all) is not waited for when it has no round in this
+    run: the others would go unwatched until it is due."""
+    every_run = set(cells) if every_run is None else every_run
     return (any(turned_dead(v) for v in verdicts.values())
-            or all(name in verdicts and round_done(verdicts[name]) for name in cells))
+            or all(round_done(verdicts[name]) if name in verdicts else name not in every_run for name in cells))
+
+
+def every_run(cells: list[Cell]) -> set[str]:
+    """The cells due at least once in every run (``round_seconds`` within the run's RUN_SECONDS)."""
+    return {cell.name for cell in cells if cell.watchdog.round_seconds <= RUN_SECONDS}
 
 
 def _round_failed(name: str, run_id: str, exc: BaseException, rounds_per_run: int | None) -> dict:
@@ -320,7 +333,7 @@ def _cell_round(cell: Cell, run_id: str, st, rounds_per_run: int | None) -> tupl
         return "done", last
     if not due(cell, record):
         return "not due", last
-    return "judged", watch_round(cell, run_id, st, rounds_per_run, record)
+    return "judged", watch_round(cell, run_id, st, rounds_per_run)
 
 
 def watch_cells(run_id: str, cells: list[str] | None = None, rounds_per_run: int | None = None) -> dict[str, dict]:

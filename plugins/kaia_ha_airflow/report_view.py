@@ -93,7 +93,9 @@ def create_app():
     from fastapi import Depends, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse, Response
 
-    app = FastAPI(title="Kaia HA reports", dependencies=[Depends(authorize())])
+    # No docs pages: FastAPI serves them outside the app's dependencies (without the login).
+    app = FastAPI(title="Kaia HA reports", dependencies=[Depends(authorize())], docs_url=None, redoc_url=None,
+                  openapi_url=None)
 
     def stored(dag_id: str, run_id: str, kind: str) -> str:
         try:

@@ -241,3 +241,25 @@ def test_reschedule_mode_only_for_waits_of_at_least_the_minimum():
 
     assert wait(RESCHEDULE_MIN_SECONDS) == {"mode": "reschedule", "poke_interval": RESCHEDULE_MIN_SECONDS}
     assert wait(1) == {"mode": "poke", "poke_interval": 1}
+
+
+def test_an_alert_that_cannot_be_sent_still_counts_the_round_and_is_tried_again(rounds, monkeypatch):
+    state, sent, watch_round = rounds
+
+    def sns_down(cell, subject, message):
+        raise RuntimeError("SNS unreachable")
+
+    monkeypatch.setattr(watchdog, "notify", sns_down)
+    state["views"] = views(cn={"answers": False, "running": None, "detail": "SSH: refused"})
+    state["views"]["fenced_alive"] = ["fenced instance i-0f (cn-1) is running again"]
+    first = watch_round()
+    assert first["bad_rounds"] == 1 and first["alerted"] == []
+    monkeypatch.setattr(watchdog, "notify", lambda c, subject, message: sent.append(subject))
+    second = watch_round()
+    assert second["bad_rounds"] == 2 and second["alerted"] and len(sent) == 1
+
+
+def test_a_cell_with_a_period_longer_than_a_run_does_not_hold_the_others():
+    healthy = {"verdict": "healthy", "bad_rounds": 0, "dead_after_rounds": 3, "run_rounds": 4, "run_share": 4}
+    assert not watchdog.cells_done({"a": healthy}, ["a", "b"])  # b is due every run: wait for it
+    assert watchdog.cells_done({"a": healthy}, ["a", "b"], every_run={"a"})  # b is due every 2 minutes

@@ -88,6 +88,8 @@ def test_without_the_airflow_login_nothing_is_served(stored):
     for kind in ("", "json", "markdown"):
         reply = client.get(url(kind=kind))
         assert reply.status_code == 401 and "63.7" not in reply.text
+    for page in ("/docs", "/redoc", "/openapi.json"):  # FastAPI's own pages would skip the app's login check
+        assert client.get(page).status_code in (401, 404), page
 
 
 def test_a_user_who_may_read_the_dag_runs_gets_the_report_and_one_who_may_not_gets_403(stored, monkeypatch):
