@@ -336,6 +336,11 @@ def _cell_round(cell: Cell, run_id: str, st, rounds_per_run: int | None) -> tupl
     return "judged", watch_round(cell, run_id, st, rounds_per_run)
 
 
+def _conn_ids(cell: Cell) -> set[str]:
+    ssh = {node.ssh_conn_id for node in [*cell.cns, *cell.pns]}
+    return ssh | {cell.aws_conn_id} if cell.scheme == "cloud" else ssh
+
+
 def watch_cells(run_id: str, cells: list[str] | None = None, rounds_per_run: int | None = None) -> dict[str, dict]:
     """One round over every cell (``cells``: their names; default the inventory's) at once, in threads: the verdict
     of each cell judged now, or this run's last verdict of a cell not due (absent if it has none yet). A cell whose
@@ -345,6 +350,15 @@ def watch_cells(run_id: str, cells: list[str] | None = None, rounds_per_run: int
     names = cells or [cell.name for cell in inventory.cells]
     st = live.store()
     started = time.monotonic()
+    # Each connection looked up once before the threads: a lookup registers its secrets with Airflow's secrets
+    # masker, which has no lock; later lookups of the same connection add nothing new.
+    from airflow.sdk import BaseHook
+
+    for conn_id in sorted({c for name in names for c in _conn_ids(inventory.cell(name))}):
+        try:
+            BaseHook.get_connection(conn_id)
+        except Exception as exc:  # the cell's own round says what is wrong with it
+            log.warning("connection %s: %s", conn_id, type(exc).__name__)
 
     def one(name: str) -> tuple[str, dict | None]:
         try:
