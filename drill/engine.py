@@ -198,8 +198,9 @@ class AirflowEngine:
         return bool(self.components) and all(p.poll() is None for p in self.components.values())
 
     def _workers_ready(self) -> bool:
-        return all(f"{worker}@".encode() in (log := (self.home / f"{worker}.log").read_bytes())
-                   and b" ready." in log for worker in WORKERS if self.executor == "celery")
+        """Every Celery worker started has said it is ready (standalone has none)."""
+        started = [name for name in self.components if name in WORKERS]
+        return all(b" ready." in (self.home / f"{name}.log").read_bytes() for name in started)
 
     def _wait_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
