@@ -10,7 +10,10 @@ Engines (``drill.engine``): ``local`` is ``airflow standalone`` (LocalExecutor, 
 ``scale``: per engine and N, a simulated cell of N copies of ``cc-cloud`` (instant profile: what grows is the
 orchestration, not AWS waiting), a fresh engine, one ``kaia_cn_maintenance`` run (the first one: every CN image
 and every PN's first snapshot) triggered through the REST API. Figure: the run's start to end (the metadata
-DB's times through the API), and its ratio to the same engine's 1-cell run (goal: 20 cells within 3x of one).
+DB's times through the API), and its ratio to the same engine's 1-cell run (goal: 20 cells within 3x of one). Also
+the CPU the run cost the machine and the simulated cell's share of it (its 3 hosts per cell answer every SSH
+command with new processes, and 20 cells' nodes take about half a core idle): on two cores the cell competes with
+Airflow for the CPU, which a real cell's own machines would not.
 
 ``overhead``: per engine, the drill's incident at AWS's pace (``--profile aws --time-scale 1``): maintenance
 in the instant profile, then the CN killed and the failover triggered. RTO = the run's start to
@@ -27,7 +30,7 @@ import datetime
 import tempfile
 from pathlib import Path
 
-from common import Bench, cloud_cells_up, path_figures, say
+from common import CLK, Bench, cell_processes, cloud_cells_up, path_figures, say
 
 MAINTENANCE = "kaia_cn_maintenance"
 FAILOVER = "kaia_cn_failover_cloud"
@@ -71,15 +74,29 @@ def engine_for(executor: str, tmp: str, cell):
     return engine
 
 
-def maintenance(engine, n: int) -> dict:
+def busy_cpu_s() -> float:
+    """CPU seconds the machine has spent busy (all processes, every core) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK  # less idle and iowait
+
+
+def maintenance(engine, n: int, cell=None) -> dict:
+    """One maintenance run: its time, tasks and workers; with ``cell``, the CPU it cost the machine and how much of
+    that the simulated cell took (its hosts' sshd and commands, nodes, AWS emulator), which a real cell pays on
+    its own machines."""
+    cpu0, cell0 = busy_cpu_s(), cell_processes(cell.state_dir)["cpu_s"] if cell else 0.0
     run_id = engine.trigger(MAINTENANCE)
     state = engine.wait(MAINTENANCE, run_id, timeout=3600, poll=5)
     run = engine.run(MAINTENANCE, run_id)
+    cpu = {}
+    if cell:
+        used, by_cell = busy_cpu_s() - cpu0, cell_processes(cell.state_dir)["cpu_s"] - cell0
+        cpu = {"cpu_s": round(used, 1), "cell_cpu_pct": round(100 * by_cell / used, 1) if used else None}
     if state != "success":
         raise RuntimeError(f"maintenance over {n} cells: {state}")
     _, steps = run_steps(engine, MAINTENANCE, run_id)
     return {"run_s": round(epoch(run["end_date"]) - epoch(run["start_date"]), 1), "tasks": len(steps),
-            "workers": len({s["host"] for s in steps})}
+            "workers": len({s["host"] for s in steps}), **cpu}
 
 
 def scale_once(executor: str, n: int) -> dict:
@@ -90,7 +107,7 @@ def scale_once(executor: str, n: int) -> dict:
         try:
             up_s = cloud_cells_up(cell, n)
             engine = engine_for(executor, tmp, cell)
-            return {"cells_up_s": up_s, **maintenance(engine, n)}
+            return {"cells_up_s": up_s, **maintenance(engine, n, cell)}
         finally:
             if engine:
                 engine.stop()
@@ -145,7 +162,8 @@ def main() -> None:
                 got = bench.stats(f"{executor} {n} cells", "run_s")["median"]
                 if one and got:
                     say(f"{executor}: maintenance over {n} cells {got:.1f} s = {got / one:.2f}x one cell ({one:.1f} s)")
-        bench.finish([("run_s", "maintenance run (s)"), ("tasks", "tasks"), ("workers", "workers used")])
+        bench.finish([("run_s", "maintenance run (s)"), ("tasks", "tasks"), ("workers", "workers used"),
+                      ("cpu_s", "CPU used (s)"), ("cell_cpu_pct", "of it, the simulated cell's (%)")])
     else:
         bench = Bench("engine_overhead", params={"executors": executors, "profile": "aws", "time_scale": 1})
         for executor in executors:

@@ -59,7 +59,7 @@ from kaia_ha import failover_cloud as steps
 from kaia_ha import pn
 from kaia_ha.model.inventory import InventoryError, try_load_inventory
 from kaia_ha.report import record_task
-from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, local, runbook
+from kaia_ha_airflow.dag_defaults import core_cell_dag, local, runbook, wait
 from kaia_ha_airflow.operators.ec2 import EBSCreateSnapshotOperator
 from kaia_ha_airflow.sensors.ec2 import EBSSnapshotCompletedSensor, EBSVolumeAvailableSensor
 
@@ -94,7 +94,7 @@ def fence(plan: dict) -> dict:
     return steps.fence(plan)
 
 
-@task.sensor(task_id=local(steps.WAIT_STOPPED_TASK), poke_interval=1, timeout=1200, **SHORT_WAIT)
+@task.sensor(task_id=local(steps.WAIT_STOPPED_TASK), timeout=1200, **wait(1))
 def wait_stopped(plan: dict, fence_result: dict) -> PokeReturnValue:
     stopped = steps.wait_stopped(plan, fence_result)
     return PokeReturnValue(is_done=stopped is not None, xcom_value=stopped)
@@ -151,7 +151,7 @@ def launch(plan: dict) -> str:
 
 # Poke mode, every second: one worker slot for EC2's ~30 s of pending buys back the hops of a deferral, its
 # resumption and a separate task for the host key, all on the critical path.
-@task.sensor(task_id=local(steps.WAIT_RUNNING_TASK), poke_interval=1, timeout=1800, **SHORT_WAIT, **RECORDED)
+@task.sensor(task_id=local(steps.WAIT_RUNNING_TASK), timeout=1800, **wait(1), **RECORDED)
 def wait_running(plan: dict, instance_id: str) -> PokeReturnValue:
     host = steps.running_host(plan, instance_id)
     return PokeReturnValue(is_done=host is not None, xcom_value=host)
@@ -183,7 +183,7 @@ def start_kcnd(plan: dict, host: dict) -> dict:
 
 
 # A slot held while kcnd catches up (seconds from a fresh pre-taken snapshot; longer from an old one).
-@task.sensor(task_id=local(steps.IN_SYNC_TASK), timeout=3600, poke_interval=1, **SHORT_WAIT)
+@task.sensor(task_id=local(steps.IN_SYNC_TASK), timeout=3600, **wait(1))
 def in_sync(plan: dict, host: dict) -> PokeReturnValue:
     synced = steps.in_sync(plan, host)
     return PokeReturnValue(is_done=synced is not None, xcom_value=synced)

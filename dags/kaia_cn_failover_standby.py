@@ -53,7 +53,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from kaia_ha import failover_standby as steps
 from kaia_ha.model.inventory import InventoryError, try_load_inventory
-from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, local, runbook
+from kaia_ha_airflow.dag_defaults import core_cell_dag, local, runbook, wait
 
 inventory, INVENTORY_ERROR = try_load_inventory()
 METAL = inventory.cells_of("bare-metal") if inventory else []
@@ -137,7 +137,7 @@ def start_standby(plan: dict) -> dict:
     return steps.start_standby(plan)
 
 
-@task.sensor(task_id=local(steps.SYNCED_TASK), poke_interval=1, timeout=600, **SHORT_WAIT)
+@task.sensor(task_id=local(steps.SYNCED_TASK), timeout=600, **wait(1))
 def standby_synced(plan: dict) -> PokeReturnValue:
     try:
         synced = steps.standby_synced(plan)

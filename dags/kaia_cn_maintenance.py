@@ -2,7 +2,9 @@
 # Kaia CN maintenance: keep every core cell ready for a failover
 
 A failover is only as fast and as safe as what was prepared before the incident. For every core cell
-in the inventory this DAG keeps:
+in the inventory this DAG keeps the four things below. Each task is one step over **every core cell at once**
+(so 20 cells cost about what one does): a step tries every cell, fails naming the cells it failed in, and the
+next step goes on with the cells that this one did. The task log and the report say per cell what happened.
 
 1. **Nodekey backup** - the active CN's `nodekey` and `bls-nodekey`, read from the path the running
    node actually uses, checked against `admin.nodeInfo.id`, kept in Secrets Manager. Written only when
@@ -10,23 +12,26 @@ in the inventory this DAG keeps:
    incident of its own).
 2. **CN image** (cloud cells) - a new AMI when `kcnd.conf` or the kcn version changed, or the newest
    image is too old. The DATA_DIR volume is left out (`NoDevice`); the CN is not rebooted.
-3. **PN pre-snapshot** (cloud cells) - one PN at a time: `kpnd` gets a SIGTERM and up to the inventory's
+3. **PN pre-snapshot** (cloud cells) - one PN per cell at a time: `kpnd` gets a SIGTERM and up to the inventory's
    `pn_stop_limit_seconds` to stop on its own (never killed), its clean stop proven, the DATA_DIR volume
    snapshotted, and `kpnd` started again as soon as the snapshot is pending (a teardown: it runs whatever
    failed before it). The snapshot completes in the background. A PN that does not stop in time is
    started again at once, skipped this round with an SNS alert, and the next PN of the cell is snapshotted.
+   No PN goes down while a cloud failover runs.
 4. **Retention** - the newest images and snapshots are kept as the inventory says; the newest usable
    one and anything a failover run uses (`kaia:in-use-by`) are never deleted.
 5. **Report** - under `$AIRFLOW_HOME/reports/kaia_cn_maintenance/`, named after the run id made file-safe;
    the `report` task log prints the path and the report.
 
 ## When it fails
-- Read the `report` task log: it names every failed task and why.
+- Read the run's **Report** tab (or the `report` task log): it names every failed step, and under each core
+  cell the steps that failed there and why.
 - **A PN must never stay stopped**: if `start_kpnd` failed, the report and the alert begin with
   "URGENT: kpnd on PN ... may still be stopped". Start it by hand now (`sudo systemctl start kpnd` on
-  that PN) or clear `start_kpnd`, and check it syncs.
+  that PN) or clear `pn_snapshot.start_kpnd`, and check it syncs.
 - Fix the cause, then *Clear* the failed task: every task finds what an earlier try made
-  (images by name, snapshots by run tags, secrets by value) and does not make it twice.
+  (images by name, snapshots by run tags, secrets by value) and does not make it twice; the cells it
+  did the first time cost a check each (a PN whose snapshot this run took is not stopped again).
 """
 
 from __future__ import annotations
@@ -36,18 +41,17 @@ from airflow.sdk import Param, PokeReturnValue, TaskGroup, dag, get_current_cont
 from airflow.sdk.exceptions import AirflowSkipException
 
 from kaia_ha import dag_ids, maintenance, pn
+from kaia_ha.model import tags as T
 from kaia_ha.model.inventory import DEFAULT_MAINTENANCE_SCHEDULE, try_load_inventory
-from kaia_ha_airflow.dag_defaults import SHORT_WAIT, core_cell_dag, local, runbook
-from kaia_ha_airflow.operators.ec2 import (
-    EBSCreateSnapshotOperator,
-    EBSDeleteSnapshotOperator,
-    EC2CreateImageOperator,
-    EC2DeregisterImageOperator,
-)
-from kaia_ha_airflow.sensors.ec2 import EBSSnapshotCompletedSensor
+from kaia_ha_airflow.dag_defaults import core_cell_dag, local, runbook, wait
 
 inventory, INVENTORY_ERROR = try_load_inventory()  # broken: only the report, which fails with the error
-CELLS = inventory.cells if inventory else []
+CLOUD = bool(inventory and any(cell.scheme == "cloud" for cell in inventory.cells))
+LONG_WAIT = {**wait(10), "exponential_backoff": True, "max_wait": pendulum.duration(minutes=5)}
+
+
+def _ti():
+    return get_current_context()["ti"]
 
 
 def _run() -> tuple[str, pendulum.DateTime]:
@@ -55,63 +59,69 @@ def _run() -> tuple[str, pendulum.DateTime]:
     return context["run_id"], context["dag_run"].run_after
 
 
-@task(task_id=local(maintenance.BACKUP_TASK))
-def backup_nodekey(cell_name: str) -> dict:
-    return maintenance.backup_nodekey(cell_name, _run()[0])
-
-
-@task(task_id=local(maintenance.IMAGE_PLAN_TASK), multiple_outputs=True)
-def image_plan(cell_name: str) -> dict:
-    return maintenance.image_plan(cell_name, *_run())
-
-
-@task.short_circuit(ignore_downstream_trigger_rules=False)
-def image_needed(create: bool) -> bool:
-    return create
-
-
 def _failover_running() -> bool:
-    return get_current_context()["ti"].get_dr_count(dag_id=dag_ids.FAILOVER_CLOUD, states=["running"]) > 0
+    return _ti().get_dr_count(dag_id=dag_ids.FAILOVER_CLOUD, states=["running"]) > 0
 
 
-@task(task_id=local(maintenance.PN_PLAN_TASK), multiple_outputs=True)
-def pn_snapshot_plan(cell_name: str) -> dict:
-    return maintenance.pn_snapshot_plan(cell_name, _run()[0], failover_running=_failover_running())
+@task(task_id=maintenance.BACKUP_TASK)
+def nodekey_backup() -> str:
+    return maintenance.backup_nodekeys(_ti(), _run()[0])
 
 
-@task(task_id=local(maintenance.STOP_KPND_TASK), pool=pn.PN_DOWNTIME_POOL, multiple_outputs=True)
-def stop_kpnd(cell_name: str, plan: dict) -> dict:
-    ti = get_current_context()["ti"]
-    if ti.try_number == 1 and _failover_running():  # again, in the pool slot: a failover may have begun since the plan
+@task(task_id=local(maintenance.IMAGE_PLAN_TASK))
+def image_plan() -> str:
+    return maintenance.image_plans(_ti(), *_run())
+
+
+@task(task_id=local(maintenance.CREATE_IMAGE_TASK), trigger_rule="all_done")
+def create_image() -> str:
+    return maintenance.create_images(_ti())
+
+
+@task.sensor(task_id=local(maintenance.IMAGE_READY_TASK), trigger_rule="all_done", timeout=6 * 3600, **LONG_WAIT)
+def wait_image() -> PokeReturnValue:
+    ready = maintenance.images_ready(_ti())
+    return PokeReturnValue(is_done=ready is not None, xcom_value=ready)
+
+
+@task(task_id=local(maintenance.PN_PLAN_TASK))
+def pn_snapshot_plan() -> str:
+    return maintenance.snapshot_plans(_ti(), _run()[0], failover_running=_failover_running())
+
+
+@task(task_id=local(maintenance.SNAPSHOT_TASK), pool=pn.PN_DOWNTIME_POOL, trigger_rule="all_done")
+def stop_and_snapshot() -> str:
+    if _ti().try_number == 1 and _failover_running():  # again, in the pool slot: a failover may have begun since
         raise AirflowSkipException("a cloud failover began: no PN goes down for a pre-taken snapshot meanwhile")
-    return pn.stop_pn(cell_name, plan["pn"], ti=ti, tags=plan["tags"])
+    return maintenance.stop_and_snapshot(_ti(), _run()[0])
 
 
 @task(task_id=local(maintenance.START_KPND_TASK), retries=5)
-def start_kpnd(cell_name: str) -> dict:
-    ti = get_current_context()["ti"]
-    return pn.start_pn(cell_name, ti=ti, stop_task=f"{cell_name}.{maintenance.STOP_KPND_TASK}")
+def start_kpnd() -> str:
+    return maintenance.start_kpnds(_ti())
 
 
-@task.sensor(task_id="kpnd_back", poke_interval=2, timeout=900, **SHORT_WAIT)
-def kpnd_back(cell_name: str, started: dict) -> PokeReturnValue:
-    back = pn.pns_back(cell_name, started)
+@task.sensor(task_id=local(maintenance.KPND_BACK_TASK), timeout=900, **wait(2))
+def kpnd_back() -> PokeReturnValue:
+    back = maintenance.kpnds_back(_ti())
     return PokeReturnValue(is_done=back is not None, xcom_value=back)
 
 
-@task(task_id=local(maintenance.SNAPSHOT_DONE_TASK))
-def snapshot_done(snapshot_id: str) -> dict:
-    return {"snapshot_id": snapshot_id, "completed_at": pendulum.now().timestamp()}
+# A first snapshot of a 4,000 GiB volume takes about 33 h; an image's first, full root-volume snapshot up to hours.
+@task.sensor(task_id=local(maintenance.SNAPSHOT_DONE_TASK), trigger_rule="all_done", timeout=48 * 3600, **LONG_WAIT)
+def wait_snapshot() -> PokeReturnValue:
+    ready = maintenance.snapshots_ready(_ti())
+    return PokeReturnValue(is_done=ready is not None, xcom_value=ready)
 
 
 @task(task_id=local(maintenance.OLD_IMAGES_TASK), trigger_rule="all_done")
-def images_to_delete(cell_name: str) -> list[str]:
-    return maintenance.images_to_delete(cell_name, _run()[1])
+def images() -> str:
+    return maintenance.retention_cells(_ti(), _run()[1], T.KIND_CN_IMAGE)
 
 
 @task(task_id=local(maintenance.OLD_SNAPSHOTS_TASK), trigger_rule="all_done")
-def snapshots_to_delete(cell_name: str) -> list[str]:
-    return maintenance.snapshots_to_delete(cell_name, _run()[1])
+def snapshots() -> str:
+    return maintenance.retention_cells(_ti(), _run()[1], T.KIND_PN_CHAINDATA)
 
 
 @task(trigger_rule="all_done", retries=0)
@@ -130,48 +140,26 @@ def report() -> dict:
 )
 def kaia_cn_maintenance():
     final = report()
-    for cell in CELLS:
-        aws = {"aws_conn_id": cell.aws_conn_id, "region_name": cell.region}
-        with TaskGroup(cell.name, tooltip=f"core cell {cell.name} ({cell.scheme})"):
-            with TaskGroup("nodekey_backup"):
-                backup_nodekey(cell.name) >> final
-            if cell.scheme != "cloud":
-                continue
-            with TaskGroup("cn_image"):
-                plan = image_plan(cell.name)
-                image = EC2CreateImageOperator(
-                    task_id=local(maintenance.CREATE_IMAGE_TASK), instance_id=plan["instance_id"],
-                    image_name=plan["name"],
-                    exclude_devices=plan["exclude_devices"], image_tags=plan["tags"],
-                    # NoReboot: this is the running validator; a reboot costs proposals. The root volume holds
-                    # only config and binaries (DATA_DIR is excluded), so a crash-consistent copy is enough.
-                    no_reboot=True, waiter_delay=5, **aws,
-                )
-                image_needed(plan["create"]) >> image
-            with TaskGroup("pn_snapshot"):
-                snap_plan = pn_snapshot_plan(cell.name)
-                stop = stop_kpnd(cell.name, snap_plan)
-                snapshot = EBSCreateSnapshotOperator(  # of the PN the stop chose: the plan's, or the next one
-                    task_id=local(maintenance.CREATE_SNAPSHOT_TASK), volume_id=stop["volume_id"],
-                    snapshot_tags=stop["tags"],
-                    description=f"Kaia PN chain data ({cell.name})", **aws,
-                )
-                # stop is a setup too: clearing a failed create_snapshot stops kpnd again first (else the clear would
-                # snapshot the PN the teardown restarted: a dirty snapshot tagged clean-stop).
-                start = start_kpnd(cell.name)
-                start.as_teardown(setups=[snap_plan, stop], on_failure_fail_dagrun=True)
-                stop >> snapshot >> start >> kpnd_back(cell.name, start) >> final  # the report says if the PN is down
-                wait = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id=snapshot.output, waiter_delay=5,
-                                                  **aws)
-                done = snapshot_done(wait.output)
-            with TaskGroup("retention"):
-                old_images, old_snapshots = images_to_delete(cell.name), snapshots_to_delete(cell.name)
-                image >> old_images
-                done >> old_snapshots
-                (EC2DeregisterImageOperator.partial(task_id="deregister_images", **aws)
-                 .expand(image_id=old_images) >> final)
-                (EBSDeleteSnapshotOperator.partial(task_id="delete_snapshots", **aws)
-                 .expand(snapshot_id=old_snapshots) >> final)
+    if inventory:
+        nodekey_backup() >> final
+    if not CLOUD:
+        return
+    with TaskGroup("cn_image", tooltip="a CN image of each cloud cell's validator, when it changed or is old"):
+        image_ready = image_plan() >> create_image() >> wait_image()
+    with TaskGroup("pn_snapshot", tooltip="one PN of each cloud cell stopped cleanly, snapshotted, started again"):
+        stop = stop_and_snapshot()
+        start = start_kpnd()
+        # The stop is a setup: clearing it (or a failed start's setup) runs it again first, and it finds the cells
+        # whose snapshot this run took (not stopped again).
+        start.as_teardown(setups=stop, on_failure_fail_dagrun=True)
+        # A teardown runs only if a setup succeeded; the stop fails when any one cell failed, and the PNs it stopped
+        # in the other cells must still be started: so after the stop, whatever its state.
+        start.operator.trigger_rule = "all_done"
+        pn_snapshot_plan() >> stop >> start >> kpnd_back() >> final  # the report says if a PN is down
+        snapshot_done = start >> wait_snapshot()  # after the start: kpnd is not kept down while AWS copies
+    with TaskGroup("retention", tooltip="images and snapshots past the inventory's retention deleted"):
+        image_ready >> images() >> final
+        snapshot_done >> snapshots() >> final
 
 
 kaia_cn_maintenance()

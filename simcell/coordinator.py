@@ -22,6 +22,13 @@ FAULT_KINDS = ("throttle", "server-error", "drop")
 SSH_FAULT_KINDS = ("drop", "drop-after")
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Every node heartbeats 4 times a second (63 nodes at 20 cells: ~250 connections a second); socketserver's
+    # listen backlog of 5 resets connections in a burst, which the nodes would read as a lost network.
+    request_queue_size = 1024
+
+
 class ControlError(Exception):
     pass
 
@@ -32,8 +39,7 @@ class Coordinator:
         self.front = front
         self.stop_instance = stop_instance  # EC2 StopInstances through the front layer
         self.on_shutdown = on_shutdown
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), self._handler())
 
     @property
     def url(self) -> str:

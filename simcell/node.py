@@ -37,6 +37,10 @@ CATCH_UP_PER_SECOND = 2000  # blocks a node with peers imports per second when b
 # interval state trie will be flushed into disk"; Stop() writes the head's cached state ("Writing cached state
 # to disk").
 STATE_INTERVAL = 128
+# The node's p2p (devp2p, as in go-ethereum) drops a peer connection after frameReadTimeout = 30 s without a frame:
+# a host too loaded to answer for a few seconds keeps its peers. Here the coordinator plays the network, so a
+# heartbeat that times out (the machine loaded) keeps the last view that long; a refused one (the cell gone) does not.
+PEER_TIMEOUT = 30.0
 
 
 def schema_of(version: str) -> int:
@@ -332,13 +336,18 @@ class Node:
             self.net = json.loads(resp.read())
 
     def run(self) -> None:
-        last = time.monotonic()
+        last = heard = time.monotonic()
         last_logged = 0
         while not self.stopping.is_set():
             try:
                 self.heartbeat()
-            except OSError:
-                self.net["peers"] = {"total": 0}  # the cell's network is gone: no peers
+                heard = time.monotonic()
+            except OSError as exc:
+                slow = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+                if not slow or time.monotonic() - heard > PEER_TIMEOUT:
+                    self.net["peers"] = {"total": 0}  # the cell's network is gone: no peers
+                self.log("WARN", f"network: {type(exc).__name__} ({'kept' if slow else 'lost'} "
+                         f"{self.net['peers']['total']} peers)")
             now = time.monotonic()
             if self.net["peers"]["total"] > 0 and self.height < self.net["best"]:
                 step = max(1, int(CATCH_UP_PER_SECOND * (now - last)))

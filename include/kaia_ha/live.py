@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kaia_ha.model.inventory import Cell, load_inventory
 from kaia_ha.model.placement import Change, Placement, initial
+from kaia_ha.over_cells import shared
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
 from kaia_ha_airflow.hooks.state import AlreadyExists, StateStore
 
@@ -38,7 +39,8 @@ def store() -> StateStore:
     if state is None:  # one machine only: documented in the README
         home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
         return StateStore(f"file://{home / 'kaia-ha-state'}")
-    return StateStore(state.url, state.aws_conn_id, state.region)
+    return shared(("state", state.url, state.aws_conn_id, state.region),
+                  lambda: StateStore(state.url, state.aws_conn_id, state.region))
 
 
 def _name(cell: str, generation: int) -> str:

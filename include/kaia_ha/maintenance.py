@@ -1,7 +1,10 @@
 """The steps of the maintenance DAG: keep every core cell ready for a failover.
 
-Each function is one task's work; it takes names and the run id (never keys), returns a small
-JSON-safe dict for XCom and the report, and is safe to run again after a retry or a clear.
+Each task is one step over every core cell at once (``kaia_ha.over_cells``): the per-cell functions below are a
+cell's part, the ``*_cells`` and ``*_ready`` functions the tasks. A cell's part takes names and the run id (never
+keys), returns a small JSON-safe dict for XCom and the report, and is safe to run again after a retry or a clear. A
+step tries every cell, records each cell's outcome (``CELLS_KEY``) and fails if one cell failed; the next step
+works on the cells that this one did.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shlex
+import time
 from datetime import datetime, timedelta
 
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
@@ -21,7 +25,9 @@ from kaia_ha.model import tags as T
 from kaia_ha.model.health import Probe
 from kaia_ha.model.inventory import Cell, load_inventory
 from kaia_ha.model.keys import KeyBackup
-from kaia_ha.pn import ATTEMPTS_KEY, first_unhealthy, kpnd_left_stopped, kpnd_urgent
+from kaia_ha.over_cells import CELLS_KEY, CellSkipped, Outcome, cell_views, each_cell, node_hook, shared
+from kaia_ha.over_cells import ec2 as ec2_hook
+from kaia_ha.pn import ATTEMPTS_KEY, STOPPED_KEY, first_unhealthy, kpnd_urgent, pns_back, start_stopped, stop_cleanly
 from kaia_ha.report import step, table, timeline, write
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
@@ -29,13 +35,19 @@ from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
 DAG_ID = dag_ids.MAINTENANCE
-# The DAG's task ids inside each cell's group (``<cell>.<id>``) that the report reads: the DAG file names its tasks
-# with these, so each id is written once.
-BACKUP_TASK = "nodekey_backup.backup_nodekey"
-IMAGE_PLAN_TASK, CREATE_IMAGE_TASK = "cn_image.image_plan", "cn_image.create_image"
-PN_PLAN_TASK, STOP_KPND_TASK, START_KPND_TASK = "pn_snapshot.plan", "pn_snapshot.stop_kpnd", "pn_snapshot.start_kpnd"
-CREATE_SNAPSHOT_TASK, SNAPSHOT_DONE_TASK = "pn_snapshot.create_snapshot", "pn_snapshot.snapshot_done"
-OLD_IMAGES_TASK, OLD_SNAPSHOTS_TASK = "retention.images_to_delete", "retention.snapshots_to_delete"
+# The DAG's task ids that the steps and the report read: the DAG file names its tasks with these, so each id is
+# written once. Each task is a step over every cell.
+BACKUP_TASK = "nodekey_backup"
+IMAGE_PLAN_TASK, CREATE_IMAGE_TASK, IMAGE_READY_TASK = "cn_image.plan", "cn_image.create_image", "cn_image.wait_image"
+PN_PLAN_TASK, SNAPSHOT_TASK = "pn_snapshot.plan", "pn_snapshot.stop_and_snapshot"
+START_KPND_TASK, KPND_BACK_TASK, SNAPSHOT_DONE_TASK = (
+    "pn_snapshot.start_kpnd", "pn_snapshot.kpnd_back", "pn_snapshot.wait_snapshot")
+OLD_IMAGES_TASK, OLD_SNAPSHOTS_TASK = "retention.images", "retention.snapshots"
+STEP_TASKS = {"nodekey backup": BACKUP_TASK, "image plan": IMAGE_PLAN_TASK, "image": CREATE_IMAGE_TASK,
+              "image ready": IMAGE_READY_TASK, "PN snapshot plan": PN_PLAN_TASK,
+              "kpnd stop and snapshot": SNAPSHOT_TASK, "kpnd start": START_KPND_TASK, "kpnd back": KPND_BACK_TASK,
+              "snapshot complete": SNAPSHOT_DONE_TASK, "image retention": OLD_IMAGES_TASK,
+              "snapshot retention": OLD_SNAPSHOTS_TASK}
 
 
 class MaintenanceError(RuntimeError):
@@ -72,7 +84,6 @@ def read_live_identity(cell: Cell) -> tuple[KeyBackup, Probe, str]:
     return KeyBackup(nodekey, bls, probe.bls_public_key, source=name), probe, path
 
 
-@step
 @needs("secretsmanager:GetSecretValue", "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue",
        "secretsmanager:TagResource")
 def backup_nodekey(cell_name: str, run_id: str) -> dict:
@@ -86,7 +97,8 @@ def backup_nodekey(cell_name: str, run_id: str) -> dict:
                "The validator's identity changed (a regenerated or replaced nodekey). The backup was NOT overwritten.")
         raise MaintenanceError(f"{cn.name}: running node ID {backup.node_id[:16]}… is not the inventory's node_id "
                                f"{cn.node_id[:16]}…")
-    client = SecretsManagerHook(aws_conn_id=cell.aws_conn_id, region_name=cell.region).conn
+    client = shared(("secretsmanager", cell.aws_conn_id, cell.region),
+                    lambda: SecretsManagerHook(aws_conn_id=cell.aws_conn_id, region_name=cell.region).conn)
     token = T.client_token(run_id, cell.name, cn.name, "nodekey-backup")
     try:
         current = KeyBackup.from_secret_string(client.get_secret_value(SecretId=cn.nodekey_secret_id)["SecretString"],
@@ -121,10 +133,9 @@ def backup_nodekey(cell_name: str, run_id: str) -> dict:
 
 
 # ----- 2. CN image -------------------------------------------------------------------------------------------
-def cn_fingerprint(cell: Cell) -> dict:
+def cn_fingerprint(cell: Cell, node: KaiaNodeHook, name: str) -> dict:
     """What the image must carry: kcnd.conf and the kcn version (the "configuration or software")."""
     cn = cell.validator
-    node, name = validator_node(cell)
     conf = node.run(f"sudo cat {shlex.quote(cn.conf_path)}").stdout
     version = node.version()
     if node.run(f"mountpoint -q {shlex.quote(cn.data_dir)}", check=False).rc != 0:
@@ -159,19 +170,18 @@ def root_disk_key_material(node: KaiaNodeHook, data_dir: str, additional: str) -
     return node.run(f"sudo bash -c {shlex.quote(script)}", secret_output=False).stdout.splitlines()
 
 
-@step
 def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
     """Decide whether this run makes a new CN image."""
     cell = _cell(cell_name)
     cn = cell.validator
     source = live.current(cell).active.instance_id  # the replacement, after a failover
-    fp = cn_fingerprint(cell)
     node, name = validator_node(cell)
+    fp = cn_fingerprint(cell, node, name)
     found = root_disk_key_material(node, cn.data_dir, node.conf().get("ADDITIONAL", ""))
     if found:
         raise MaintenanceError(f"{name}: its root disk holds key material, which a CN image would carry to every "
                                f"replacement: {'; '.join(found)}. Move or shred it, then clear this task")
-    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    ec2 = ec2_hook(cell)
     images = [i for i in ec2.find_images({T.CELL: cell.name, T.NODE: cn.name, T.KIND: T.KIND_CN_IMAGE})
               if i["State"] in ("available", "pending")]
     name = T.safe_name("kaia-cn", cell.name, cn.name, run_id)
@@ -199,25 +209,23 @@ def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
 
 
 # ----- 3. PN pre-snapshot ---------------------------------------------------------------------------------
-@step
 def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False) -> dict:
     """Pick the PN to snapshot (the inventory's choice, else the one with the oldest snapshot) and
     make sure every PN of the cell is healthy first: never two PNs of a cell down at once. While a cloud
-    failover runs (it may take a fresh snapshot of a PN itself) no PN is taken down: the group is skipped.
+    failover runs (it may take a fresh snapshot of a PN itself) no PN is taken down: the cell is skipped.
     """
     cell = _cell(cell_name)
-    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    ec2 = ec2_hook(cell)
     newest = {}
     for pn in cell.pns:
         snaps = [s for s in ec2.find_snapshots({T.CELL: cell.name, T.NODE: pn.name, T.KIND: T.KIND_PN_CHAINDATA})
                  if s["State"] != "error"]
         newest[pn.name] = snaps[0]["StartTime"].isoformat() if snaps else ""
     # A retry of this run keeps the PN its first try chose (the snapshot tagged with this run).
-    this_run = [pn for pn in cell.pns if ec2.find_snapshots({T.RUN_ID: run_id, T.NODE: pn.name,
-                                                             T.KIND: T.KIND_PN_CHAINDATA})]
+    this_run = [pn for pn in cell.pns if _this_run_snapshot(ec2, cell, run_id, pn.name)]
     if failover_running and not this_run:
-        raise AirflowSkipException("a cloud failover is running: no PN goes down for a pre-taken snapshot meanwhile; "
-                                   "the next run takes it")
+        raise CellSkipped("a cloud failover is running: no PN goes down for a pre-taken snapshot meanwhile; "
+                          "the next run takes it")
     if this_run:
         pn, why = this_run[0], "chosen by an earlier try of this run"
     elif cell.maintenance.snapshot_pn:
@@ -234,11 +242,18 @@ def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False
     return {"pn": pn.name, "volume_id": pn.data_volume_id, "why": why, "tags": tags}
 
 
+def _this_run_snapshot(ec2: CoreCellEC2Hook, cell: Cell, run_id: str, pn_name: str | None = None) -> dict | None:
+    """The snapshot of a PN of the cell that this run took already (an earlier try), if any."""
+    tags = {T.RUN_ID: run_id, T.CELL: cell.name, T.KIND: T.KIND_PN_CHAINDATA} | ({T.NODE: pn_name} if pn_name else {})
+    found = [s for s in ec2.find_snapshots(tags) if s["State"] != "error"]
+    return found[0] if found else None
+
+
 # ----- 4. retention -------------------------------------------------------------------------------------------
 def _retention(cell_name: str, run_after: datetime, kind: str) -> list[str]:
     cell = _cell(cell_name)
     keep = cell.maintenance
-    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    ec2 = ec2_hook(cell)
     if kind == T.KIND_CN_IMAGE:
         found = ec2.find_images({T.CELL: cell.name, T.KIND: kind})
         count, state, key = keep.keep_images, "available", "ImageId"
@@ -252,57 +267,256 @@ def _retention(cell_name: str, run_after: datetime, kind: str) -> list[str]:
     return delete
 
 
-@step
-def images_to_delete(cell_name: str, run_after: datetime) -> list[str]:
-    """CN images past the inventory's retention."""
-    return _retention(cell_name, run_after, T.KIND_CN_IMAGE)
+@needs("ec2:DeregisterImage", "ec2:DeleteSnapshot")
+def delete_old(cell_name: str, run_after: datetime, kind: str) -> list[str]:
+    """Delete the cell's CN images (with their snapshots) or PN snapshots past the inventory's retention; already
+    gone counts as done (a retry). Returns what is gone."""
+    cell = _cell(cell_name)
+    ec2 = ec2_hook(cell)
+    delete = ec2.deregister_image if kind == T.KIND_CN_IMAGE else ec2.delete_snapshot
+    old = _retention(cell_name, run_after, kind)
+    for resource_id in old:
+        log.info("%s %s: %s", cell.name, resource_id, "deleted" if delete(resource_id) else "was already gone")
+    return old
+
+
+# ----- the tasks: each step over every cell ------------------------------------------------------------------
+def _cells(scheme: str | None = None) -> list[Cell]:
+    return [c for c in load_inventory().cells if scheme is None or c.scheme == scheme]
+
+
+def cells_of(ti, task_id: str) -> dict:
+    """What a step over cells recorded (``{"done", "skipped", "failed"}``; empty parts when it did not run)."""
+    got = ti.xcom_pull(task_ids=task_id, key=CELLS_KEY, default=None) or {}
+    return {part: got.get(part) or {} for part in ("done", "skipped", "failed")}
+
+
+def done_by(ti, task_id: str) -> dict:
+    return cells_of(ti, task_id)["done"]
+
+
+def _finish(ti, outcome: Outcome, what: str, cells: int) -> str:
+    """Record each cell's outcome for the next step and the report; fail naming the failed cells (after all were
+    tried), skip the task when it had nothing to do in any cell."""
+    ti.xcom_push(key=CELLS_KEY, value=outcome.as_xcom())
+    if outcome.failed:
+        raise MaintenanceError(f"{what} failed in {len(outcome.failed)} of {cells} core cells: "
+                               + "; ".join(f"{cell}: {why}" for cell, why in sorted(outcome.failed.items())))
+    if outcome.skipped and not outcome.done:
+        raise AirflowSkipException(f"{what}: nothing to do in any core cell: "
+                                   + "; ".join(f"{cell}: {why}" for cell, why in sorted(outcome.skipped.items())))
+    return outcome.summary()
+
+
+def _over(ti, cells: list[Cell], work, what: str) -> str:
+    return _finish(ti, each_cell(cells, work, what=what), what, len(cells))
+
+
+def _after(parts: dict, cell: Cell, step_name: str):
+    """The cell's result of an earlier step (``parts``: its ``cells_of``), or skip the cell (that step failed or had
+    nothing to do there)."""
+    if cell.name in parts["done"]:
+        return parts["done"][cell.name]
+    why = parts["failed"].get(cell.name) or parts["skipped"].get(cell.name) or "did not run"
+    raise CellSkipped(f"no {step_name} ({why[:200]})")
 
 
 @step
-def snapshots_to_delete(cell_name: str, run_after: datetime) -> list[str]:
-    """PN snapshots past the inventory's retention."""
-    return _retention(cell_name, run_after, T.KIND_PN_CHAINDATA)
+def backup_nodekeys(ti, run_id: str) -> str:
+    return _over(ti, _cells(), lambda cell: backup_nodekey(cell.name, run_id), "nodekey backup")
+
+
+@step
+def image_plans(ti, run_id: str, run_after: datetime) -> str:
+    return _over(ti, _cells("cloud"), lambda cell: image_plan(cell.name, run_id, run_after), "CN image plan")
+
+
+@step
+def create_images(ti) -> str:
+    """Create the CN images the plans asked for (NoReboot, DATA_DIR left out); a retry finds them by name."""
+
+    plans = cells_of(ti, IMAGE_PLAN_TASK)
+
+    def create(cell: Cell) -> dict:
+        plan = _after(plans, cell, "image plan")
+        if not plan["create"]:
+            raise CellSkipped(plan["reason"])
+        ec2 = ec2_hook(cell)
+        # NoReboot: this is the running validator; a reboot costs proposals. The root volume holds only config and
+        # binaries (DATA_DIR is excluded), so a crash-consistent copy is enough.
+        image_id, created = ec2.create_image(
+            instance_id=plan["instance_id"], name=plan["name"], exclude_devices=plan["exclude_devices"],
+            tags=plan["tags"], no_reboot=True, description=f"Kaia CN image of {plan['instance_id']}")
+        log.info("%s image %s (%s) of %s", "Created" if created else "Found", image_id, plan["name"],
+                 plan["instance_id"])
+        return {"image_id": image_id, "created": created}
+
+    return _over(ti, _cells("cloud"), create, "CN image")
+
+
+def _ready(ti, task_id: str, cells: list[Cell], state_of, what: str) -> dict | None:
+    """One poke of a wait over cells: ``state_of(cell, result)`` is a resource's state, ``"done"`` or ``"pending"``
+    (a failure raises). None while any cell is pending, else each cell's result (the task fails on a failed one)."""
+    earlier = cells_of(ti, task_id)
+    outcome = each_cell(cells, lambda cell: state_of(cell, _after(earlier, cell, what)), what=what)
+    pending = sorted(c for c, (state, _) in outcome.done.items() if state == "pending")
+    if pending:
+        log.info("%s: waiting for %s", what, ", ".join(pending))
+        return None
+    outcome.done = {c: {"completed_at": time.time(), **result} for c, (_, result) in outcome.done.items()}
+    _finish(ti, outcome, what, len(cells))
+    return outcome.done
+
+
+@needs("ec2:DescribeImages")
+def images_ready(ti) -> dict | None:
+    """Every image this run created is available (a first image copies the whole root volume: minutes to an hour)."""
+
+    def state(cell: Cell, made: dict) -> tuple[str, dict]:
+        ec2 = ec2_hook(cell)
+        found = ec2.conn.describe_images(ImageIds=[made["image_id"]])["Images"]
+        if not found or found[0]["State"] in ("failed", "invalid", "deregistered", "error"):
+            raise MaintenanceError(f"image {made['image_id']} is {found[0]['State'] if found else 'gone'}: "
+                                   f"{found[0].get('StateReason', {}).get('Message', '') if found else ''}")
+        return ("done" if found[0]["State"] == "available" else "pending"), made
+
+    return _ready(ti, CREATE_IMAGE_TASK, _cells("cloud"), state, "CN image ready")
+
+
+@step
+def snapshot_plans(ti, run_id: str, failover_running: bool) -> str:
+    return _over(ti, _cells("cloud"), lambda cell: pn_snapshot_plan(cell.name, run_id, failover_running),
+                 "PN snapshot plan")
+
+
+@step
+@needs("ec2:CreateSnapshot", "ec2:DescribeSnapshots")
+def stop_and_snapshot(ti, run_id: str) -> str:
+    """In each cell at once: stop the planned PN's kpnd cleanly (``pn.stop_cleanly``, in the PN downtime pool's slot)
+    and snapshot its DATA_DIR volume at once (the snapshot is point in time: kpnd may start as soon as it is pending,
+    so there is no task start between the stop and the snapshot). A cell whose snapshot an earlier try of this run
+    took is not stopped again; a PN that try left stopped is recorded again, for the teardown to start."""
+    view, plans = cell_views(ti), cells_of(ti, PN_PLAN_TASK)
+
+    def stop_and_take(cell: Cell) -> dict:
+        plan = _after(plans, cell, "PN snapshot plan")
+        ec2 = ec2_hook(cell)
+        taken = _this_run_snapshot(ec2, cell, run_id)
+        if taken:
+            name = T.tag_dict(taken)[T.NODE]
+            pn_node = next(p for p in cell.pns if p.name == name)
+            if ti.try_number > 1 and node_hook(pn_node).service_state() != "active":  # this run's stop
+                view(cell.name).xcom_push(STOPPED_KEY, [name])
+            log.info("%s: this run's snapshot %s of %s exists (an earlier try): not stopping a PN again", cell.name,
+                     taken["SnapshotId"], name)
+            return {"pn": name, "snapshot_id": taken["SnapshotId"], "created": False}
+        stopped = stop_cleanly(cell, plan["pn"], view(cell.name), plan["tags"])
+        made, created = ec2.create_snapshot(volume_id=stopped["volume_id"], tags=stopped["tags"],
+                                            description=f"Kaia PN chain data ({cell.name})")
+        log.info("%s snapshot %s of %s (%s), %.1f s after kpnd's stop began", "Created" if created else "Found",
+                 made["SnapshotId"], stopped["pn"], made.get("State"), time.time() - stopped["stop_began"])
+        return stopped | {"snapshot_id": made["SnapshotId"], "created": created}
+
+    return _over(ti, _cells("cloud"), stop_and_take, "kpnd stop and snapshot")
+
+
+@step
+def start_kpnds(ti) -> str:
+    """The teardown: start kpnd again on every PN the stop recorded as stopped by this run, in every cell."""
+    view = cell_views(ti)
+    return _over(ti, _cells("cloud"), lambda cell: start_stopped(cell, view(cell.name), SNAPSHOT_TASK), "kpnd start")
+
+
+def kpnds_back(ti) -> dict | None:
+    """Every PN the teardown started serves again (peers, head rising)."""
+
+    def state(cell: Cell, started: dict) -> tuple[str, dict]:
+        back = pns_back(cell, started)
+        return ("pending", {}) if back is None else ("done", back)
+
+    return _ready(ti, START_KPND_TASK, _cells("cloud"), state, "kpnd back")
+
+
+@needs("ec2:DescribeSnapshots")
+def snapshots_ready(ti) -> dict | None:
+    """Every snapshot of this run completed (they finish in the background; kpnd is running again)."""
+
+    def state(cell: Cell, made: dict) -> tuple[str, dict]:
+        ec2 = ec2_hook(cell)
+        found = ec2.conn.describe_snapshots(SnapshotIds=[made["snapshot_id"]])["Snapshots"][0]
+        if found["State"] == "error":
+            raise MaintenanceError(f"snapshot {made['snapshot_id']} failed: {found.get('StateMessage', 'error')}")
+        return ("done" if found["State"] == "completed" else "pending"), made
+
+    return _ready(ti, SNAPSHOT_TASK, _cells("cloud"), state, "PN snapshot complete")
+
+
+@step
+def retention_cells(ti, run_after: datetime, kind: str) -> str:
+    """Delete each cloud cell's CN images or PN snapshots past the inventory's retention."""
+    what = "image retention" if kind == T.KIND_CN_IMAGE else "snapshot retention"
+    return _over(ti, _cells("cloud"), lambda cell: delete_old(cell.name, run_after, kind), what)
 
 
 # ----- 5. report ------------------------------------------------------------------------------------------------
+def _outcomes(records: dict[str, dict], cell: str) -> dict[str, str]:
+    """Each step's outcome for one cell, as the report lists it (``records``: each step's ``cells_of``)."""
+    out = {}
+    for name, task_id in STEP_TASKS.items():
+        parts = records[task_id]
+        if cell in parts["failed"]:
+            out[name] = f"failed: {parts['failed'][cell]}"
+        elif cell in parts["skipped"]:
+            out[name] = f"skipped: {parts['skipped'][cell]}"
+        elif cell in parts["done"]:
+            out[name] = "done"
+    return out
+
+
 def build_report(ti, dag_id: str, run_id: str) -> dict:
     """One report for the run: per cell what was created, skipped, deleted, and kpnd's down time."""
     steps, states = timeline(ti, dag_id, run_id)
+    records = {task_id: cells_of(ti, task_id) for task_id in STEP_TASKS.values()}  # one read each, not one a cell
 
-    def pull(task_id: str, key: str = "return_value"):
-        return ti.xcom_pull(task_ids=task_id, key=key, default=None)
+    def done(task_id: str, cell: str):
+        return records[task_id]["done"].get(cell)
+
+    stop_records = {key: ti.xcom_pull(task_ids=SNAPSHOT_TASK, key=key, default=None) or {}
+                    for key in (STOPPED_KEY, ATTEMPTS_KEY)}
+
+    def pulled(key: str, cell: str):
+        return stop_records[key].get(cell)
 
     cells = []
     for cell in load_inventory().cells:
-        prefix = f"{cell.name}."
-        entry = {"cell": cell.name, "scheme": cell.scheme, "nodekey": pull(prefix + BACKUP_TASK)}
+        name = cell.name
+        entry = {"cell": name, "scheme": cell.scheme, "nodekey": done(BACKUP_TASK, name)}
         try:  # where each validator runs now: the UI's answer to "which node is it on?"
             entry["placement"] = live.current(cell).summary()
         except Exception as exc:  # the report must still be written
             entry["placement"] = f"unknown ({type(exc).__name__}: {str(exc)[:200]})"
         if cell.scheme == "cloud":
-            plan = pull(prefix + IMAGE_PLAN_TASK) or {}
+            plan = done(IMAGE_PLAN_TASK, name) or {}
             entry["image"] = {"decision": "create" if plan.get("create") else "skip", "reason": plan.get("reason"),
-                              "image_id": pull(prefix + CREATE_IMAGE_TASK),
+                              "image_id": (done(IMAGE_READY_TASK, name) or {}).get("image_id"),
                               "fingerprint": plan.get("fingerprint")}
-            stop, start = pull(prefix + STOP_KPND_TASK), pull(prefix + START_KPND_TASK)
-            done = pull(prefix + SNAPSHOT_DONE_TASK)
+            stop, start = done(SNAPSHOT_TASK, name), done(START_KPND_TASK, name)
+            complete = done(SNAPSHOT_DONE_TASK, name)
             # The PN the stop chose (the plan's, or the next one when that did not stop on its own), and those skipped.
-            attempts = pull(prefix + STOP_KPND_TASK, ATTEMPTS_KEY) or []
-            pn_name = (stop or {}).get("pn") or (pull(prefix + PN_PLAN_TASK) or {}).get("pn")
-            if kpnd_left_stopped(states, prefix + STOP_KPND_TASK, prefix + START_KPND_TASK):
-                entry["urgent"] = kpnd_urgent(pn_name or "?", prefix + START_KPND_TASK)
+            pn_name = (stop or {}).get("pn") or (done(PN_PLAN_TASK, name) or {}).get("pn")
+            if pulled(STOPPED_KEY, name) and not (start or {}).get("started"):
+                entry["urgent"] = kpnd_urgent(pn_name or "?", f"{START_KPND_TASK} (for {name})")
             entry["pn_snapshot"] = {
-                "pn": pn_name, "skipped": [a for a in attempts if a["outcome"] != "stopped cleanly"],
-                "snapshot_id": pull(prefix + CREATE_SNAPSHOT_TASK),
+                "pn": pn_name, "skipped": [a for a in pulled(ATTEMPTS_KEY, name) or []
+                                           if a["outcome"] != "stopped cleanly"],
+                "snapshot_id": (stop or {}).get("snapshot_id"),
                 "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2)
-                if stop and start and start["started"] else None,
-                "snapshot_complete_seconds": round(done["completed_at"] - stop["stopped_at"], 2) if stop and done
-                else None,
+                if stop and start and start["started"] and "stop_began" in stop else None,
+                "snapshot_complete_seconds": round(complete["completed_at"] - stop["stopped_at"], 2)
+                if stop and complete and "stopped_at" in stop else None,
             }
-            entry["retention"] = {"images": pull(prefix + OLD_IMAGES_TASK),
-                                  "snapshots": pull(prefix + OLD_SNAPSHOTS_TASK)}
-        entry["tasks"] = {t[len(prefix):]: s for t, s in sorted(states.items()) if t.startswith(prefix)}
+            entry["retention"] = {"images": done(OLD_IMAGES_TASK, name), "snapshots": done(OLD_SNAPSHOTS_TASK, name)}
+        entry["steps"] = _outcomes(records, name)
         cells.append(entry)
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     urgent = [c["urgent"] for c in cells if c.get("urgent")]
@@ -328,7 +542,10 @@ def render_report(report: dict) -> str:
                          "after the stop")
             lines += [f"- WARNING: PN {a['pn']} skipped: {a['why']}" for a in snap.get("skipped", [])]
             ret = cell.get("retention") or {}
-            lines.append(f"- retention: delete images {ret.get('images', [])}, snapshots {ret.get('snapshots', [])}")
+            lines.append(f"- retention: deleted images {ret.get('images') or []}, "
+                         f"snapshots {ret.get('snapshots') or []}")
+        lines += [f"- {name} FAILED here: {how[len('failed: '):]}" for name, how in cell.get("steps", {}).items()
+                  if how.startswith("failed")]
         lines.append("")
     lines += ["## Steps", "", table(report["steps"], ["task", "try", "seconds", "state", "outcome"])]
     return "\n".join(lines)

@@ -23,15 +23,17 @@ from kaia_ha.model import compat
 from kaia_ha.model import tags as T
 from kaia_ha.model.health import ProbeError
 from kaia_ha.model.inventory import Cell, load_inventory
+from kaia_ha.over_cells import ec2 as ec2_hook
+from kaia_ha.over_cells import node_hook
 from kaia_ha.report import step
-from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
-from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook, NodeCommandError, shutdown_was_clean, shutting_down
+from kaia_ha_airflow.hooks.kaia_node import NodeCommandError, shutdown_was_clean, shutting_down
 from kaia_ha_airflow.iam import needs
 
 log = logging.getLogger(__name__)
-# One kpnd *stop* at a time, across cells and DAGs (the slot is not held while the PN is down): inside it each stop
-# checks that the cell's other PNs serve and that kpnd is running (stop_pn), and maintenance leaves the PNs alone
-# while a cloud failover runs. So two PNs of a cell are never down together. Created by bootstrap and compose.
+# One task that stops kpnd at a time, across DAGs (the slot is not held while the PN is down): the maintenance's stop
+# (one PN in each cell at once) or a failover's. Inside it each stop checks that the cell's other PNs serve and that
+# kpnd is running (stop_cleanly), and maintenance leaves the PNs alone while a cloud failover runs. So two PNs of a
+# cell are never down together. Created by bootstrap and compose.
 PN_DOWNTIME_POOL = "kaia_pn_downtime"
 STOPPED_KEY = "kpnd_stopped"
 ATTEMPTS_KEY = "pn_stops"
@@ -58,7 +60,7 @@ class _Record:
 
 
 def pn_healthy(pn) -> tuple[bool, str]:
-    node = KaiaNodeHook(pn)
+    node = node_hook(pn)
     try:
         if node.service_state() != "active":
             return False, f"{pn.service} is not active"
@@ -81,7 +83,7 @@ def first_unhealthy(pns) -> tuple[str, str] | None:
 
 def pn_is_back(pn) -> dict | None:
     """kpnd answers, has peers and its head rises: the PN serves its CN again."""
-    node = KaiaNodeHook(pn)
+    node = node_hook(pn)
     first = node.probe()
     time.sleep(2)
     last = node.probe()
@@ -102,7 +104,7 @@ def fitting(cell: Cell, names: list[str], image_tags: dict[str, str]) -> list[st
     answer is left out. Its chain data would only fail the replacement's start."""
     fit = []
     for name in names:
-        node = KaiaNodeHook(next(p for p in cell.pns if p.name == name))
+        node = node_hook(next(p for p in cell.pns if p.name == name))
         try:
             image = image_tags.get(T.DB_FLAGS, compat.db_flags("")), image_tags.get(T.KCN_VERSION, "v0.0.0")
             problems = compat.problems(*image, compat.db_flags(node.conf().get("ADDITIONAL", "")), node.version(), name)
@@ -120,7 +122,7 @@ def incremental(cell: Cell, names: list[str]) -> list[str]:
     """Those of ``names`` whose data volume has a completed snapshot already: a fresh one is then incremental
     (minutes). A volume's first snapshot copies all of it (4,000 GiB: many hours), longer than any failover can
     wait, so such a PN is no fallback; the pre-taken snapshot is."""
-    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    ec2 = ec2_hook(cell)
     keep = []
     for name in names:
         volume = next(p for p in cell.pns if p.name == name).data_volume_id
@@ -135,7 +137,7 @@ def incremental(cell: Cell, names: list[str]) -> list[str]:
 
 def restart_and_prove(cell: Cell, pn, limit: float) -> tuple[bool, str]:
     """Start kpnd again once its flush has ended (never a kill) and prove it serves: peers, head rising."""
-    node = KaiaNodeHook(pn)
+    node = node_hook(pn)
     try:
         if not node.wait_exited(limit):
             return False, f"still flushing {limit:.0f} s later: left to finish on its own; the teardown starts it"
@@ -179,7 +181,7 @@ def stop_for_snapshot(cell: Cell, names: list[str], ti, tags: dict[str, str]) ->
             attempts.append({"pn": name, "outcome": "not stopped", "why": f"{sick[0]} is not healthy ({sick[1]}): "
                              f"not taking {name} down too, {cell.name} would have no PN serving"})
             continue
-        node = KaiaNodeHook(pn)
+        node = node_hook(pn)
         state = node.service_state()
         if ti.try_number > 1 and (state != "active" or shutting_down(node.log_tail(50))):
             # This task's earlier try sent the SIGTERM (its answer lost, or the try died): that stop's outcome stands.
@@ -245,7 +247,7 @@ def start_stopped(cell: Cell, ti, stop_task: str | None, pn_name: str | None = N
     names = ti.xcom_pull(task_ids=stop_task, key=STOPPED_KEY, default=None) if in_task else [pn_name]
     names = [n for n in names or [] if n]
     for name in names:
-        node = KaiaNodeHook(next(p for p in cell.pns if p.name == name))
+        node = node_hook(next(p for p in cell.pns if p.name == name))
         if not node.wait_exited(cell.maintenance.pn_stop_limit_seconds):
             raise NodeCommandError(f"{name}: kpnd is still flushing after its SIGTERM; not killed, not started yet")
         node.start_service()
@@ -261,7 +263,7 @@ def start_stopped(cell: Cell, ti, stop_task: str | None, pn_name: str | None = N
 def pretaken_fallback(cell: Cell, now: datetime) -> dict | None:
     """The newest completed pre-taken snapshot of the cell whatever its age, with its age and the blocks the CN
     will have to catch up (from its head-block tag and a PN's head, else from its age)."""
-    ec2 = CoreCellEC2Hook(aws_conn_id=cell.aws_conn_id, region_name=cell.region)
+    ec2 = ec2_hook(cell)
     usable = [s for s in ec2.find_snapshots({T.CELL: cell.name, T.KIND: T.KIND_PN_CHAINDATA, T.CLEAN_STOP: "true"})
               if s["State"] == "completed"]
     if not usable:
@@ -272,7 +274,7 @@ def pretaken_fallback(cell: Cell, now: datetime) -> dict | None:
     tagged = T.tag_dict(snap).get(T.HEAD_BLOCK)
     for pn in cell.pns:
         if tagged and pn_healthy(pn)[0]:
-            blocks = KaiaNodeHook(pn).probe().block - int(tagged)
+            blocks = node_hook(pn).probe().block - int(tagged)
             how = f"{pn.name}'s head minus the snapshot's block {tagged}"
             break
     return {"snapshot_id": snap["SnapshotId"], "age_hours": round(age / 3600, 2), "blocks_behind": blocks,
@@ -284,19 +286,23 @@ def _cell(name: str) -> Cell:
     return load_inventory().cell(name)
 
 
-@step
-def stop_pn(cell_name: str, pn_name: str, ti=None, tags: dict | None = None) -> dict:
+def stop_cleanly(cell: Cell, pn_name: str, ti=None, tags: dict | None = None) -> dict:
     """Stop kpnd on ``pn_name`` (else on the cell's next healthy PN) and prove it stopped cleanly on its own (process
     gone, clean-stop log lines), never killed: ``stop_for_snapshot``. A PN that will not stop in time is skipped with
     an alert.
 
     Inside the ``kaia_pn_downtime`` pool slot that serialises every kpnd stop across DAGs: every other PN of the
     cell serves before a PN goes down, and on a first try a kpnd already down is left to whoever stopped it."""
-    cell = _cell(cell_name)
     result = stop_for_snapshot(cell, candidates(cell, pn_name), ti, tags or {})
     if result["pn"] is None:
         raise PNError(f"no PN of {cell.name} stopped cleanly, no snapshot taken: {why_none(result)}")
     return result
+
+
+@step
+def stop_pn(cell_name: str, pn_name: str, ti=None, tags: dict | None = None) -> dict:
+    """``stop_cleanly`` as one task's step (the failover's, a script's)."""
+    return stop_cleanly(_cell(cell_name), pn_name, ti, tags)
 
 
 @step
@@ -318,8 +324,7 @@ def kpnd_urgent(pn_name: str, start_task: str) -> str:
             f"succeed): check `systemctl is-active kpnd` on {pn_name} and start it, or clear {start_task}")
 
 
-def pns_back(cell_name: str, started: dict) -> dict | None:
+def pns_back(cell: Cell, started: dict) -> dict | None:
     """Every PN the teardown started answers, has peers and its head rises: it serves its CN again."""
-    cell = _cell(cell_name)
     backs = [pn_is_back(next(p for p in cell.pns if p.name == name)) for name in started.get("pns", [])]
     return None if None in backs else {"pns": backs}

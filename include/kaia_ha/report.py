@@ -16,7 +16,6 @@ import os
 import time
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
 
 from kaia_ha.model import report_store
 from kaia_ha_airflow.iam import needs
@@ -44,10 +43,17 @@ def step(fn):
 
 def _record(ti, start: float, error: BaseException | None) -> None:
     """Push the step's record (one shape for functions and operators): start, end, seconds, try, outcome."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
     end = time.time()
-    ti.xcom_push(key=STEP_KEY, value={
-        "task": ti.task_id, "try": ti.try_number, "start": start, "end": end, "seconds": round(end - start, 2),
-        "outcome": "success" if error is None else f"failed: {type(error).__name__}: {str(error)[:300]}"})
+    if error is None:
+        outcome = "success"
+    elif isinstance(error, AirflowSkipException):  # nothing to do: said why, not a failure
+        outcome = f"skipped: {str(error)[:300]}"
+    else:
+        outcome = f"failed: {type(error).__name__}: {str(error)[:300]}"
+    ti.xcom_push(key=STEP_KEY, value={"task": ti.task_id, "try": ti.try_number, "start": start, "end": end,
+                                      "seconds": round(end - start, 2), "outcome": outcome})
 
 
 @contextmanager
@@ -68,14 +74,6 @@ def record_task(context) -> None:
     records a function's, so the timeline has every task: the waits for EC2 are often the critical path."""
     ti = context["ti"]
     _record(ti, ti.start_date.timestamp() if ti.start_date else time.time(), context.get("exception"))
-
-
-def report_dir(dag_id: str) -> Path:
-    """The local folder of a DAG's reports when no durable store is set (``KAIA_HA_REPORT_URL`` unset)."""
-    base = os.environ.get("KAIA_HA_REPORT_DIR") or Path(os.environ.get("AIRFLOW_HOME", ".")) / "reports"
-    path = Path(base) / report_store.dag_folder(dag_id)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 file_name = report_store.file_name
@@ -103,7 +101,7 @@ def write(dag_id: str, run_id: str, report: dict, markdown: str) -> dict[str, st
 
 def _not_stored(exc: Exception, url: str | None, dag_id: str, fallback: report_store.Store) -> report_store.Store:
     log.warning("The report could NOT be stored in %s (%s: %s); it is on this worker only, under %s",
-                url, type(exc).__name__, str(exc)[:300], report_dir(dag_id))
+                url, type(exc).__name__, str(exc)[:300], report_store.local_path(fallback.folder(dag_id)))
     return fallback
 
 
@@ -121,9 +119,9 @@ def _write_local(where: report_store.Store, dag_id: str, run_id: str, texts: dic
     from airflow.sdk import ObjectStoragePath
 
     urls = where.locate(dag_id, run_id)
-    report_dir(dag_id)
     for kind, url in urls.items():
         target = ObjectStoragePath(url)
+        target.parent.mkdir(parents=True, exist_ok=True)  # the store's own folder (KAIA_HA_REPORT_URL or _DIR)
         tmp = target.parent / f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
         try:
             tmp.write_text(texts[kind])

@@ -47,6 +47,7 @@ from kaia_ha.alerts import notify
 from kaia_ha.model.health import ProbeError
 from kaia_ha.model.inventory import Cell, load_inventory
 from kaia_ha.model.placement import Placement
+from kaia_ha.over_cells import look_up_connections, threads_for
 from kaia_ha_airflow.hooks.kaia_node import HostUnreachable, KaiaNodeHook, NodeCommandError
 from kaia_ha_airflow.iam import needs
 
@@ -55,7 +56,6 @@ DAG_ID = dag_ids.WATCHDOG
 APPROVAL_DAG_ID = dag_ids.FAILOVER_APPROVAL
 OPEN = ("queued", "running")
 RUN_SECONDS = 45  # a run's rounds fit in its minute, so the next run starts on time
-MAX_THREADS = 16  # cells probed at once in a round (each: one SSH session at a time, a few AWS calls)
 
 
 def failover_dag(cell: Cell) -> str:
@@ -336,11 +336,6 @@ def _cell_round(cell: Cell, run_id: str, st, rounds_per_run: int | None) -> tupl
     return "judged", watch_round(cell, run_id, st, rounds_per_run)
 
 
-def _conn_ids(cell: Cell) -> set[str]:
-    ssh = {node.ssh_conn_id for node in [*cell.cns, *cell.pns]}
-    return ssh | {cell.aws_conn_id} if cell.scheme == "cloud" else ssh
-
-
 def watch_cells(run_id: str, cells: list[str] | None = None, rounds_per_run: int | None = None) -> dict[str, dict]:
     """One round over every cell (``cells``: their names; default the inventory's) at once, in threads: the verdict
     of each cell judged now, or this run's last verdict of a cell not due (absent if it has none yet). A cell whose
@@ -350,15 +345,7 @@ def watch_cells(run_id: str, cells: list[str] | None = None, rounds_per_run: int
     names = cells or [cell.name for cell in inventory.cells]
     st = live.store()
     started = time.monotonic()
-    # Each connection looked up once before the threads: a lookup registers its secrets with Airflow's secrets
-    # masker, which has no lock; later lookups of the same connection add nothing new.
-    from airflow.sdk import BaseHook
-
-    for conn_id in sorted({c for name in names for c in _conn_ids(inventory.cell(name))}):
-        try:
-            BaseHook.get_connection(conn_id)
-        except Exception as exc:  # the cell's own round says what is wrong with it
-            log.warning("connection %s: %s", conn_id, type(exc).__name__)
+    look_up_connections([inventory.cell(name) for name in names])
 
     def one(name: str) -> tuple[str, dict | None]:
         try:
@@ -367,7 +354,7 @@ def watch_cells(run_id: str, cells: list[str] | None = None, rounds_per_run: int
             log.error("%s: the round failed (%s: %s)", name, type(exc).__name__, str(exc)[:200], exc_info=True)
             return "failed", _round_failed(name, run_id, exc, rounds_per_run)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(len(names), MAX_THREADS)), thread_name_prefix="watch") as pool:
+    with ThreadPoolExecutor(max_workers=threads_for(len(names)), thread_name_prefix="watch") as pool:
         outcomes = dict(zip(names, pool.map(one, names)))
     failed = [name for name, (how, _) in outcomes.items() if how == "failed"]
     if names and len(failed) == len(names):

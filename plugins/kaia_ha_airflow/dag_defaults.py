@@ -11,7 +11,6 @@ from kaia_ha_airflow.notifications.sns import CoreCellFailureNotifier
 # already due (apache/airflow#71172; fix pending in #71194). Seen here through the real scheduler with 2 s pokes
 # under load: the fence's wait failed all four tries. A wait of seconds to minutes therefore pokes inside one task
 # (one worker slot while it lasts); reschedule mode only for polls at least this many seconds apart.
-SHORT_WAIT = {"mode": "poke"}
 RESCHEDULE_MIN_SECONDS = 10
 
 

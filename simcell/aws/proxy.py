@@ -303,6 +303,7 @@ def _mask(value: Any) -> Any:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # socketserver's 5 resets connections when many cells' steps call at once
     front: AwsFront
 
     def handle_error(self, request: Any, client_address: Any) -> None:

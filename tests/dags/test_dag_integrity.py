@@ -77,7 +77,7 @@ def test_the_maintenance_runs_on_the_inventorys_top_level_schedule(dagbag):
 @pytest.mark.parametrize("module", ["failover_cloud", "failover_standby", "enroll", "maintenance", "readiness"])
 def test_the_task_ids_the_steps_read_are_tasks_of_their_dag(dagbag, module):
     """Each steps module holds the task ids it reads (``*_TASK`` and the fence branch targets) and its DAG file names
-    its tasks with them: every one must be a task of that DAG (per cell inside a cell's group for the per-cell DAGs).
+    its tasks with them: every one must be a task of that DAG (per cell inside a cell's group for the readiness DAG).
     A renamed task or group that the report still reads by its old id fails here, not in a postmortem."""
     import importlib
 
@@ -87,11 +87,27 @@ def test_the_task_ids_the_steps_read_are_tasks_of_their_dag(dagbag, module):
                                                                             "DECLARED_DOWN"))}
     assert len(ids) >= 2, ids
     tasks = set(dagbag.dags[steps.DAG_ID].task_dict)
-    per_cell = module in ("maintenance", "readiness")
+    per_cell = module == "readiness"
     missing = {name: value for name, value in ids.items()
                if not (any(t.endswith(f".{value}") and t.count(".") == value.count(".") + 1 for t in tasks)
                        if per_cell else value in tasks)}
     assert missing == {}, f"{steps.DAG_ID} has no task {missing}"
+
+
+def test_the_maintenance_has_one_task_per_step_for_every_cell(dagbag):
+    """Each maintenance task is a step over every cell (a task per cell and step was ~260 tasks at 20 cells, 11-24x
+    the time of one cell): no task belongs to one cell, and every cell is in the inventory the steps read."""
+    from kaia_ha.model.inventory import load_inventory
+
+    dag = dagbag.dags["kaia_cn_maintenance"]
+    cells = load_inventory().cells
+    assert len(cells) >= 2 and {c.scheme for c in cells} == {"cloud", "bare-metal"}
+    assert not [t for t in dag.task_dict for c in cells if c.name in t]
+    assert len(dag.task_dict) == 12, sorted(dag.task_dict)
+    # The waits for every cell's image and snapshot hold no worker slot between pokes, and last as long as AWS may.
+    for task_id, hours in (("cn_image.wait_image", 6), ("pn_snapshot.wait_snapshot", 48)):
+        sensor = dag.task_dict[task_id]
+        assert sensor.mode == "reschedule" and sensor.timeout >= hours * 3600, (task_id, sensor.mode, sensor.timeout)
 
 
 def test_the_watchdog_has_one_watch_task_for_every_cell(dagbag):

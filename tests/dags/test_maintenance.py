@@ -83,7 +83,7 @@ def test_a_second_run_with_nothing_changed_makes_no_image_and_a_conf_change_does
     before = len(cell.calls("CreateImage"))
     run_id, state, states = airflow.run(DAG_ID)
     assert state == "success", states
-    assert states[("cc-cloud.cn_image.create_image", -1)][0] == "skipped"
+    assert states[("cn_image.create_image", -1)][0] == "skipped"
     assert len(cell.calls("CreateImage")) == before
     assert len(images(cell)) == 1
     cell.ssh("cn-aws-1", "echo '# tuned by the operator' | sudo tee -a /etc/kcnd/conf/kcnd.conf")
@@ -141,18 +141,35 @@ def test_a_pn_left_down_leads_the_report_and_a_clear_brings_it_back(first_run, a
     # before it runs: kpnd stays down
     cell.fault("ssh:*", "--kind", "drop", "--times", "1", "--match", "systemctl start kpnd")
     run_id, state, states = airflow.run(DAG_ID, retries=0)
-    assert state == "failed" and states[("cc-cloud.pn_snapshot.start_kpnd", -1)][0] == "failed", states
+    assert state == "failed" and states[("pn_snapshot.start_kpnd", -1)][0] == "failed", states
     down = [n["name"] for n in cell.status()["nodes"] if n["service"] == "kpnd" and not n["running"]]
     assert len(down) == 1, cell.status()["nodes"]
     report = airflow.report(DAG_ID, run_id)
     assert report["urgent"] and report["urgent"][0].startswith(f"URGENT: kpnd on PN {down[0]} may still be stopped")
-    assert "clear cc-cloud.pn_snapshot.start_kpnd" in report["urgent"][0]
+    assert "clear pn_snapshot.start_kpnd (for cc-cloud)" in report["urgent"][0]
     assert any(c["params"].get("Subject", "").startswith("[kaia-ha] URGENT: a PN of cc-cloud may be DOWN")
                for c in cell.calls("Publish"))
     _, state, states = airflow.clear_and_rerun(DAG_ID, run_id)
     assert state == "success", states
     assert all(n["running"] for n in cell.status()["nodes"] if n["service"] == "kpnd")
     assert airflow.report(DAG_ID, run_id)["urgent"] == []
+
+
+def test_a_pn_stopped_by_a_step_that_then_failed_is_started_again(first_run, airflow, cell):
+    """The stop step fails (CreateSnapshot refused past every retry) after it stopped a PN: the teardown must still
+    start it (a teardown whose only setup failed would be skipped: its trigger rule is all_done)."""
+    cell.fault("CreateSnapshot", "--kind", "server-error", "--times", "40")
+    try:
+        run_id, state, states = airflow.run(DAG_ID, retries=0)
+    finally:
+        cell.fault("--clear")
+    assert state == "failed" and states[("pn_snapshot.stop_and_snapshot", -1)][0] == "failed", states
+    assert states[("pn_snapshot.start_kpnd", -1)][0] == "success", states
+    assert all(n["running"] for n in cell.status()["nodes"] if n["service"] == "kpnd")
+    report = airflow.report(DAG_ID, run_id)
+    assert report["urgent"] == []
+    cloud = next(c for c in report["cells"] if c["cell"] == "cc-cloud")
+    assert cloud["steps"]["kpnd stop and snapshot"].startswith("failed: ")
 
 
 def test_no_pn_goes_down_while_a_cloud_failover_runs(first_run, airflow, cell):
@@ -173,8 +190,8 @@ def test_no_pn_goes_down_while_a_cloud_failover_runs(first_run, airflow, cell):
             (session.query(DagRun)
              .filter(DagRun.dag_id == "kaia_cn_failover_cloud", DagRun.run_id == "incident").delete())
     assert state == "success", states
-    assert states[("cc-cloud.pn_snapshot.plan", -1)][0] == "skipped"
-    assert states[("cc-cloud.pn_snapshot.stop_kpnd", -1)][0] == "skipped"
+    assert states[("pn_snapshot.plan", -1)][0] == "skipped"
+    assert states[("pn_snapshot.stop_and_snapshot", -1)][0] == "skipped"
     assert snapshots(cell, run_id) == []
     assert all(n["running"] for n in cell.status()["nodes"] if n["service"] == "kpnd")
     assert airflow.report(DAG_ID, run_id)["cells"][0]["nodekey"]["action"]  # the rest of the run went on

@@ -61,7 +61,7 @@ def test_maintenance_skips_a_pn_that_will_not_stop_with_an_alert_and_snapshots_t
     with cell.maintenance_settings("cc-cloud", snapshot_pn="pn-aws-1", **LIMITS):
         run_id, state, states = runner.run(MAINTENANCE)
     assert state == "success", {k: v for k, v in states.items() if v[0] != "success"}
-    assert states[("cc-cloud.pn_snapshot.stop_kpnd", -1)] == ("success", 1)  # the skip is not a retry
+    assert states[("pn_snapshot.stop_and_snapshot", -1)] == ("success", 1)  # the skip is not a retry
     made = run_snapshots(cell, run_id)
     assert len(made) == 1 and tags(made[0])["kaia:node"] == "pn-aws-2" and tags(made[0])["kaia:clean-stop"] == "true"
     alerts = [c["params"] for c in cell.calls("Publish")]

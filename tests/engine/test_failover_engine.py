@@ -35,7 +35,7 @@ RAN = {"preflight", "not_dry_run", "fence.fence", "fence.wait_stopped", "fence.c
 # Deferring tasks: Airflow 3.3 may count one extra try when the trigger fires before the scheduler has
 # processed the deferring try's exit (a stale executor event; apache/airflow#71580, #72716). Every other
 # task must have run exactly once.
-DEFERRING = {"cc-cloud.cn_image.create_image", "cc-cloud.pn_snapshot.wait_snapshot", "chain_data.volume_available"}
+DEFERRING = {"chain_data.volume_available"}
 
 
 def ran_once(task_id: str, try_number: int) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kaia_ha.maintenance import kpnd_left_stopped
+from kaia_ha.pn import kpnd_left_stopped
 
 
 @pytest.mark.parametrize(("stop", "start", "down"), [

@@ -43,6 +43,17 @@ def test_a_run_names_one_file_inside_its_dag_folder():
             s.locate("kaia_cn_maintenance", run_id)
 
 
+def test_a_file_url_is_where_the_report_goes_not_the_default_folder(tmp_path, monkeypatch):
+    """KAIA_HA_REPORT_URL=file:///elsewhere: the report is written there (its folder made), not under the
+    default folder, and not as the fallback of a failed store."""
+    monkeypatch.setenv("KAIA_HA_REPORT_URL", f"file://{tmp_path}/elsewhere")
+    monkeypatch.setenv("KAIA_HA_REPORT_DIR", str(tmp_path / "default"))
+    paths = report.write("kaia_cn_maintenance", RUN_ID, {"ok": True}, "# report\n")
+    assert paths["markdown"] == str(tmp_path / "elsewhere" / "kaia_cn_maintenance" / f"{STEM}.md")
+    assert (tmp_path / "elsewhere" / "kaia_cn_maintenance" / f"{STEM}.json").read_text().strip().startswith("{")
+    assert not (tmp_path / "default").exists()
+
+
 def test_write_to_a_local_folder_is_atomic_and_a_retry_replaces(tmp_path, monkeypatch):
     monkeypatch.delenv("KAIA_HA_REPORT_URL", raising=False)
     monkeypatch.setenv("KAIA_HA_REPORT_DIR", str(tmp_path))

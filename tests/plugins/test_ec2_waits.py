@@ -1,19 +1,13 @@
-"""The deferred waits for EBS snapshots, volumes and images are budgets in time, whatever their poll interval."""
+"""The deferred waits for EBS snapshots and volumes are budgets in time, whatever their poll interval."""
 
 from __future__ import annotations
 
-from kaia_ha_airflow.operators.ec2 import EC2CreateImageOperator
 from kaia_ha_airflow.sensors.ec2 import EBSSnapshotCompletedSensor, EBSVolumeAvailableSensor
 
 
 def test_a_pn_first_snapshot_may_take_two_days_even_polled_every_five_seconds():
     sensor = EBSSnapshotCompletedSensor(task_id="wait_snapshot", snapshot_id="snap-1", waiter_delay=5)
     assert sensor.waiter_delay * sensor.waiter_max_attempts >= 48 * 3600  # ~33 h for a first 4,000 GiB snapshot
-
-
-def test_an_image_may_take_hours():
-    image = EC2CreateImageOperator(task_id="create_image", instance_id="i-1", image_name="cn", waiter_delay=5)
-    assert image.waiter_delay * image.waiter_max_attempts >= 6 * 3600
 
 
 def test_a_volume_wait_polled_every_two_seconds_still_waits_an_hour():
@@ -28,11 +22,9 @@ def test_each_trigger_is_rebuilt_from_what_it_serializes():
     from kaia_ha_airflow.triggers.ec2 import (
         EBSSnapshotCompletedTrigger,
         EBSVolumeAvailableTrigger,
-        EC2ImageAvailableTrigger,
     )
 
-    for cls, key, waiter in ((EC2ImageAvailableTrigger, "image_id", "image_available"),
-                             (EBSSnapshotCompletedTrigger, "snapshot_id", "snapshot_completed"),
+    for cls, key, waiter in ((EBSSnapshotCompletedTrigger, "snapshot_id", "snapshot_completed"),
                              (EBSVolumeAvailableTrigger, "volume_id", "volume_available")):
         trigger = cls(**{key: "res-1"}, waiter_delay=2, waiter_max_attempts=7, aws_conn_id="kaia_aws",
                       region_name="us-west-2")

@@ -1,4 +1,4 @@
-"""Waiter-based triggers for EC2 images, EBS snapshots and volumes (the triggerer loads them from plugins/)."""
+"""Waiter-based triggers for EBS snapshots and volumes (the triggerer loads them from plugins/)."""
 
 from __future__ import annotations
 
@@ -56,13 +56,6 @@ class _EC2ClientWaiterTrigger(AwsBaseWaiterTrigger):
 
     def hook(self) -> EC2Hook:
         return EC2Hook(api_type="client_type", **self._hook_parameters)
-
-
-class EC2ImageAvailableTrigger(_EC2ClientWaiterTrigger):
-    """Wait for an AMI (``image_id``) to become ``available``."""
-
-    waiter, key, ids_arg, what, done = "image_available", "image_id", "ImageIds", "Image", "become available"
-    status = ["Images[].State"]
 
 
 class EBSSnapshotCompletedTrigger(_EC2ClientWaiterTrigger):
