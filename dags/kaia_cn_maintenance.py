@@ -3,7 +3,7 @@
 
 A failover is only as fast and as safe as what was prepared before the incident. For every core cell
 in the inventory this DAG keeps the four things below. Each task is one step over **every core cell at once**
-(so 20 cells cost about what one does): a step tries every cell, fails naming the cells it failed in, and the
+(12 tasks, whatever the number of cells): a step tries every cell, fails naming the cells it failed in, and the
 next step goes on with the cells that this one did. The task log and the report say per cell what happened.
 
 1. **Nodekey backup** - the active CN's `nodekey` and `bls-nodekey`, read from the path the running
@@ -14,8 +14,8 @@ next step goes on with the cells that this one did. The task log and the report 
    image is too old. The DATA_DIR volume is left out (`NoDevice`); the CN is not rebooted.
 3. **PN pre-snapshot** (cloud cells) - one PN per cell at a time: `kpnd` gets a SIGTERM and up to the inventory's
    `pn_stop_limit_seconds` to stop on its own (never killed), its clean stop proven, the DATA_DIR volume
-   snapshotted, and `kpnd` started again as soon as the snapshot is pending (a teardown: it runs whatever
-   failed before it). The snapshot completes in the background. A PN that does not stop in time is
+   snapshotted in the same task, and `kpnd` started again once that step has ended in every cell (a teardown:
+   it runs whatever failed before it). The snapshot completes in the background. A PN that does not stop in time is
    started again at once, skipped this round with an SNS alert, and the next PN of the cell is snapshotted.
    No PN goes down while a cloud failover runs.
 4. **Retention** - the newest images and snapshots are kept as the inventory says; the newest usable
