@@ -14,9 +14,12 @@ next step goes on with the cells that this one did. The task log and the report 
    image is too old. The DATA_DIR volume is left out (`NoDevice`); the CN is not rebooted.
 3. **PN pre-snapshot** (cloud cells) - one PN per cell at a time: `kpnd` gets a SIGTERM and up to the inventory's
    `pn_stop_limit_seconds` to stop on its own (never killed), its clean stop proven, the DATA_DIR volume
-   snapshotted in the same task, and `kpnd` started again once that step has ended in every cell (a teardown:
-   it runs whatever failed before it). The snapshot completes in the background. A PN that does not stop in time is
-   started again at once, skipped this round with an SNS alert, and the next PN of the cell is snapshotted.
+   snapshotted in the same task, and `kpnd` started again as soon as the snapshot is pending (it is point in
+   time), in that cell's own thread: a PN is down for its own stop, one API call and its start, whatever the other
+   cells do. The teardown `start_kpnd` runs whatever failed before it and starts any PN a dead try left stopped
+   (the stop record is kept in the state store, where a retry finds it). The snapshot completes in the
+   background. A PN that does not stop in time is started again at once, skipped this round with an SNS alert,
+   and the next PN of the cell is snapshotted.
    No PN goes down while a cloud failover runs.
 4. **Retention** - the newest images and snapshots are kept as the inventory says; the newest usable
    one and anything a failover run uses (`kaia:in-use-by`) are never deleted.
@@ -91,19 +94,22 @@ def pn_snapshot_plan() -> str:
 
 @task(task_id=local(maintenance.SNAPSHOT_TASK), pool=pn.PN_DOWNTIME_POOL, trigger_rule="all_done")
 def stop_and_snapshot() -> str:
-    if _ti().try_number == 1 and _failover_running():  # again, in the pool slot: a failover may have begun since
+    # Again, in the pool slot, on every try: a failover may have begun since. A retry then only starts what an
+    # earlier try left stopped.
+    running = _failover_running()
+    if running and _ti().try_number == 1:
         raise AirflowSkipException("a cloud failover began: no PN goes down for a pre-taken snapshot meanwhile")
-    return maintenance.stop_and_snapshot(_ti(), _run()[0])
+    return maintenance.stop_and_snapshot(_ti(), _run()[0], failover_running=running)
 
 
 @task(task_id=local(maintenance.START_KPND_TASK), retries=5)
 def start_kpnd() -> str:
-    return maintenance.start_kpnds(_ti())
+    return maintenance.start_kpnds(_ti(), _run()[0])
 
 
 @task.sensor(task_id=local(maintenance.KPND_BACK_TASK), timeout=900, **wait(2))
 def kpnd_back() -> PokeReturnValue:
-    back = maintenance.kpnds_back(_ti())
+    back = maintenance.kpnds_back(_ti(), _run()[0])
     return PokeReturnValue(is_done=back is not None, xcom_value=back)
 
 
@@ -152,8 +158,8 @@ def kaia_cn_maintenance():
         # The stop is a setup: clearing it (or a failed start's setup) runs it again first, and it finds the cells
         # whose snapshot this run took (not stopped again).
         start.as_teardown(setups=stop, on_failure_fail_dagrun=True)
-        # A teardown runs only if a setup succeeded; the stop fails when any one cell failed, and the PNs it stopped
-        # in the other cells must still be started: so after the stop, whatever its state.
+        # A teardown runs only if a setup succeeded; the stop fails when any one cell failed or its try died, and a
+        # PN a dead try left stopped must still be started: so after the stop, whatever its state.
         start.operator.trigger_rule = "all_done"
         pn_snapshot_plan() >> stop >> start >> kpnd_back() >> final  # the report says if a PN is down
         snapshot_done = start >> wait_snapshot()  # after the start: kpnd is not kept down while AWS copies

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from simcell import console, hostshell, paths
@@ -23,6 +22,9 @@ UNITS = {"kcnd": "kcn", "kpnd": "kpn"}
 
 
 def coord(path: str, payload: dict) -> dict:
+    import urllib.error
+    import urllib.request  # here, not at the top: ~30 ms that systemctl and kcn, most of the commands, never need
+
     req = urllib.request.Request(
         os.environ["SIMCELL_COORD"] + path, data=json.dumps(payload).encode(),
         headers={"Content-Type": "application/json"}

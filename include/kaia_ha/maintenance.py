@@ -13,7 +13,7 @@ import hashlib
 import logging
 import shlex
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
 from airflow.sdk.exceptions import AirflowSkipException
@@ -25,9 +25,18 @@ from kaia_ha.model import tags as T
 from kaia_ha.model.health import Probe
 from kaia_ha.model.inventory import Cell, load_inventory
 from kaia_ha.model.keys import KeyBackup
-from kaia_ha.over_cells import CELLS_KEY, CellSkipped, Outcome, cell_views, each_cell, node_hook, shared
+from kaia_ha.over_cells import CELLS_KEY, CellSkipped, Outcome, each_cell, shared
 from kaia_ha.over_cells import ec2 as ec2_hook
-from kaia_ha.pn import ATTEMPTS_KEY, STOPPED_KEY, first_unhealthy, kpnd_urgent, pns_back, start_stopped, stop_cleanly
+from kaia_ha.pn import (
+    ATTEMPTS_KEY,
+    STOPPED_KEY,
+    KeptRecord,
+    first_unhealthy,
+    kpnd_urgent,
+    pns_back,
+    start_recorded,
+    stop_cleanly,
+)
 from kaia_ha.report import step, table, timeline, write
 from kaia_ha_airflow.hooks.ec2 import CoreCellEC2Hook
 from kaia_ha_airflow.hooks.kaia_node import KaiaNodeHook
@@ -54,8 +63,9 @@ class MaintenanceError(RuntimeError):
     pass
 
 
-def _cell(name: str) -> Cell:
-    return load_inventory().cell(name)
+def _cell(cell: Cell | str) -> Cell:
+    """The cell a step holds already, or one named (a script, a test)."""
+    return cell if isinstance(cell, Cell) else load_inventory().cell(cell)
 
 
 def validator_node(cell: Cell) -> tuple[KaiaNodeHook, str]:
@@ -86,9 +96,9 @@ def read_live_identity(cell: Cell) -> tuple[KeyBackup, Probe, str]:
 
 @needs("secretsmanager:GetSecretValue", "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue",
        "secretsmanager:TagResource")
-def backup_nodekey(cell_name: str, run_id: str) -> dict:
+def backup_nodekey(cell: Cell | str, run_id: str) -> dict:
     """Keep the active CN's nodekey and bls-nodekey in Secrets Manager; alert when they changed."""
-    cell = _cell(cell_name)
+    cell = _cell(cell)
     cn = cell.validator
     backup, probe, path = read_live_identity(cell)
     if cn.node_id and backup.node_id != cn.node_id:
@@ -170,9 +180,9 @@ def root_disk_key_material(node: KaiaNodeHook, data_dir: str, additional: str) -
     return node.run(f"sudo bash -c {shlex.quote(script)}", secret_output=False).stdout.splitlines()
 
 
-def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
+def image_plan(cell: Cell | str, run_id: str, run_after: datetime) -> dict:
     """Decide whether this run makes a new CN image."""
-    cell = _cell(cell_name)
+    cell = _cell(cell)
     cn = cell.validator
     source = live.current(cell).active.instance_id  # the replacement, after a failover
     node, name = validator_node(cell)
@@ -209,20 +219,20 @@ def image_plan(cell_name: str, run_id: str, run_after: datetime) -> dict:
 
 
 # ----- 3. PN pre-snapshot ---------------------------------------------------------------------------------
-def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False) -> dict:
+def pn_snapshot_plan(cell: Cell | str, run_id: str, failover_running: bool = False) -> dict:
     """Pick the PN to snapshot (the inventory's choice, else the one with the oldest snapshot) and
     make sure every PN of the cell is healthy first: never two PNs of a cell down at once. While a cloud
     failover runs (it may take a fresh snapshot of a PN itself) no PN is taken down: the cell is skipped.
     """
-    cell = _cell(cell_name)
-    ec2 = ec2_hook(cell)
-    newest = {}
-    for pn in cell.pns:
-        snaps = [s for s in ec2.find_snapshots({T.CELL: cell.name, T.NODE: pn.name, T.KIND: T.KIND_PN_CHAINDATA})
-                 if s["State"] != "error"]
-        newest[pn.name] = snaps[0]["StartTime"].isoformat() if snaps else ""
+    cell = _cell(cell)
+    # One DescribeSnapshots for the cell, newest first: each PN's newest, and whether this run took one already.
+    snaps = [s for s in ec2_hook(cell).find_snapshots({T.CELL: cell.name, T.KIND: T.KIND_PN_CHAINDATA})
+             if s["State"] != "error"]
+    newest = {pn.name: next((s["StartTime"].isoformat() for s in snaps if T.tag_dict(s).get(T.NODE) == pn.name), "")
+              for pn in cell.pns}
     # A retry of this run keeps the PN its first try chose (the snapshot tagged with this run).
-    this_run = [pn for pn in cell.pns if _this_run_snapshot(ec2, cell, run_id, pn.name)]
+    ours = {T.tag_dict(s).get(T.NODE) for s in snaps if T.tag_dict(s).get(T.RUN_ID) == run_id}
+    this_run = [pn for pn in cell.pns if pn.name in ours]
     if failover_running and not this_run:
         raise CellSkipped("a cloud failover is running: no PN goes down for a pre-taken snapshot meanwhile; "
                           "the next run takes it")
@@ -242,16 +252,15 @@ def pn_snapshot_plan(cell_name: str, run_id: str, failover_running: bool = False
     return {"pn": pn.name, "volume_id": pn.data_volume_id, "why": why, "tags": tags}
 
 
-def _this_run_snapshot(ec2: CoreCellEC2Hook, cell: Cell, run_id: str, pn_name: str | None = None) -> dict | None:
+def _this_run_snapshot(ec2: CoreCellEC2Hook, cell: Cell, run_id: str) -> dict | None:
     """The snapshot of a PN of the cell that this run took already (an earlier try), if any."""
-    tags = {T.RUN_ID: run_id, T.CELL: cell.name, T.KIND: T.KIND_PN_CHAINDATA} | ({T.NODE: pn_name} if pn_name else {})
+    tags = {T.RUN_ID: run_id, T.CELL: cell.name, T.KIND: T.KIND_PN_CHAINDATA}
     found = [s for s in ec2.find_snapshots(tags) if s["State"] != "error"]
     return found[0] if found else None
 
 
 # ----- 4. retention -------------------------------------------------------------------------------------------
-def _retention(cell_name: str, run_after: datetime, kind: str) -> list[str]:
-    cell = _cell(cell_name)
+def _retention(cell: Cell, run_after: datetime, kind: str) -> list[str]:
     keep = cell.maintenance
     ec2 = ec2_hook(cell)
     if kind == T.KIND_CN_IMAGE:
@@ -268,13 +277,13 @@ def _retention(cell_name: str, run_after: datetime, kind: str) -> list[str]:
 
 
 @needs("ec2:DeregisterImage", "ec2:DeleteSnapshot")
-def delete_old(cell_name: str, run_after: datetime, kind: str) -> list[str]:
+def delete_old(cell: Cell | str, run_after: datetime, kind: str) -> list[str]:
     """Delete the cell's CN images (with their snapshots) or PN snapshots past the inventory's retention; already
     gone counts as done (a retry). Returns what is gone."""
-    cell = _cell(cell_name)
+    cell = _cell(cell)
     ec2 = ec2_hook(cell)
     delete = ec2.deregister_image if kind == T.KIND_CN_IMAGE else ec2.delete_snapshot
-    old = _retention(cell_name, run_after, kind)
+    old = _retention(cell, run_after, kind)
     for resource_id in old:
         log.info("%s %s: %s", cell.name, resource_id, "deleted" if delete(resource_id) else "was already gone")
     return old
@@ -289,10 +298,6 @@ def cells_of(ti, task_id: str) -> dict:
     """What a step over cells recorded (``{"done", "skipped", "failed"}``; empty parts when it did not run)."""
     got = ti.xcom_pull(task_ids=task_id, key=CELLS_KEY, default=None) or {}
     return {part: got.get(part) or {} for part in ("done", "skipped", "failed")}
-
-
-def done_by(ti, task_id: str) -> dict:
-    return cells_of(ti, task_id)["done"]
 
 
 def _finish(ti, outcome: Outcome, what: str, cells: int) -> str:
@@ -323,12 +328,12 @@ def _after(parts: dict, cell: Cell, step_name: str):
 
 @step
 def backup_nodekeys(ti, run_id: str) -> str:
-    return _over(ti, _cells(), lambda cell: backup_nodekey(cell.name, run_id), "nodekey backup")
+    return _over(ti, _cells(), lambda cell: backup_nodekey(cell, run_id), "nodekey backup")
 
 
 @step
 def image_plans(ti, run_id: str, run_after: datetime) -> str:
-    return _over(ti, _cells("cloud"), lambda cell: image_plan(cell.name, run_id, run_after), "CN image plan")
+    return _over(ti, _cells("cloud"), lambda cell: image_plan(cell, run_id, run_after), "CN image plan")
 
 
 @step
@@ -385,56 +390,98 @@ def images_ready(ti) -> dict | None:
 
 @step
 def snapshot_plans(ti, run_id: str, failover_running: bool) -> str:
-    return _over(ti, _cells("cloud"), lambda cell: pn_snapshot_plan(cell.name, run_id, failover_running),
+    return _over(ti, _cells("cloud"), lambda cell: pn_snapshot_plan(cell, run_id, failover_running),
                  "PN snapshot plan")
+
+
+def _start_again(cell: Cell, record: KeptRecord, earlier: list[str]) -> str | None:
+    """Start kpnd again in the cell's own thread, on every PN this run stopped and did not start yet; a start that
+    fails is left to the teardown (it says why)."""
+    try:
+        started = start_recorded(cell, record, earlier)
+    except Exception as exc:
+        log.error("%s: kpnd not started again in the stop step (%s); the teardown starts it", cell.name, exc)
+        return f"not started here ({type(exc).__name__}: {str(exc)[:300]}); the teardown starts it"
+    if started:
+        log.info("%s: kpnd started again on %s", cell.name, ", ".join(started))
+    return None
 
 
 @step
 @needs("ec2:CreateSnapshot", "ec2:DescribeSnapshots")
-def stop_and_snapshot(ti, run_id: str) -> str:
-    """In each cell at once: stop the planned PN's kpnd cleanly (``pn.stop_cleanly``, in the PN downtime pool's slot)
-    and snapshot its DATA_DIR volume at once (the snapshot is point in time: kpnd may start as soon as it is pending,
-    so there is no task start between the stop and the snapshot). A cell whose snapshot an earlier try of this run
-    took is not stopped again; a PN that try left stopped is recorded again, for the teardown to start."""
-    view, plans = cell_views(ti), cells_of(ti, PN_PLAN_TASK)
+def stop_and_snapshot(ti, run_id: str, failover_running: bool = False) -> str:
+    """In each cell at once: stop the planned PN's kpnd cleanly (``pn.stop_cleanly``, in the PN downtime pool's slot),
+    snapshot its DATA_DIR volume and start kpnd again as soon as the snapshot is pending (it is point in time). So a
+    PN is down for its own stop, one CreateSnapshot call and its start, whatever the other cells do; and whatever
+    fails after the SIGTERM, the cell's thread starts the PN again. The teardown is the safety net for a try that
+    died.
+
+    The stop record is kept in the state store (``pn.KeptRecord``), which a retry does not clear: a retry starts
+    what an earlier try left stopped, and does not stop a PN again in a cell whose snapshot this run took. While a
+    cloud failover runs (``failover_running``, checked on every try) a retry does only that."""
+    plans = cells_of(ti, PN_PLAN_TASK)
 
     def stop_and_take(cell: Cell) -> dict:
         plan = _after(plans, cell, "PN snapshot plan")
+        record = KeptRecord(cell.name, run_id, ti.try_number)
+        earlier = record.left_stopped()  # an earlier try's SIGTERM that no start followed (that try died)
         ec2 = ec2_hook(cell)
         taken = _this_run_snapshot(ec2, cell, run_id)
-        if taken:
+        if taken or failover_running:
+            trouble = _start_again(cell, record, earlier)
+            if trouble:
+                raise MaintenanceError(f"kpnd on {', '.join(earlier)}, left stopped by an earlier try: {trouble}")
+            if not taken:
+                again = f" (started {', '.join(earlier)} again: an earlier try left it)" if earlier else ""
+                raise CellSkipped(f"a cloud failover is running: no PN goes down for a pre-taken snapshot{again}")
             name = T.tag_dict(taken)[T.NODE]
-            pn_node = next(p for p in cell.pns if p.name == name)
-            if ti.try_number > 1 and node_hook(pn_node).service_state() != "active":  # this run's stop
-                view(cell.name).xcom_push(STOPPED_KEY, [name])
             log.info("%s: this run's snapshot %s of %s exists (an earlier try): not stopping a PN again", cell.name,
                      taken["SnapshotId"], name)
             return {"pn": name, "snapshot_id": taken["SnapshotId"], "created": False}
-        stopped = stop_cleanly(cell, plan["pn"], view(cell.name), plan["tags"])
-        made, created = ec2.create_snapshot(volume_id=stopped["volume_id"], tags=stopped["tags"],
-                                            description=f"Kaia PN chain data ({cell.name})")
-        log.info("%s snapshot %s of %s (%s), %.1f s after kpnd's stop began", "Created" if created else "Found",
-                 made["SnapshotId"], stopped["pn"], made.get("State"), time.time() - stopped["stop_began"])
-        return stopped | {"snapshot_id": made["SnapshotId"], "created": created}
+        try:
+            stopped = stop_cleanly(cell, plan["pn"], record, plan["tags"])
+            made, created = ec2.create_snapshot(volume_id=stopped["volume_id"], tags=stopped["tags"],
+                                                description=f"Kaia PN chain data ({cell.name})")
+            record.note(pn=stopped["pn"], stop_began=stopped["stop_began"], stopped_at=stopped["stopped_at"],
+                        snapshot_id=made["SnapshotId"])
+        finally:  # the snapshot is point in time once asked for, and after a failure the PN must not wait either
+            trouble = _start_again(cell, record, earlier)
+        log.info("%s snapshot %s of %s (%s), %.1f s after kpnd's stop began; kpnd %s",
+                 "Created" if created else "Found", made["SnapshotId"], stopped["pn"], made.get("State"),
+                 time.time() - stopped["stop_began"],
+                 trouble or f"running again {record.doc['started_at'] - stopped['stop_began']:.1f} s after it")
+        return stopped | {"snapshot_id": made["SnapshotId"], "created": created} | (
+            {"kpnd_start": trouble} if trouble else {})
 
     return _over(ti, _cells("cloud"), stop_and_take, "kpnd stop and snapshot")
 
 
 @step
-def start_kpnds(ti) -> str:
-    """The teardown: start kpnd again on every PN the stop recorded as stopped by this run, in every cell."""
-    view = cell_views(ti)
-    return _over(ti, _cells("cloud"), lambda cell: start_stopped(cell, view(cell.name), SNAPSHOT_TASK), "kpnd start")
+def start_kpnds(ti, run_id: str) -> str:
+    """The teardown, a safety net: start kpnd on every PN this run stopped and did not start again, in every cell
+    (the stop starts each itself as soon as its snapshot is pending; a try that died or a start that failed leaves
+    one here)."""
+
+    def start(cell: Cell) -> dict:
+        started = start_recorded(cell, KeptRecord(cell.name, run_id, ti.try_number))
+        if not started:
+            log.info("%s: no PN is left stopped by this run", cell.name)
+        return {"pns": started}
+
+    return _over(ti, _cells("cloud"), start, "kpnd start")
 
 
-def kpnds_back(ti) -> dict | None:
-    """Every PN the teardown started serves again (peers, head rising)."""
+def _back_state(cell: Cell, run_id: str) -> tuple[str, dict]:
+    names = KeptRecord(cell.name, run_id).doc.get("kpnd_started") or []
+    if not names:
+        raise CellSkipped("this run started no kpnd here")
+    back = pns_back(cell, names)
+    return ("pending", {}) if back is None else ("done", back)
 
-    def state(cell: Cell, started: dict) -> tuple[str, dict]:
-        back = pns_back(cell, started)
-        return ("pending", {}) if back is None else ("done", back)
 
-    return _ready(ti, START_KPND_TASK, _cells("cloud"), state, "kpnd back")
+def kpnds_back(ti, run_id: str) -> dict | None:
+    """Every PN this run started again serves (peers, head rising)."""
+    return _ready(ti, START_KPND_TASK, _cells("cloud"), lambda cell, _: _back_state(cell, run_id), "kpnd back")
 
 
 @needs("ec2:DescribeSnapshots")
@@ -446,7 +493,11 @@ def snapshots_ready(ti) -> dict | None:
         found = ec2.conn.describe_snapshots(SnapshotIds=[made["snapshot_id"]])["Snapshots"][0]
         if found["State"] == "error":
             raise MaintenanceError(f"snapshot {made['snapshot_id']} failed: {found.get('StateMessage', 'error')}")
-        return ("done" if found["State"] == "completed" else "pending"), made
+        if found["State"] != "completed":
+            return "pending", made
+        # The snapshot's own completion (this poke may come long after it, and it waits for every cell's).
+        return "done", made | ({"completed_at": found["CompletionTime"].timestamp()} if "CompletionTime" in found
+                               else {})
 
     return _ready(ti, SNAPSHOT_TASK, _cells("cloud"), state, "PN snapshot complete")
 
@@ -455,7 +506,7 @@ def snapshots_ready(ti) -> dict | None:
 def retention_cells(ti, run_after: datetime, kind: str) -> str:
     """Delete each cloud cell's CN images or PN snapshots past the inventory's retention."""
     what = "image retention" if kind == T.KIND_CN_IMAGE else "snapshot retention"
-    return _over(ti, _cells("cloud"), lambda cell: delete_old(cell.name, run_after, kind), what)
+    return _over(ti, _cells("cloud"), lambda cell: delete_old(cell, run_after, kind), what)
 
 
 # ----- 5. report ------------------------------------------------------------------------------------------------
@@ -473,6 +524,25 @@ def _outcomes(records: dict[str, dict], cell: str) -> dict[str, str]:
     return out
 
 
+def _at(seconds: float | None) -> str | None:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds") if seconds else None
+
+
+def _pn_snapshot(kept: dict, complete: dict | None, pn_name: str | None) -> dict:
+    """A cell's PN snapshot in the report, from the stop record the state store keeps (it outlives a retry)."""
+    began, started = kept.get("stop_began"), kept.get("started_at")
+    return {
+        "pn": kept.get("pn") or pn_name,  # the PN that stopped (the plan's, or the next one when that did not)
+        "skipped": [a for a in kept.get(ATTEMPTS_KEY) or [] if a["outcome"] != "stopped cleanly"],
+        "snapshot_id": kept.get("snapshot_id"),
+        "left_stopped": kept.get(STOPPED_KEY) or [],
+        "kpnd_stopped_at": _at(began), "kpnd_started_at": _at(started),
+        "kpnd_down_seconds": round(started - began, 2) if began and started and started > began else None,
+        "snapshot_complete_seconds": round(complete["completed_at"] - kept["stopped_at"], 2)
+        if complete and kept.get("stopped_at") else None,
+    }
+
+
 def build_report(ti, dag_id: str, run_id: str) -> dict:
     """One report for the run: per cell what was created, skipped, deleted, and kpnd's down time."""
     steps, states = timeline(ti, dag_id, run_id)
@@ -480,12 +550,6 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
 
     def done(task_id: str, cell: str):
         return records[task_id]["done"].get(cell)
-
-    stop_records = {key: ti.xcom_pull(task_ids=SNAPSHOT_TASK, key=key, default=None) or {}
-                    for key in (STOPPED_KEY, ATTEMPTS_KEY)}
-
-    def pulled(key: str, cell: str):
-        return stop_records[key].get(cell)
 
     cells = []
     for cell in load_inventory().cells:
@@ -498,23 +562,13 @@ def build_report(ti, dag_id: str, run_id: str) -> dict:
         if cell.scheme == "cloud":
             plan = done(IMAGE_PLAN_TASK, name) or {}
             entry["image"] = {"decision": "create" if plan.get("create") else "skip", "reason": plan.get("reason"),
-                              "image_id": (done(IMAGE_READY_TASK, name) or {}).get("image_id"),
+                              "image_id": (done(CREATE_IMAGE_TASK, name) or {}).get("image_id"),
                               "fingerprint": plan.get("fingerprint")}
-            stop, start = done(SNAPSHOT_TASK, name), done(START_KPND_TASK, name)
-            complete = done(SNAPSHOT_DONE_TASK, name)
-            # The PN the stop chose (the plan's, or the next one when that did not stop on its own), and those skipped.
-            pn_name = (stop or {}).get("pn") or (done(PN_PLAN_TASK, name) or {}).get("pn")
-            if pulled(STOPPED_KEY, name) and not (start or {}).get("started"):
-                entry["urgent"] = kpnd_urgent(pn_name or "?", f"{START_KPND_TASK} (for {name})")
-            entry["pn_snapshot"] = {
-                "pn": pn_name, "skipped": [a for a in pulled(ATTEMPTS_KEY, name) or []
-                                           if a["outcome"] != "stopped cleanly"],
-                "snapshot_id": (stop or {}).get("snapshot_id"),
-                "kpnd_down_seconds": round(start["started_at"] - stop["stop_began"], 2)
-                if stop and start and start["started"] and "stop_began" in stop else None,
-                "snapshot_complete_seconds": round(complete["completed_at"] - stop["stopped_at"], 2)
-                if stop and complete and "stopped_at" in stop else None,
-            }
+            entry["pn_snapshot"] = _pn_snapshot(KeptRecord(name, run_id).doc, done(SNAPSHOT_DONE_TASK, name),
+                                                (done(SNAPSHOT_TASK, name) or done(PN_PLAN_TASK, name) or {}).get("pn"))
+            if entry["pn_snapshot"]["left_stopped"]:
+                entry["urgent"] = kpnd_urgent(", ".join(entry["pn_snapshot"]["left_stopped"]),
+                                              f"{START_KPND_TASK} (for {name})")
             entry["retention"] = {"images": done(OLD_IMAGES_TASK, name), "snapshots": done(OLD_SNAPSHOTS_TASK, name)}
         entry["steps"] = _outcomes(records, name)
         cells.append(entry)
@@ -538,7 +592,8 @@ def render_report(report: dict) -> str:
             image, snap = cell["image"], cell["pn_snapshot"]
             lines.append(f"- CN image: {image['decision']} ({image['reason']}) -> {image['image_id'] or '-'}")
             lines.append(f"- PN snapshot: {snap['pn']} -> {snap['snapshot_id'] or '-'}; kpnd down "
-                         f"{snap['kpnd_down_seconds']} s; snapshot complete {snap['snapshot_complete_seconds']} s "
+                         f"{snap['kpnd_down_seconds']} s ({snap['kpnd_stopped_at'] or '-'} to "
+                         f"{snap['kpnd_started_at'] or '-'}); snapshot complete {snap['snapshot_complete_seconds']} s "
                          "after the stop")
             lines += [f"- WARNING: PN {a['pn']} skipped: {a['why']}" for a in snap.get("skipped", [])]
             ret = cell.get("retention") or {}

@@ -6,8 +6,7 @@ cell's work in a step is SSH and AWS calls (I/O), so threads do it at once for t
 
 Each cell's outcome is kept apart: ``done`` (its result), ``skipped`` (why nothing was to be done) or ``failed``
 (why). A step over cells tries every cell before it fails, so one cell's fault never holds back the others, and the
-next step works on the cells this one did. What a cell's part of a task pushes to XCom goes under the cell's name
-(``CellTI``), so the cells' records never overwrite each other. Within a step the cells share what is costly to make
+next step works on the cells this one did. Within a step the cells share what is costly to make
 and safe to share (``shared``: an AWS client costs ~0.15 CPU-s to make, and boto3 clients are thread-safe).
 """
 
@@ -129,29 +128,3 @@ def each_cell(cells: list[Cell], work: Callable[[Cell], object], *, what: str) -
         _scope = outer
     log.info("%s over %d cells: %s", what, len(cells), outcome.summary())
     return outcome
-
-
-class CellTI:
-    """One cell's view of the task instance a step over many cells runs in, for code written for one cell (the PN
-    stop and start): what it pushes goes under the cell's name in a dict per key, pushed whole under a lock (the
-    cells' threads share the task); what it pulls is the cell's entry. ``try_number`` is the task's."""
-
-    def __init__(self, ti, cell: str, shared: dict, lock: threading.Lock):
-        self.ti, self.cell, self._shared, self._lock = ti, cell, shared, lock
-        self.try_number = ti.try_number
-
-    def xcom_push(self, key: str, value) -> None:
-        with self._lock:
-            self._shared.setdefault(key, {})[self.cell] = value
-            self.ti.xcom_push(key=key, value=dict(self._shared[key]))
-
-    def xcom_pull(self, task_ids=None, key: str = "return_value", default=None):
-        got = self.ti.xcom_pull(task_ids=task_ids, key=key, default=None)
-        return got.get(self.cell, default) if isinstance(got, dict) else default
-
-
-def cell_views(ti) -> Callable[[str], CellTI]:
-    """A factory of ``CellTI`` for one task: the cells' views share one record and one lock."""
-    shared: dict = {}
-    lock = threading.Lock()
-    return lambda cell: CellTI(ti, cell, shared, lock)

@@ -8,8 +8,9 @@ its own (``KaiaNodeHook.stop_on_its_own``). A PN that does not is final for that
 cannot make a flush faster), it is started again as soon as its flush ends and its health is proven, and the
 next healthy PN of the cell is tried. Never two PNs of a cell down: before each stop every other PN must serve.
 
-What this try sent a SIGTERM to and did not prove running again is in XCom (``STOPPED_KEY``): the teardown starts
-exactly those; what happened to each PN tried is in ``ATTEMPTS_KEY``, for the report.
+What this try sent a SIGTERM to and did not prove running again is recorded under ``STOPPED_KEY``: the teardown starts
+exactly those; what happened to each PN tried is under ``ATTEMPTS_KEY``, for the report. The failover keeps them in
+XCom; the maintenance in the state store (``KeptRecord``), where the next try of the step still finds them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
+from kaia_ha import live
 from kaia_ha.alerts import notify
 from kaia_ha.model import compat
 from kaia_ha.model import tags as T
@@ -57,6 +59,32 @@ class _Record:
 
     def xcom_pull(self, task_ids=None, key=None, default=None):
         return self.xcom.get(key, default)
+
+
+class KeptRecord:
+    """A maintenance run's PN stop record for one cell, kept in the live state's home: Airflow clears a try's XComs
+    when the next try starts, and the retry, the teardown and the report must still know which PN this run stopped
+    and did not start again. Used where a stop or start takes a task instance (``xcom_push``, ``xcom_pull``,
+    ``try_number``); ``doc`` also holds when kpnd went down and came back. One cell's thread writes it."""
+
+    def __init__(self, cell_name: str, run_id: str, try_number: int = 1, st=None):
+        self.store = st or live.store()
+        self.name = f"pn-stops/{cell_name}/{T.safe_name(run_id)}.json"
+        self.try_number = try_number
+        self.doc: dict = self.store.get(self.name) or {}
+
+    def xcom_push(self, key: str, value) -> None:
+        self.note(**{key: value})
+
+    def xcom_pull(self, task_ids=None, key: str = "", default=None):
+        return self.doc.get(key, default)
+
+    def note(self, **fields) -> None:
+        self.doc.update(fields)
+        self.store.put(self.name, self.doc)
+
+    def left_stopped(self) -> list[str]:
+        return list(self.doc.get(STOPPED_KEY) or [])
 
 
 def pn_healthy(pn) -> tuple[bool, str]:
@@ -247,17 +275,34 @@ def start_stopped(cell: Cell, ti, stop_task: str | None, pn_name: str | None = N
     names = ti.xcom_pull(task_ids=stop_task, key=STOPPED_KEY, default=None) if in_task else [pn_name]
     names = [n for n in names or [] if n]
     for name in names:
-        node = node_hook(next(p for p in cell.pns if p.name == name))
-        if not node.wait_exited(cell.maintenance.pn_stop_limit_seconds):
-            raise NodeCommandError(f"{name}: kpnd is still flushing after its SIGTERM; not killed, not started yet")
-        node.start_service()
-        state = node.service_state()
-        if state != "active":
-            raise NodeCommandError(f"{name}: kpnd is {state} after `systemctl start`; the PN is DOWN, see its log now")
-        log.info("kpnd on %s started", name)
+        _start(cell, name)
     if not names:
         log.info("no PN was left stopped by this run: nothing to start")
     return {"pns": names, "started": bool(names), "started_at": time.time()}
+
+
+def _start(cell: Cell, name: str) -> None:
+    """Start kpnd on a PN this run stopped, once its flush has ended (never a kill); a running kpnd is left as is."""
+    node = node_hook(next(p for p in cell.pns if p.name == name))
+    if not node.wait_exited(cell.maintenance.pn_stop_limit_seconds):
+        raise NodeCommandError(f"{name}: kpnd is still flushing after its SIGTERM; not killed, not started yet")
+    node.start_service()
+    state = node.service_state()
+    if state != "active":
+        raise NodeCommandError(f"{name}: kpnd is {state} after `systemctl start`; the PN is DOWN, see its log now")
+    log.info("kpnd on %s started", name)
+
+
+def start_recorded(cell: Cell, record: KeptRecord, also: list[str] | tuple = ()) -> list[str]:
+    """Start every PN ``record`` says this run stopped and did not start again (and ``also``: those an earlier try
+    left), each struck off the record once running. What it started is kept (``kpnd_started``, ``started_at``): the
+    report's down time and the check that each serves again read it. Returns what it started."""
+    names = sorted(set(record.left_stopped()) | set(also))
+    for name in names:
+        _start(cell, name)
+        record.note(**{STOPPED_KEY: [n for n in record.left_stopped() if n != name],
+                       "kpnd_started": sorted({*record.doc.get("kpnd_started", []), name}), "started_at": time.time()})
+    return names
 
 
 def pretaken_fallback(cell: Cell, now: datetime) -> dict | None:
@@ -324,7 +369,14 @@ def kpnd_urgent(pn_name: str, start_task: str) -> str:
             f"succeed): check `systemctl is-active kpnd` on {pn_name} and start it, or clear {start_task}")
 
 
-def pns_back(cell: Cell, started: dict) -> dict | None:
-    """Every PN the teardown started answers, has peers and its head rises: it serves its CN again."""
-    backs = [pn_is_back(next(p for p in cell.pns if p.name == name)) for name in started.get("pns", [])]
+def pns_back(cell: Cell, names: list[str]) -> dict | None:
+    """Every PN of ``names`` (started again) answers, has peers and its head rises: it serves its CN again. One
+    still opening its database (no answer yet) is not back yet."""
+    backs = []
+    for name in names:
+        try:
+            backs.append(pn_is_back(next(p for p in cell.pns if p.name == name)))
+        except (NodeCommandError, ProbeError) as exc:
+            log.info("%s not back yet: %s", name, exc)
+            backs.append(None)
     return None if None in backs else {"pns": backs}

@@ -357,6 +357,7 @@ class AwsFront:
         self._tokens: dict[tuple[str, ...], tuple[str, _Reply]] = {}
         self._token_locks: dict[tuple[str, ...], threading.Lock] = {}
         self._phases: dict[str, _Phase] = {}
+        self._completed: dict[str, str] = {}  # snapshot id -> when it completed (moto gives no completionTime)
         self._timeline: list[tuple[float, int, str, _Phase]] = []
         self._sequence = itertools.count()
         self._images: dict[str, _Image] = {}
@@ -935,10 +936,19 @@ class AwsFront:
             _set_text(item, "status", phase.state)
 
     def _show_snapshot(self, item: ET.Element) -> None:
-        phase = self._shown(_text(item, "snapshotId"))
+        snapshot_id = _text(item, "snapshotId")
+        phase = self._shown(snapshot_id)
         if phase is not None:
             _set_text(item, "status", phase.state)
             _set_text(item, "progress", f"{phase.progress()}%")
+        elif (done := self._completed.get(snapshot_id or "")) and item.find(_path("completionTime")) is None:
+            _sub(item, "completionTime", done)  # as AWS shows a completed snapshot
+
+    def _snapshot_pending(self, snapshot_id: str, duration: float) -> None:
+        def completed() -> None:
+            self._completed[snapshot_id] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+        self._begin(snapshot_id, "pending", duration, completed)
 
     def _create_volume(self, req: _Request) -> _Reply:
         snapshot_id = req.params.get("SnapshotId")
@@ -1029,7 +1039,7 @@ class AwsFront:
         self._hook("snapshot_created", snapshot_id, volume_id)  # point in time: now
         incremental = self._has_completed_snapshot(req, volume_id, exclude=snapshot_id)
         size = int(_text(root, "volumeSize") or 0)
-        self._begin(snapshot_id, "pending", self._latency.snapshot(size, incremental))
+        self._snapshot_pending(snapshot_id, self._latency.snapshot(size, incremental))
         self._show_snapshot(root)
         return _rewritten(reply, root)
 
@@ -1116,7 +1126,7 @@ class AwsFront:
         with self._lock:
             self._images[image_id] = _Image(name, moto_image["RootDeviceName"], root_snapshot, carried)
         for snapshot_id, size, incremental in snapshots:
-            self._begin(snapshot_id, "pending", self._latency.snapshot(size, incremental))
+            self._snapshot_pending(snapshot_id, self._latency.snapshot(size, incremental))
         self._begin(image_id, "pending", self._latency.image((size, incr) for _, size, incr in snapshots))
         return reply
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from datetime import datetime
 
 import pytest
 
@@ -26,6 +28,19 @@ def snapshots(cell, run_id: str | None = None) -> list[dict]:
     if run_id:
         filters.append({"Name": "tag:kaia:run-id", "Values": [run_id]})
     return cell.client("ec2").describe_snapshots(OwnerIds=["self"], Filters=filters)["Snapshots"]
+
+
+def task_end(run_id: str, task_id: str) -> datetime:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id=DAG_ID, run_id=run_id, task_id=task_id).one()
+        return ti.end_date
+
+
+def kpnds_down(cell) -> list[str]:
+    return [n["name"] for n in cell.status()["nodes"] if n["service"] == "kpnd" and not n["running"]]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +75,11 @@ def test_a_run_backs_up_the_keys_images_the_cn_without_data_and_snapshots_a_pn(f
     cloud = next(c for c in report["cells"] if c["cell"] == "cc-cloud")
     assert cloud["pn_snapshot"]["snapshot_id"] == snaps[0]["SnapshotId"]
     assert 0 < cloud["pn_snapshot"]["kpnd_down_seconds"] < 60
+    # kpnd ran again as soon as its snapshot was pending: before the stop task (all cells' stops) had even ended.
+    started = datetime.fromisoformat(cloud["pn_snapshot"]["kpnd_started_at"])
+    assert started <= task_end(run_id, "pn_snapshot.stop_and_snapshot"), cloud["pn_snapshot"]
+    # Timed by the snapshot's own CompletionTime (here at once), not by the poke that saw every cell's complete.
+    assert 0 <= cloud["pn_snapshot"]["snapshot_complete_seconds"] <= cloud["pn_snapshot"]["kpnd_down_seconds"]
 
 
 def test_the_snapshot_was_taken_from_a_cleanly_stopped_pn(first_run, cell):
@@ -137,22 +157,28 @@ def test_retention_keeps_the_newest_and_whatever_a_failover_uses(first_run, airf
 
 
 def test_a_pn_left_down_leads_the_report_and_a_clear_brings_it_back(first_run, airflow, cell):
-    """The teardown start_kpnd failing for good is the one way a PN stays down: the report must say so first."""
-    # before it runs: kpnd stays down
-    cell.fault("ssh:*", "--kind", "drop", "--times", "1", "--match", "systemctl start kpnd")
+    """The stop step's own start and the teardown's both failing is the one way a PN stays down: the report must say
+    so first. The stop record outlives the tries: a clear starts that PN even when the first check on it fails."""
+    cell.fault("ssh:*", "--kind", "drop", "--times", "2", "--match", "systemctl start kpnd")  # both starts
     run_id, state, states = airflow.run(DAG_ID, retries=0)
     assert state == "failed" and states[("pn_snapshot.start_kpnd", -1)][0] == "failed", states
-    down = [n["name"] for n in cell.status()["nodes"] if n["service"] == "kpnd" and not n["running"]]
+    down = kpnds_down(cell)
     assert len(down) == 1, cell.status()["nodes"]
     report = airflow.report(DAG_ID, run_id)
     assert report["urgent"] and report["urgent"][0].startswith(f"URGENT: kpnd on PN {down[0]} may still be stopped")
     assert "clear pn_snapshot.start_kpnd (for cc-cloud)" in report["urgent"][0]
     assert any(c["params"].get("Subject", "").startswith("[kaia-ha] URGENT: a PN of cc-cloud may be DOWN")
                for c in cell.calls("Publish"))
+    # The stop cleared (a new try: Airflow drops the earlier try's XComs), its first look at that PN (is kpnd
+    # active?) lost: what this run left stopped is still known, and the teardown starts it.
+    cell.fault(f"ssh:{down[0]}", "--kind", "drop", "--times", "1", "--match", "systemctl is-active kpnd")
+    _, state, states = airflow.clear_and_rerun(DAG_ID, run_id, task_ids=["pn_snapshot.stop_and_snapshot"], retries=0)
+    assert states[("pn_snapshot.stop_and_snapshot", -1)][0] == "failed", states
+    assert kpnds_down(cell) == [], states
+    assert airflow.report(DAG_ID, run_id)["urgent"] == []
     _, state, states = airflow.clear_and_rerun(DAG_ID, run_id)
     assert state == "success", states
-    assert all(n["running"] for n in cell.status()["nodes"] if n["service"] == "kpnd")
-    assert airflow.report(DAG_ID, run_id)["urgent"] == []
+    assert len(snapshots(cell, run_id)) == 1  # no second stop, no second snapshot
 
 
 def test_a_pn_stopped_by_a_step_that_then_failed_is_started_again(first_run, airflow, cell):
@@ -165,30 +191,42 @@ def test_a_pn_stopped_by_a_step_that_then_failed_is_started_again(first_run, air
         cell.fault("--clear")
     assert state == "failed" and states[("pn_snapshot.stop_and_snapshot", -1)][0] == "failed", states
     assert states[("pn_snapshot.start_kpnd", -1)][0] == "success", states
-    assert all(n["running"] for n in cell.status()["nodes"] if n["service"] == "kpnd")
+    assert kpnds_down(cell) == []
     report = airflow.report(DAG_ID, run_id)
     assert report["urgent"] == []
     cloud = next(c for c in report["cells"] if c["cell"] == "cc-cloud")
     assert cloud["steps"]["kpnd stop and snapshot"].startswith("failed: ")
+    # Cleared while a cloud failover runs: the retry of the stop takes no PN down.
+    with failover_running():
+        _, state, states = airflow.clear_and_rerun(DAG_ID, run_id, task_ids=["pn_snapshot.stop_and_snapshot"])
+    assert states[("pn_snapshot.stop_and_snapshot", -1)][0] == "skipped", states
+    assert snapshots(cell, run_id) == [] and kpnds_down(cell) == []
 
 
-def test_no_pn_goes_down_while_a_cloud_failover_runs(first_run, airflow, cell):
-    """A failover may take a fresh snapshot of a PN itself: maintenance then leaves every PN up."""
+@contextlib.contextmanager
+def failover_running():
+    """What the scheduler holds while an operator's cloud failover runs."""
     import pendulum
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState
 
-    with create_session() as session:  # what the scheduler holds while an operator's failover runs
+    with create_session() as session:
         session.add(DagRun(dag_id="kaia_cn_failover_cloud", run_id="incident", run_type="manual",
                            state=DagRunState.RUNNING,
                            run_after=pendulum.now("UTC"), start_date=pendulum.now("UTC")))
     try:
-        run_id, state, states = airflow.run(DAG_ID)
+        yield
     finally:
         with create_session() as session:
             (session.query(DagRun)
              .filter(DagRun.dag_id == "kaia_cn_failover_cloud", DagRun.run_id == "incident").delete())
+
+
+def test_no_pn_goes_down_while_a_cloud_failover_runs(first_run, airflow, cell):
+    """A failover may take a fresh snapshot of a PN itself: maintenance then leaves every PN up."""
+    with failover_running():
+        run_id, state, states = airflow.run(DAG_ID)
     assert state == "success", states
     assert states[("pn_snapshot.plan", -1)][0] == "skipped"
     assert states[("pn_snapshot.stop_and_snapshot", -1)][0] == "skipped"

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 
 from airflow.sdk.log import mask_secret  # a logging utility (redacts secrets in task logs), no task code: kept
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 _HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
+_MASK_LOCK = threading.Lock()  # Airflow's secrets masker has no lock, and a step reads many cells' keys at once
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
@@ -44,7 +46,8 @@ class _Key:
     def __init__(self, raw: bytes | str):
         self._hex = _parse(raw, self.what)
         # Here, where every reader (host file, secret) makes a key: a log line that quotes it shows ***.
-        mask_secret(self._hex)
+        with _MASK_LOCK:
+            mask_secret(self._hex)
 
     def reveal(self) -> str:
         return self._hex
