@@ -337,7 +337,7 @@ class Node:
 
     def run(self) -> None:
         last = heard = time.monotonic()
-        last_logged = 0
+        last_logged, warned = 0, ("", 0.0)
         while not self.stopping.is_set():
             try:
                 self.heartbeat()
@@ -346,8 +346,11 @@ class Node:
                 slow = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
                 if not slow or time.monotonic() - heard > PEER_TIMEOUT:
                     self.net["peers"] = {"total": 0}  # the cell's network is gone: no peers
-                self.log("WARN", f"network: {type(exc).__name__} ({'kept' if slow else 'lost'} "
-                         f"{self.net['peers']['total']} peers)")
+                peers = self.net["peers"]["total"]
+                line = f"network: {type(exc).__name__} ({'kept' if slow else 'lost'} {peers} peers)"
+                if line != warned[0] or time.monotonic() - warned[1] > PEER_TIMEOUT:  # a change, else twice a minute
+                    self.log("WARN", line)
+                    warned = (line, time.monotonic())
             now = time.monotonic()
             if self.net["peers"]["total"] > 0 and self.height < self.net["best"]:
                 step = max(1, int(CATCH_UP_PER_SECOND * (now - last)))

@@ -143,8 +143,9 @@ def backup_nodekey(cell: Cell | str, run_id: str) -> dict:
 
 
 # ----- 2. CN image -------------------------------------------------------------------------------------------
-def cn_fingerprint(cell: Cell, node: KaiaNodeHook, name: str) -> dict:
-    """What the image must carry: kcnd.conf and the kcn version (the "configuration or software")."""
+def cn_fingerprint(cell: Cell, node: KaiaNodeHook, name: str, settings: dict[str, str]) -> dict:
+    """What the image must carry: kcnd.conf and the kcn version (the "configuration or software"); ``settings``:
+    the node's ``conf()``."""
     cn = cell.validator
     conf = node.run(f"sudo cat {shlex.quote(cn.conf_path)}").stdout
     version = node.version()
@@ -155,7 +156,7 @@ def cn_fingerprint(cell: Cell, node: KaiaNodeHook, name: str) -> dict:
         )
     digest = hashlib.sha256(f"{version}\n{conf}".encode()).hexdigest()[:16]
     return {"fingerprint": digest, "kcn_version": version,
-            "db_flags": compat.db_flags(node.conf().get("ADDITIONAL", ""))}
+            "db_flags": compat.db_flags(settings.get("ADDITIONAL", ""))}
 
 
 KEY_FILES = ("nodekey", "bls-nodekey", "klay/nodekey", "klay/bls-nodekey")
@@ -186,8 +187,9 @@ def image_plan(cell: Cell | str, run_id: str, run_after: datetime) -> dict:
     cn = cell.validator
     source = live.current(cell).active.instance_id  # the replacement, after a failover
     node, name = validator_node(cell)
-    fp = cn_fingerprint(cell, node, name)
-    found = root_disk_key_material(node, cn.data_dir, node.conf().get("ADDITIONAL", ""))
+    settings = node.conf()
+    fp = cn_fingerprint(cell, node, name, settings)
+    found = root_disk_key_material(node, cn.data_dir, settings.get("ADDITIONAL", ""))
     if found:
         raise MaintenanceError(f"{name}: its root disk holds key material, which a CN image would carry to every "
                                f"replacement: {'; '.join(found)}. Move or shred it, then clear this task")

@@ -88,16 +88,20 @@ class KeptRecord:
 
 
 def pn_healthy(pn) -> tuple[bool, str]:
-    node = node_hook(pn)
+    return _health(node_hook(pn))[:2]
+
+
+def _health(node, state: str | None = None):
+    """(serves, why, its probe): kpnd active (``state``, when just read), answering, with peers."""
     try:
-        if node.service_state() != "active":
-            return False, f"{pn.service} is not active"
+        if (state or node.service_state()) != "active":
+            return False, f"{node.node.service} is not active", None
         probe = node.probe()
     except (NodeCommandError, ProbeError) as exc:
-        return False, str(exc)
+        return False, str(exc), None
     if probe.peer_total == 0:
-        return False, "no peers"
-    return True, f"block {probe.block}, {probe.peer_total} peers"
+        return False, "no peers", probe
+    return True, f"block {probe.block}, {probe.peer_total} peers", probe
 
 
 def first_unhealthy(pns) -> tuple[str, str] | None:
@@ -226,11 +230,11 @@ def stop_for_snapshot(cell: Cell, names: list[str], ti, tags: dict[str, str]) ->
                              "will not)"})
             continue
         else:
-            ok, detail = pn_healthy(pn)
+            ok, detail, probe = _health(node, state)
             if not ok:
                 attempts.append({"pn": name, "outcome": "not stopped", "why": f"{name} is not healthy ({detail})"})
                 continue
-            block = node.probe().block
+            block = probe.block
             stopped.append(name)
             record()  # before the SIGTERM: should this try die now, the teardown still starts it
             began = time.time()

@@ -172,7 +172,13 @@ class KaiaNodeHook:
                 "log_tail": "\n".join(tail.splitlines()[-5:])}
 
     def log_tail(self, lines: int = 300, conf: dict[str, str] | None = None) -> str:
-        return self.run(f"sudo tail -n {lines} {shlex.quote(self.log_path(conf))}", check=False).stdout
+        if conf is not None:
+            return self.run(f"sudo tail -n {lines} {shlex.quote(self.log_path(conf))}", check=False).stdout
+        # One round trip, not two: LOG_DIR as the init script sees it (it sources kcnd.conf), then the tail.
+        service = self.node.service
+        script = (f". {shlex.quote(self.node.conf_path)}; "
+                  f'tail -n {int(lines)} "${{LOG_DIR:-/var/log/{service}}}/{service}.out"')
+        return self.run(f"sudo bash -c {shlex.quote(script)}", check=False).stdout
 
     def stop_on_its_own(self, limit: float) -> dict:
         """SIGTERM to the node alone, then wait up to ``limit`` seconds for it to exit on its own; never a SIGKILL.
