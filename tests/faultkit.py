@@ -62,7 +62,7 @@ SSH_STEPS = {
         ("pn_snapshot.stop_and_snapshot", "*", "systemctl kill"),
         ("pn_snapshot.stop_and_snapshot", "*", "systemctl stop kpnd"),
         ("pn_snapshot.stop_and_snapshot", "*", "tail -n 300"),
-        ("pn_snapshot.start_kpnd", "*", "systemctl start kpnd"),
+        ("pn_snapshot.stop_and_snapshot", "*", "systemctl start kpnd"),  # started in the stop step
     ),
     CLOUD: (
         ("preflight", "pn-aws-1", "kpnd.conf; printf"),
