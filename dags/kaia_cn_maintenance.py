@@ -29,9 +29,11 @@ next step goes on with the cells that this one did. The task log and the report 
 ## When it fails
 - Read the run's **Report** tab (or the `report` task log): it names every failed step, and under each core
   cell the steps that failed there and why.
-- **A PN must never stay stopped**: if `start_kpnd` failed, the report and the alert begin with
-  "URGENT: kpnd on PN ... may still be stopped". Start it by hand now (`sudo systemctl start kpnd` on
-  that PN) or clear `pn_snapshot.start_kpnd`, and check it syncs.
+- **A PN must never stay stopped**: if the stop step's own start and the teardown `start_kpnd` both failed, the
+  report and the alert begin with "URGENT: kpnd on PN ... may still be stopped". Start it by hand now
+  (`sudo systemctl start kpnd` on that PN) or clear `pn_snapshot.start_kpnd`, and check it syncs. Which PN a run
+  stopped and has not started again is kept in the state store (`pn-stops/<cell>/<run>.json`), so a clear of
+  either task finds it.
 - Fix the cause, then *Clear* the failed task: every task finds what an earlier try made
   (images by name, snapshots by run tags, secrets by value) and does not make it twice; the cells it
   did the first time cost a check each (a PN whose snapshot this run took is not stopped again).
