@@ -425,8 +425,8 @@ def stop_and_snapshot(ti, run_id: str, failover_running: bool = False) -> str:
 
     def stop_and_take(cell: Cell) -> dict:
         plan = _after(plans, cell, "PN snapshot plan")
-        record = KeptRecord(cell.name, run_id, ti.try_number)
-        earlier = record.left_stopped()  # an earlier try's SIGTERM that no start followed (that try died)
+        record = KeptRecord(cell.name, run_id)
+        earlier = record.earlier  # an earlier try's SIGTERM that no start followed (that try died)
         ec2 = ec2_hook(cell)
         taken = _this_run_snapshot(ec2, cell, run_id)
         if taken or failover_running:
@@ -465,7 +465,7 @@ def start_kpnds(ti, run_id: str) -> str:
     one here)."""
 
     def start(cell: Cell) -> dict:
-        started = start_recorded(cell, KeptRecord(cell.name, run_id, ti.try_number))
+        started = start_recorded(cell, KeptRecord(cell.name, run_id))
         if not started:
             log.info("%s: no PN is left stopped by this run", cell.name)
         return {"pns": started}

@@ -67,11 +67,14 @@ class KeptRecord:
     and did not start again. Used where a stop or start takes a task instance (``xcom_push``, ``xcom_pull``,
     ``try_number``); ``doc`` also holds when kpnd went down and came back. One cell's thread writes it."""
 
-    def __init__(self, cell_name: str, run_id: str, try_number: int = 1, st=None):
+    def __init__(self, cell_name: str, run_id: str, st=None):
         self.store = st or live.store()
         self.name = f"pn-stops/{cell_name}/{T.safe_name(run_id)}.json"
-        self.try_number = try_number
         self.doc: dict = self.store.get(self.name) or {}
+        self.earlier = self.left_stopped()  # what earlier tries of this run stopped and did not start again
+        # The stop takes a PN it finds down for an earlier try's stop only on a later try; here, only when an
+        # earlier try left one down (the record says so): a PN someone else stopped is theirs, whatever the try.
+        self.try_number = 2 if self.earlier else 1
 
     def xcom_push(self, key: str, value) -> None:
         self.note(**{key: value})

@@ -284,3 +284,24 @@ def test_a_pn_someone_else_stopped_is_left_for_them_to_start(first_run, airflow,
         assert kpnd_running(cell, "pn-aws-1")
     finally:
         cell.ssh("pn-aws-1", "sudo systemctl start kpnd")
+
+
+def test_a_retry_leaves_a_pn_someone_else_stopped_to_them(first_run, airflow, cell):
+    """A later try of the stop takes a PN it finds down for its own earlier stop only when this run's kept record
+    says an earlier try left it down. Here no try of this run stopped it: another run's stop, whose snapshot may not
+    be taken yet (starting kpnd under it would make it dirty)."""
+    from kaia_ha import maintenance
+    from kaia_ha.over_cells import CELLS_KEY
+
+    run_id = "a-retry-of-the-stop"
+    plan = maintenance.pn_snapshot_plan("cc-cloud", run_id)
+    cell.ssh(plan["pn"], "sudo systemctl stop kpnd")
+    try:
+        ti = StopTry(try_number=2)
+        ti.xcom[CELLS_KEY] = {"done": {"cc-cloud": plan}}  # what pn_snapshot.plan recorded
+        with pytest.raises(maintenance.MaintenanceError,
+                           match=f"kpnd on {plan['pn']} is inactive before this run stopped it"):
+            maintenance.stop_and_snapshot(ti, run_id)
+        assert snapshots(cell, run_id) == [] and not kpnd_running(cell, plan["pn"])
+    finally:
+        cell.ssh(plan["pn"], "sudo systemctl start kpnd")
