@@ -396,11 +396,11 @@ def snapshot_plans(ti, run_id: str, failover_running: bool) -> str:
                  "PN snapshot plan")
 
 
-def _start_again(cell: Cell, record: KeptRecord, earlier: list[str]) -> str | None:
+def _start_again(cell: Cell, record: KeptRecord) -> str | None:
     """Start kpnd again in the cell's own thread, on every PN this run stopped and did not start yet; a start that
     fails is left to the teardown (it says why)."""
     try:
-        started = start_recorded(cell, record, earlier)
+        started = start_recorded(cell, record)
     except Exception as exc:
         log.error("%s: kpnd not started again in the stop step (%s); the teardown starts it", cell.name, exc)
         return f"not started here ({type(exc).__name__}: {str(exc)[:300]}); the teardown starts it"
@@ -430,7 +430,7 @@ def stop_and_snapshot(ti, run_id: str, failover_running: bool = False) -> str:
         ec2 = ec2_hook(cell)
         taken = _this_run_snapshot(ec2, cell, run_id)
         if taken or failover_running:
-            trouble = _start_again(cell, record, earlier)
+            trouble = _start_again(cell, record)
             if trouble:
                 raise MaintenanceError(f"kpnd on {', '.join(earlier)}, left stopped by an earlier try: {trouble}")
             if not taken:
@@ -447,7 +447,7 @@ def stop_and_snapshot(ti, run_id: str, failover_running: bool = False) -> str:
             record.note(pn=stopped["pn"], stop_began=stopped["stop_began"], stopped_at=stopped["stopped_at"],
                         snapshot_id=made["SnapshotId"])
         finally:  # the snapshot is point in time once asked for, and after a failure the PN must not wait either
-            trouble = _start_again(cell, record, earlier)
+            trouble = _start_again(cell, record)
         log.info("%s snapshot %s of %s (%s), %.1f s after kpnd's stop began; kpnd %s",
                  "Created" if created else "Found", made["SnapshotId"], stopped["pn"], made.get("State"),
                  time.time() - stopped["stop_began"],

@@ -300,11 +300,12 @@ def _start(cell: Cell, name: str) -> None:
     log.info("kpnd on %s started", name)
 
 
-def start_recorded(cell: Cell, record: KeptRecord, also: list[str] | tuple = ()) -> list[str]:
-    """Start every PN ``record`` says this run stopped and did not start again (and ``also``: those an earlier try
-    left), each struck off the record once running. What it started is kept (``kpnd_started``, ``started_at``): the
-    report's down time and the check that each serves again read it. Returns what it started."""
-    names = sorted(set(record.left_stopped()) | set(also))
+def start_recorded(cell: Cell, record: KeptRecord) -> list[str]:
+    """Start every PN ``record`` says this run stopped and did not start again (this try's, and those an earlier try
+    left: a stop rewrites the record with its own), each struck off the record once running. What it started is
+    kept (``kpnd_started``, ``started_at``): the report's down time and the check that each serves again read it.
+    Returns what it started."""
+    names = sorted(set(record.left_stopped()) | set(record.earlier))
     for name in names:
         _start(cell, name)
         record.note(**{STOPPED_KEY: [n for n in record.left_stopped() if n != name],
